@@ -1,0 +1,185 @@
+"""The embedded engine: B branches of one prompt decoded together in one batch.
+
+The prompt is prefilled once; its K/V are shared by every branch (see ``kv_cache``). Each step
+feeds every live branch's last token in one forward, samples the next, and retires branches that
+finished (EOS, stop string, token budget) by compacting the batch, so finished branches cost
+nothing. A monotonic ``deadline`` ends all branches with finish reason ``deadline`` as soon as the
+next step would not fit before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from latts.config import SamplingParams, check_generation_args
+from latts.engine.kv_cache import KVCache
+from latts.engine.sampler import sample
+from latts.errors import LattsError
+from latts.models import LoadedModel
+from latts.types import Branch, Generation
+
+log = logging.getLogger(__name__)
+
+_STEP_EMA = 0.3  # weight of the newest step in the step-time estimate used against the deadline
+
+
+class Engine:
+    """Batched branch decoding on a loaded model. Not thread-safe: one request at a time."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.eos = frozenset(loaded.eos_token_ids)
+        self.warmup_s = 0.0
+
+    def warmup(self, branches: Sequence[int] = (1, 4)) -> float:
+        """Run a few tiny requests so first-call costs never land inside a user's deadline; seconds spent."""
+        t0 = time.perf_counter()
+        for b in branches:
+            self.generate([1, 2, 3, 4], branches=b, max_new_tokens=4, sampling=SamplingParams(temperature=1.0))
+        self.warmup_s = time.perf_counter() - t0
+        return self.warmup_s
+
+    def encode(self, prompt: str | Sequence[int], chat: bool = True) -> list[int]:
+        """Prompt token ids: a string goes through the chat template (``chat``) or plain tokenization."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise LattsError("empty prompt")
+            if chat:
+                return self.loaded.encode_chat(prompt)
+            return list(self.tokenizer(prompt)["input_ids"])
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise LattsError("empty prompt")
+        vocab = self.model.shape.vocab
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise LattsError(f"prompt token ids must be in [0, {vocab})")
+        return ids
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        branches: int = 1,
+        max_new_tokens: int = 256,
+        sampling: SamplingParams | None = None,
+        stop: Sequence[str] = (),
+        deadline: float | None = None,
+        chat: bool = True,
+        on_step: Callable[[list[Branch]], None] | None = None,
+    ) -> Generation:
+        """Decode ``branches`` continuations of ``prompt`` together.
+
+        Args:
+            prompt: text (formatted with the chat template when ``chat``) or token ids.
+            branches: B, the number of continuations decoded in one batch.
+            max_new_tokens: per-branch token budget.
+            sampling: temperature / top-p / top-k / seed; ``None`` means greedy.
+            stop: strings that end a branch; its ``text`` stops before the first one.
+            deadline: ``time.monotonic()`` value by which all work must end.
+            chat: apply the chat template to a text prompt.
+            on_step: called with the branches after every step (live views); keep it cheap.
+        """
+        t0 = time.monotonic()
+        sampling = sampling or SamplingParams(temperature=0.0)
+        check_generation_args(branches, max_new_tokens)
+        ids = self.encode(prompt, chat)
+        stops = tuple(s for s in stop if s)
+        out = [Branch(index=i) for i in range(branches)]
+        if deadline is not None and t0 >= deadline:
+            for b in out:
+                b.finish_reason = "deadline"
+            return Generation(out, len(ids), 0.0, 0.0, 0)
+
+        m = self.model
+        s = m.shape
+        P = len(ids)
+        cache = KVCache(s.n_layers, branches, s.n_kv_heads, P, max_new_tokens, s.head_dim, m.dtype)
+        gen = torch.Generator().manual_seed(sampling.seed)
+        logits = m.prefill(torch.tensor([ids]), cache)  # [1, V]
+        first = sample(logits.expand(branches, -1), sampling, gen).tolist()
+        t_prefill = time.monotonic()
+        live = list(range(branches))  # live[slot] = branch index; live rows are cache rows 0..n-1
+        self._append(out, live, [[t] for t in first], t_prefill - t0, max_new_tokens, stops)
+
+        steps, step_s = 0, 0.0
+        while live:
+            live = self._compact(out, live, cache)
+            if not live:
+                break
+            now = time.monotonic()
+            if deadline is not None and now + step_s > deadline:
+                for i in live:
+                    out[i].finish_reason = "deadline"
+                break
+            last = torch.tensor([[out[i].token_ids[-1]] for i in live])  # [n, 1]
+            start = torch.tensor([P + out[i].n_tokens - 1 for i in live])  # [n]
+            logits = m.decode(last, start, cache)[:, -1]  # [n, V]
+            new = sample(logits, sampling, gen).tolist()
+            t = time.monotonic()
+            step_s = (t - now) if steps == 0 else (1 - _STEP_EMA) * step_s + _STEP_EMA * (t - now)
+            steps += 1
+            self._append(out, live, [[tok] for tok in new], t - t0, max_new_tokens, stops)
+            if on_step is not None:
+                on_step(out)
+
+        for b in out:
+            b.text = self._final_text(b, stops)
+        return Generation(out, P, t_prefill - t0, time.monotonic() - t_prefill, steps)
+
+    def _append(
+        self,
+        out: list[Branch],
+        live: list[int],
+        new_tokens: list[list[int]],
+        at: float,
+        max_new_tokens: int,
+        stops: tuple[str, ...],
+    ) -> None:
+        """Add each live branch's new tokens and mark the branches that just finished."""
+        for i, toks in zip(live, new_tokens):
+            b = out[i]
+            for tok in toks:
+                b.token_ids.append(tok)
+                b.token_times.append(at)
+                if tok in self.eos:
+                    b.finish_reason = "eos"
+                elif stops and self._hit_stop(b.token_ids, stops):
+                    b.finish_reason = "stop"
+                elif b.n_tokens >= max_new_tokens:
+                    b.finish_reason = "length"
+                if b.finish_reason:
+                    break
+
+    def _hit_stop(self, token_ids: list[int], stops: tuple[str, ...]) -> bool:
+        """Whether the text of the last few tokens contains a stop string."""
+        window = max(len(s) for s in stops) + 8
+        tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
+        return any(s in tail for s in stops)
+
+    def _compact(self, out: list[Branch], live: list[int], cache: KVCache) -> list[int]:
+        """Drop finished branches, moving the last live row into each freed slot."""
+        done = [slot for slot, i in enumerate(live) if out[i].finish_reason]
+        if not done:
+            return live
+        live = list(live)
+        for slot in sorted(done, reverse=True):
+            last = len(live) - 1
+            if slot != last:
+                moved = out[live[last]]
+                cache.move_row(last, slot, moved.n_tokens - 1)  # slots written so far
+                live[slot] = live[last]
+            live.pop()
+        return live
+
+    def _final_text(self, b: Branch, stops: tuple[str, ...]) -> str:
+        text = self.tokenizer.decode(b.token_ids, skip_special_tokens=True)
+        if b.finish_reason == "stop":
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+        return text

@@ -1,0 +1,218 @@
+"""A compact decoder-only transformer that runs the decode path of latts.
+
+Why not call the HF model's ``forward``: HF's per-op overhead, ``DynamicCache`` concatenation
+and ``repeat_kv`` cost 4-5x the memory-bandwidth floor on a CPU (see ``shared/PERF-NOTES.md``).
+This module re-packs the HF model's weights (fused q/k/v and gate/up projections) and runs
+attention against a preallocated, in-place :class:`~latts.engine.kv_cache.KVCache` with grouped
+query heads folded into the query length, so K/V are never expanded.
+
+Supported: the Llama family (Llama, Mistral, SmolLM), Qwen2 (q/k/v bias) and Qwen3 (q/k norm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latts.engine.kv_cache import KVCache
+from latts.errors import LattsError
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a decoder: what the KV cache and the attention need to know."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden: int
+    vocab: int
+    rms_eps: float
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+
+class _Layer(nn.Module):
+    """One decoder layer with fused projections."""
+
+    def __init__(self, hf_layer: nn.Module, shape: ModelShape, dtype: torch.dtype) -> None:
+        super().__init__()
+        attn, mlp = hf_layer.self_attn, hf_layer.mlp
+        wq, wk, wv = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+        self.wqkv = nn.Parameter(torch.cat([wq, wk, wv]).to(dtype).contiguous(), requires_grad=False)
+        bias = [p.bias for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        self.bqkv = (
+            nn.Parameter(torch.cat(bias).to(dtype), requires_grad=False) if bias[0] is not None else None
+        )
+        self.wo = nn.Parameter(attn.o_proj.weight.to(dtype).contiguous(), requires_grad=False)
+        self.w_gate_up = nn.Parameter(
+            torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(dtype).contiguous(), requires_grad=False
+        )
+        self.w_down = nn.Parameter(mlp.down_proj.weight.to(dtype).contiguous(), requires_grad=False)
+        self.norm_attn = nn.Parameter(hf_layer.input_layernorm.weight.to(dtype), requires_grad=False)
+        self.norm_mlp = nn.Parameter(hf_layer.post_attention_layernorm.weight.to(dtype), requires_grad=False)
+        q_norm = getattr(attn, "q_norm", None)
+        self.q_norm = nn.Parameter(q_norm.weight.to(dtype), requires_grad=False) if q_norm is not None else None
+        k_norm = getattr(attn, "k_norm", None)
+        self.k_norm = nn.Parameter(k_norm.weight.to(dtype), requires_grad=False) if k_norm is not None else None
+        self.shape = shape
+        self.scale = getattr(attn, "scaling", shape.head_dim**-0.5)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply rotary embeddings in HF's rotate-half convention."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Transformer(nn.Module):
+    """The target (or draft) model as latts runs it: logits for new tokens given a KV cache."""
+
+    def __init__(self, hf_model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        config = hf_model.config
+        arch = getattr(config, "model_type", "?")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise LattsError(
+                f"unsupported architecture '{arch}': the latts engine runs {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.shape = ModelShape(
+            n_layers=config.num_hidden_layers,
+            n_heads=config.num_attention_heads,
+            n_kv_heads=config.num_key_value_heads,
+            head_dim=head_dim,
+            hidden=config.hidden_size,
+            vocab=config.vocab_size,
+            rms_eps=config.rms_norm_eps,
+        )
+        self.dtype = dtype
+        base = hf_model.model
+        self.embed = nn.Parameter(base.embed_tokens.weight.to(dtype).contiguous(), requires_grad=False)
+        self.layers = nn.ModuleList(_Layer(layer, self.shape, dtype) for layer in base.layers)
+        self.norm = nn.Parameter(base.norm.weight.to(dtype), requires_grad=False)
+        lm_head = hf_model.get_output_embeddings().weight
+        self.lm_head = (
+            self.embed
+            if lm_head.data_ptr() == base.embed_tokens.weight.data_ptr() and dtype == lm_head.dtype
+            else nn.Parameter(lm_head.to(dtype).contiguous(), requires_grad=False)
+        )
+        rotary = base.rotary_emb
+        self.register_buffer("inv_freq", rotary.inv_freq.float().clone(), persistent=False)
+        self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self._rope_cos = torch.empty(0)
+        self._rope_sin = torch.empty(0)
+
+    def rope_tables(self, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables ``[n_positions, head_dim]`` in the model dtype, grown on demand."""
+        if self._rope_cos.shape[0] < n_positions:
+            pos = torch.arange(n_positions, dtype=torch.float32)
+            freqs = torch.outer(pos, self.inv_freq)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._rope_cos = (emb.cos() * self.rope_scaling).to(self.dtype)
+            self._rope_sin = (emb.sin() * self.rope_scaling).to(self.dtype)
+        return self._rope_cos, self._rope_sin
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), weight, self.shape.rms_eps)
+
+    def _qkv(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Project ``x`` ``[B, t, D]`` to rotated q ``[B, t, H, hd]`` and k, v ``[B, t, G, hd]``."""
+        s = self.shape
+        B, t, _ = x.shape
+        qd, kvd = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
+        qkv = F.linear(self._rms(x, layer.norm_attn), layer.wqkv, layer.bqkv)
+        q = qkv[..., :qd].view(B, t, s.n_heads, s.head_dim)
+        k = qkv[..., qd : qd + kvd].view(B, t, s.n_kv_heads, s.head_dim)
+        v = qkv[..., qd + kvd :].view(B, t, s.n_kv_heads, s.head_dim)
+        if layer.q_norm is not None:
+            q = self._rms(q, layer.q_norm)
+            k = self._rms(k, layer.k_norm)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+    def _mlp_and_out(self, layer: _Layer, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Residual add of the attention output, then the gated MLP block."""
+        x = x + F.linear(attn_out, layer.wo)
+        gate, up = F.linear(self._rms(x, layer.norm_mlp), layer.w_gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, layer.w_down)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._rms(x, self.norm), self.lm_head)
+
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run the prompt ``tokens`` ``[1, P]`` once, store its K/V as the shared prefix; last logits ``[1, V]``."""
+        s = self.shape
+        _, P = tokens.shape
+        cos_t, sin_t = self.rope_tables(P)
+        cos, sin = cos_t[:P, None, :], sin_t[:P, None, :]  # [P, 1, hd]
+        x = self.embed[tokens]
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            cache.write_prefix(i, k, v)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=layer.scale, enable_gqa=True)
+            x = self._mlp_and_out(layer, x, o.transpose(1, 2).reshape(1, P, s.n_heads * s.head_dim))
+        return self._logits(x[:, -1])
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, start: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run ``tokens`` ``[B, k]`` at positions ``start[b] + 0..k-1`` for cache rows ``0..B-1``; logits ``[B, k, V]``.
+
+        Positions count from the start of the prompt (``start >= prompt_len``). Their K/V are written
+        into the rows' suffix slots; each query sees the shared prompt and its row's slots up to its own
+        position. The two attention parts are merged exactly through their log-sum-exps.
+        """
+        s = self.shape
+        B, k = tokens.shape
+        G, r, hd = s.n_kv_heads, s.group, s.head_dim
+        positions = start[:, None] + torch.arange(k)  # [B, k]
+        cos_t, sin_t = self.rope_tables(int(positions.max()) + 1)
+        cos, sin = cos_t[positions][:, :, None, :], sin_t[positions][:, :, None, :]  # [B, k, 1, hd]
+        slots = positions - cache.prompt_len
+        n_slots = int(slots.max()) + 1
+        uniform = bool((start == start[0]).all())
+        mask = None
+        if k > 1 or not uniform:  # additive [B, 1, r*k, n_slots]; query r_i*k + i sees slots <= its own
+            visible = torch.arange(n_slots)[None, None, :] <= slots[:, :, None]  # [B, k, S]
+            mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
+            mask = mask[:, None].expand(B, r, k, n_slots).reshape(B, 1, r * k, n_slots)
+
+        x = self.embed[tokens]  # [B, k, D]
+        for i, layer in enumerate(self.layers):
+            q, kk, v = self._qkv(layer, x, cos, sin)
+            keys, values = cache.write(i, kk, v, slots, uniform, n_slots)  # [B, G, S, hd]
+            # Fold the r query heads of each KV head into the query length: [B, G, r*k, hd].
+            q = q.view(B, k, G, r, hd).permute(0, 2, 3, 1, 4).reshape(B, G, r * k, hd)
+            # Prompt part: every row's queries against the one shared prefix, as one GEMM.
+            pk, pv = cache.prefix(i)
+            q_all = q.transpose(0, 1).reshape(1, G, B * r * k, hd)
+            o1, lse1 = _attention(q_all, pk, pv, None, layer.scale)
+            o1 = o1.view(G, B, r * k, hd).transpose(0, 1)
+            lse1 = lse1.view(G, B, r * k).transpose(0, 1)
+            # Own part: each row's generated tokens.
+            o2, lse2 = _attention(q, keys, values, mask, layer.scale)
+            o = torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).unsqueeze(-1).to(o2.dtype))
+            o = o.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).reshape(B, k, s.n_heads * hd)
+            x = self._mlp_and_out(layer, x, o)
+        return self._logits(x)
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention returning the output and its log-sum-exp (for merging partial attentions)."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, False, attn_mask=mask, scale=scale
+    )
+    return out, lse

@@ -1,0 +1,61 @@
+"""Terminal views of branches for the CLI: a rich live table while decoding, a summary after."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from latts.types import Branch, Generation
+
+_REFRESH_S = 0.25
+
+
+def _tail(text: str, width: int = 70) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else "…" + flat[-width:]
+
+
+class BranchView:
+    """A live table of the branches being decoded, refreshed a few times a second."""
+
+    def __init__(self, console: Console, tokenizer: object, branches: int) -> None:
+        self.console = console
+        self.tokenizer = tokenizer
+        self.live = Live(console=console, auto_refresh=False, transient=True)
+        self._last = 0.0
+
+    def __enter__(self) -> "BranchView":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)
+
+    def update(self, branches: list[Branch]) -> None:
+        """Redraw, at most every 0.25 s (decoding text for many branches is not free)."""
+        now = time.monotonic()
+        if now - self._last < _REFRESH_S:
+            return
+        self._last = now
+        table = Table("#", "tokens", "state", "latest text", expand=True)
+        for b in branches:
+            text = self.tokenizer.decode(b.token_ids[-40:], skip_special_tokens=True)
+            table.add_row(str(b.index), str(b.n_tokens), b.finish_reason or "…", _tail(text))
+        self.live.update(table, refresh=True)
+
+
+def print_summary(console: Console, result: Generation) -> None:
+    """The final branches, then where the time went."""
+    for b in result.branches:
+        console.rule(f"branch {b.index} · {b.n_tokens} tokens · {b.finish_reason} · {b.tokens_per_s:.1f} tok/s")
+        console.print(b.text.strip(), highlight=False, markup=False)
+    tps = result.total_tokens / result.decode_s if result.decode_s > 0 else 0.0
+    console.rule()
+    console.print(
+        f"{len(result.branches)} branches · prompt {result.prompt_tokens} tokens · prefill {result.prefill_s:.2f} s"
+        f" · decode {result.decode_s:.2f} s for {result.total_tokens} tokens ({tps:.1f} tok/s summed)",
+        highlight=False,
+    )

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real default model, loaded once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latts.engine.engine import Engine
+from latts.models import DEFAULT_MODEL, LoadedModel, load
+
+
+@pytest.fixture(scope="session")
+def fp32_model() -> LoadedModel:
+    """The bundled SmolLM2-135M-Instruct in fp32 (exactness tests run in fp32)."""
+    return load(DEFAULT_MODEL, "float32")
+
+
+@pytest.fixture(scope="session")
+def engine(fp32_model: LoadedModel) -> Engine:
+    """An fp32 engine on the default model."""
+    return Engine(fp32_model)
+
+
+@pytest.fixture(scope="session")
+def hf_model(fp32_model: LoadedModel):
+    """The reference: HF transformers' own model on the same weights, fp32."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(fp32_model.hf_path, dtype=torch.float32).eval()
