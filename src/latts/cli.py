@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from latts.errors import LattsError
 
@@ -27,7 +28,7 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32 or bfloat1
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -103,8 +104,13 @@ def models() -> None:
 
     from latts.models import list_models
 
+    rows = list_models()
+    if not out.is_terminal:  # piped: whole paths, one model per line, tab-separated
+        for row in rows:
+            sys.stdout.write(f"{row['name']}\t{row['kind']}\t{row['path']}\n")
+        return
     table = Table("name", "kind", "path")
-    for row in list_models():
+    for row in rows:
         table.add_row(row["name"], row["kind"], row["path"])
     out.print(table)
 

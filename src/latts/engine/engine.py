@@ -71,6 +71,7 @@ class Engine:
         deadline: float | None = None,
         chat: bool = True,
         on_step: Callable[[list[Branch]], None] | None = None,
+        ignore_eos: bool = False,
     ) -> Generation:
         """Decode ``branches`` continuations of ``prompt`` together.
 
@@ -83,12 +84,14 @@ class Engine:
             deadline: ``time.monotonic()`` value by which all work must end.
             chat: apply the chat template to a text prompt.
             on_step: called with the branches after every step (live views); keep it cheap.
+            ignore_eos: decode past end-of-sequence tokens (fixed-length runs for benchmarks).
         """
         t0 = time.monotonic()
         sampling = sampling or SamplingParams(temperature=0.0)
         check_generation_args(branches, max_new_tokens)
         ids = self.encode(prompt, chat)
         stops = tuple(s for s in stop if s)
+        eos = frozenset() if ignore_eos else self.eos
         out = [Branch(index=i) for i in range(branches)]
         if deadline is not None and t0 >= deadline:
             for b in out:
@@ -104,7 +107,7 @@ class Engine:
         first = sample(logits.expand(branches, -1), sampling, gen).tolist()
         t_prefill = time.monotonic()
         live = list(range(branches))  # live[slot] = branch index; live rows are cache rows 0..n-1
-        self._append(out, live, [[t] for t in first], t_prefill - t0, max_new_tokens, stops)
+        self._append(out, live, [[t] for t in first], t_prefill - t0, max_new_tokens, stops, eos)
 
         steps, step_s = 0, 0.0
         while live:
@@ -123,7 +126,7 @@ class Engine:
             t = time.monotonic()
             step_s = (t - now) if steps == 0 else (1 - _STEP_EMA) * step_s + _STEP_EMA * (t - now)
             steps += 1
-            self._append(out, live, [[tok] for tok in new], t - t0, max_new_tokens, stops)
+            self._append(out, live, [[tok] for tok in new], t - t0, max_new_tokens, stops, eos)
             if on_step is not None:
                 on_step(out)
 
@@ -139,6 +142,7 @@ class Engine:
         at: float,
         max_new_tokens: int,
         stops: tuple[str, ...],
+        eos: frozenset[int],
     ) -> None:
         """Add each live branch's new tokens and mark the branches that just finished."""
         for i, toks in zip(live, new_tokens):
@@ -146,7 +150,7 @@ class Engine:
             for tok in toks:
                 b.token_ids.append(tok)
                 b.token_times.append(at)
-                if tok in self.eos:
+                if tok in eos:
                     b.finish_reason = "eos"
                 elif stops and self._hit_stop(b.token_ids, stops):
                     b.finish_reason = "stop"

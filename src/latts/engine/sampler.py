@@ -12,7 +12,9 @@ from latts.config import SamplingParams
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution ``[..., V]`` (fp32) that sampling with ``params`` draws from."""
+    """The distribution ``[..., V]`` (fp32) that sampling with ``params`` draws from (one-hot when greedy)."""
+    if params.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     logits = logits.float() / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]

@@ -1,0 +1,241 @@
+"""Decode throughput of the latts engine against HF ``generate`` (and llama.cpp if installed).
+
+For every B in --batches and every context in --contexts (prompt length in tokens), measures the
+median decode step (prefill excluded) and tokens/s summed over rows, all in one process with the
+same threads, plus a bf16 matmul micro-benchmark giving this machine's compute ceiling and the
+peak memory of latts at the largest B and context.
+
+Targets (exit 1 when one is missed): latts B=1 >= 3x HF B=1; latts B=16 >= 2x HF B=16 (both at
+the first context); at its best B, latts reaches >= 20% of the bf16 compute ceiling
+(tokens/s x 2 x parameters / bf16 FLOP/s), whatever dtype it runs in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latts.config import SamplingParams
+from latts.engine.engine import Engine
+from latts.models import DEFAULT_MODEL, hf_folder, load, resolve
+
+SAMPLING = SamplingParams(temperature=0.7, seed=0)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Dense n^3 matmul throughput in GFLOP/s (median)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def prompt_ids(n: int) -> list[int]:
+    """A deterministic prompt of n ordinary token ids."""
+    g = torch.Generator().manual_seed(n)
+    return torch.randint(100, 40000, (n,), generator=g).tolist()
+
+
+def peak_rss_reset() -> None:
+    """Reset the kernel's peak-RSS counter for this process (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def latts_step_ms(engine: Engine, ctx: int, B: int, steps: int, repeats: int) -> float:
+    """Median decode-step time of latts (prefill excluded)."""
+    ids = prompt_ids(ctx)
+    runs = []
+    for _ in range(repeats):
+        gen = engine.generate(ids, branches=B, max_new_tokens=steps + 1, sampling=SAMPLING, ignore_eos=True)
+        runs.append(gen.decode_s / gen.steps * 1e3)
+    return statistics.median(runs)
+
+
+class _StepClock:
+    """A logits processor that timestamps every HF decode step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def hf_step_ms(hf, ctx: int, B: int, steps: int) -> float:
+    """Median decode-step time of HF ``generate`` with num_return_sequences=B (prefill excluded)."""
+    from transformers import LogitsProcessorList
+
+    clock = _StepClock()
+    ids = torch.tensor([prompt_ids(ctx)])
+    with torch.inference_mode():
+        hf.generate(
+            ids,
+            do_sample=True,
+            temperature=0.7,
+            num_return_sequences=B,
+            max_new_tokens=steps + 1,
+            min_new_tokens=steps + 1,
+            pad_token_id=0,
+            logits_processor=LogitsProcessorList([clock]),
+        )
+    gaps = [b - a for a, b in zip(clock.times, clock.times[1:])]
+    return statistics.median(gaps) * 1e3
+
+
+def llamacpp_step_ms(gguf: str, ctx: int, B: int, steps: int) -> float | None:
+    """Median decode-step time of llama.cpp on the same GGUF (B sequences sharing the prompt)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(gguf, n_ctx=(ctx + steps + 8) * B, n_batch=max(512, B), n_seq_max=B,
+                          n_threads=torch.get_num_threads(), verbose=False)
+    ids = prompt_ids(ctx)
+    batch = llama_cpp.llama_batch_init(max(len(ids), B), 0, B)
+    ctx_ptr = llm.ctx
+    for i, t in enumerate(ids):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, i, B
+        for s in range(B):
+            batch.seq_id[i][s] = s
+        batch.logits[i] = i == len(ids) - 1
+    batch.n_tokens = len(ids)
+    llama_cpp.llama_decode(ctx_ptr, batch)
+    times = []
+    for step in range(steps):
+        for s in range(B):
+            batch.token[s], batch.pos[s], batch.n_seq_id[s] = 100 + step, len(ids) + step, 1
+            batch.seq_id[s][0] = s
+            batch.logits[s] = True
+        batch.n_tokens = B
+        t = time.perf_counter()
+        llama_cpp.llama_decode(ctx_ptr, batch)
+        times.append(time.perf_counter() - t)
+    llama_cpp.llama_batch_free(batch)
+    return statistics.median(times) * 1e3
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,2,4,8,16,32,64")
+    ap.add_argument("--contexts", default="512,2048")
+    ap.add_argument("--steps", type=int, default=24, help="decode steps per measurement")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--hf-max-tokens", type=int, default=64 * 2048,
+                    help="skip HF where B x context exceeds this (its prefill expands the prompt B times)")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    contexts = [int(c) for c in args.contexts.split(",")]
+
+    bf16_gflops = matmul_gflops(torch.bfloat16)
+    fp32_gflops = matmul_gflops(torch.float32)
+    loaded = load(DEFAULT_MODEL, args.dtype)
+    engine = Engine(loaded)
+    warm = engine.warmup()
+    n_params = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
+    print(f"model {loaded.name}: {n_params / 1e6:.1f} M parameters, latts dtype "
+          f"{str(loaded.dtype).removeprefix('torch.')}, load {loaded.load_s:.1f} s, warm-up {warm:.1f} s, "
+          f"{torch.get_num_threads()} threads")
+    print(f"matmul ceiling (2048^3): bf16 {bf16_gflops:.0f} GFLOP/s, fp32 {fp32_gflops:.0f} GFLOP/s")
+
+    rows: dict[tuple[int, int], dict] = {}
+    peak = None
+    for ctx in contexts:
+        for B in batches:
+            if ctx == contexts[-1] and B == batches[-1]:
+                peak_rss_reset()
+            ms = latts_step_ms(engine, ctx, B, args.steps, args.repeats)
+            if ctx == contexts[-1] and B == batches[-1]:
+                peak = peak_rss_gib()
+            rows[(ctx, B)] = {"ctx": ctx, "B": B, "latts_ms": ms, "latts_tps": B / ms * 1e3}
+            print(f"  latts ctx={ctx} B={B}: {ms:.1f} ms/step", flush=True)
+    del engine, loaded
+
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32)
+    hf.eval()
+    for (ctx, B), row in rows.items():
+        if B * ctx > args.hf_max_tokens:
+            continue
+        ms = hf_step_ms(hf, ctx, B, max(8, args.steps // 2))
+        row.update(hf_ms=ms, hf_tps=B / ms * 1e3)
+        print(f"  HF    ctx={ctx} B={B}: {ms:.1f} ms/step", flush=True)
+    del hf
+    gguf = str(resolve(DEFAULT_MODEL))
+    for (ctx, B), row in rows.items():
+        ms = llamacpp_step_ms(gguf, ctx, B, args.steps)
+        if ms is not None:
+            row.update(llamacpp_ms=ms, llamacpp_tps=B / ms * 1e3)
+
+    has_cpp = any("llamacpp_ms" in r for r in rows.values())
+    head = "| context | B | latts ms/step | latts tok/s | HF ms/step | HF tok/s | latts / HF |"
+    head += " llama.cpp ms/step | llama.cpp tok/s |" if has_cpp else ""
+    print()
+    print(head)
+    print("|" + " --- |" * (head.count("|") - 1))
+    for row in rows.values():
+        hf_ms = row.get("hf_ms")
+        cells = [str(row["ctx"]), str(row["B"]), f"{row['latts_ms']:.1f}", f"{row['latts_tps']:.1f}",
+                 f"{hf_ms:.1f}" if hf_ms else "—", f"{row['hf_tps']:.1f}" if hf_ms else "—",
+                 f"{hf_ms / row['latts_ms']:.2f}x" if hf_ms else "—"]
+        if has_cpp:
+            cells += [f"{row['llamacpp_ms']:.1f}", f"{row['llamacpp_tps']:.1f}"] if "llamacpp_ms" in row else ["—"] * 2
+        print("| " + " | ".join(cells) + " |")
+
+    ctx0 = contexts[0]
+    best = max((r for r in rows.values()), key=lambda r: r["latts_tps"])
+    util = best["latts_tps"] * 2 * n_params / (bf16_gflops * 1e9)
+    print()
+    print(f"best latts: B={best['B']} ctx={best['ctx']} {best['latts_tps']:.0f} tok/s = "
+          f"{util:.1%} of the bf16 compute ceiling")
+    if peak is not None:
+        print(f"peak RSS during latts B={batches[-1]} ctx={contexts[-1]}: {peak:.2f} GiB")
+
+    failures = []
+    checks = [(1, 3.0), (16, 2.0)]
+    for B, need in checks:
+        r = rows.get((ctx0, B))
+        if r is None or "hf_ms" not in r:
+            failures.append(f"B={B} ctx={ctx0} was not measured against HF")
+            continue
+        ratio = r["hf_ms"] / r["latts_ms"]
+        status = "ok" if ratio >= need else "MISSED"
+        print(f"target latts B={B} >= {need:.0f}x HF: {ratio:.2f}x {status}")
+        if ratio < need:
+            failures.append(f"latts B={B} is {ratio:.2f}x HF, target {need}x")
+    print(f"target >= 20% of bf16 ceiling: {util:.1%} {'ok' if util >= 0.2 else 'MISSED'}")
+    if util < 0.2:
+        failures.append(f"best B reaches {util:.1%} of the bf16 ceiling, target 20%")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": list(rows.values()), "bf16_gflops": bf16_gflops,
+                                         "fp32_gflops": fp32_gflops, "peak_rss_gib": peak}, indent=2))
+    for f in failures:
+        print("FAILED:", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
