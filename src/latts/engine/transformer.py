@@ -60,10 +60,17 @@ class _Layer(nn.Module):
         self.w_down = nn.Parameter(mlp.down_proj.weight.to(dtype).contiguous(), requires_grad=False)
         self.norm_attn = nn.Parameter(hf_layer.input_layernorm.weight.to(dtype), requires_grad=False)
         self.norm_mlp = nn.Parameter(hf_layer.post_attention_layernorm.weight.to(dtype), requires_grad=False)
-        q_norm = getattr(attn, "q_norm", None)
-        self.q_norm = nn.Parameter(q_norm.weight.to(dtype), requires_grad=False) if q_norm is not None else None
-        k_norm = getattr(attn, "k_norm", None)
-        self.k_norm = nn.Parameter(k_norm.weight.to(dtype), requires_grad=False) if k_norm is not None else None
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        self.qk_norm = (  # [H + G, hd]: per-head weights of q's heads then k's
+            nn.Parameter(
+                torch.cat([q_norm.weight.expand(shape.n_heads, -1), k_norm.weight.expand(shape.n_kv_heads, -1)])
+                .to(dtype)
+                .contiguous(),
+                requires_grad=False,
+            )
+            if q_norm is not None
+            else None
+        )
         self.shape = shape
         self.scale = getattr(attn, "scaling", shape.head_dim**-0.5)
 
@@ -127,18 +134,20 @@ class Transformer(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), weight, self.shape.rms_eps)
 
     def _qkv(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Project ``x`` ``[B, t, D]`` to rotated q ``[B, t, H, hd]`` and k, v ``[B, t, G, hd]``."""
+        """Project ``x`` ``[B, t, D]`` to rotated q ``[B, t, H, hd]`` and k, v ``[B, t, G, hd]``.
+
+        q and k heads are normalised (Qwen3) and rotated together, as one ``[B, t, H+G, hd]`` tensor.
+        """
         s = self.shape
         B, t, _ = x.shape
-        qd, kvd = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
+        H, G, hd = s.n_heads, s.n_kv_heads, s.head_dim
         qkv = F.linear(self._rms(x, layer.norm_attn), layer.wqkv, layer.bqkv)
-        q = qkv[..., :qd].view(B, t, s.n_heads, s.head_dim)
-        k = qkv[..., qd : qd + kvd].view(B, t, s.n_kv_heads, s.head_dim)
-        v = qkv[..., qd + kvd :].view(B, t, s.n_kv_heads, s.head_dim)
-        if layer.q_norm is not None:
-            q = self._rms(q, layer.q_norm)
-            k = self._rms(k, layer.k_norm)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+        qk = qkv[..., : (H + G) * hd].view(B, t, H + G, hd)
+        v = qkv[..., (H + G) * hd :].view(B, t, G, hd)
+        if layer.qk_norm is not None:
+            qk = F.rms_norm(qk, (hd,), None, s.rms_eps) * layer.qk_norm
+        qk = _rotate(qk, cos, sin)
+        return qk[:, :, :H], qk[:, :, H:], v
 
     def _mlp_and_out(self, layer: _Layer, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """Residual add of the attention output, then the gated MLP block."""
