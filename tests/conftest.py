@@ -27,3 +27,17 @@ def hf_model(fp32_model: LoadedModel):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(fp32_model.hf_path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def draft_folder(fp32_model: LoadedModel, tmp_path_factory) -> str:
+    """A genuine separate draft model: the default model's first 6 layers saved as its own HF folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("draft6")
+    hf = AutoModelForCausalLM.from_pretrained(fp32_model.hf_path, dtype=torch.float32)
+    hf.model.layers = hf.model.layers[:6]
+    hf.config.num_hidden_layers = 6
+    hf.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(fp32_model.hf_path).save_pretrained(folder)
+    return str(folder)

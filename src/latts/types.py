@@ -23,6 +23,9 @@ class Branch:
     text: str = ""
     finish_reason: FinishReason | None = None
     token_times: list[float] = field(default_factory=list)
+    spec_rounds: int = 0
+    spec_proposed: int = 0
+    spec_accepted: int = 0
 
     @property
     def n_tokens(self) -> int:
@@ -38,11 +41,79 @@ class Branch:
         return (len(self.token_times) - 1) / span if span > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view, with the derived speed."""
+        """JSON-ready view, with the derived speed (and acceptance when speculation ran)."""
         d = asdict(self)
         d["n_tokens"] = self.n_tokens
         d["tokens_per_s"] = round(self.tokens_per_s, 3)
+        if self.spec_rounds:
+            d["acceptance_rate"] = round(self.spec_accepted / max(1, self.spec_proposed), 4)
+            d["mean_accepted_length"] = round((self.spec_accepted + self.spec_rounds) / self.spec_rounds, 4)
         return d
+
+
+@dataclass(slots=True)
+class SpecStats:
+    """Speculative-decoding metrics of one request, in vLLM's vocabulary.
+
+    A *round* is one row verified once. ``mean_accepted_length`` counts the bonus/recovered token
+    (tokens gained per row per verify), so plain decoding would score 1.0.
+    """
+
+    drafter: str
+    gamma: int
+    rounds: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    proposed_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.proposed_at = self.proposed_at or [0] * self.gamma
+        self.accepted_at = self.accepted_at or [0] * self.gamma
+
+    def record(self, n_proposed: list[int], accepted: list[int], draft_s: float, verify_s: float) -> None:
+        """Add one verify step over several rows."""
+        self.rounds += len(accepted)
+        self.proposed += sum(n_proposed)
+        self.accepted += sum(accepted)
+        for n, a in zip(n_proposed, accepted):
+            for i in range(n):
+                self.proposed_at[i] += 1
+            for i in range(a):
+                self.accepted_at[i] += 1
+        self.draft_s += draft_s
+        self.verify_s += verify_s
+
+    @property
+    def acceptance_rate(self) -> float:
+        """α: accepted drafts over proposed drafts."""
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens gained per row per verify, bonus included."""
+        return (self.accepted + self.rounds) / self.rounds if self.rounds else 0.0
+
+    def acceptance_by_position(self) -> list[float]:
+        """Fraction of proposals accepted at each draft position 1..γ."""
+        return [a / p if p else 0.0 for a, p in zip(self.accepted_at, self.proposed_at)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view with the derived rates."""
+        return {
+            "drafter": self.drafter,
+            "gamma": self.gamma,
+            "rounds": self.rounds,
+            "proposed": self.proposed,
+            "accepted": self.accepted,
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "mean_accepted_length": round(self.mean_accepted_length, 4),
+            "acceptance_by_position": [round(x, 4) for x in self.acceptance_by_position()],
+            "draft_s": round(self.draft_s, 4),
+            "verify_s": round(self.verify_s, 4),
+        }
 
 
 @dataclass(slots=True)
@@ -54,6 +125,7 @@ class Generation:
     prefill_s: float
     decode_s: float
     steps: int
+    spec: SpecStats | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -75,5 +147,6 @@ class Generation:
             "steps": self.steps,
             "total_tokens": self.total_tokens,
             "tokens_per_s": round(self.total_tokens / self.decode_s, 3) if self.decode_s > 0 else 0.0,
+            "speculation": self.spec.to_dict() if self.spec is not None else None,
             "branches": [b.to_dict() for b in self.branches],
         }

@@ -17,10 +17,11 @@ import torch
 
 from latts.config import SamplingParams, check_generation_args
 from latts.engine.kv_cache import KVCache
-from latts.engine.sampler import sample
+from latts.engine.drafters import Drafter
+from latts.engine.sampler import probabilities, rejection_sample, sample
 from latts.errors import LattsError
 from latts.models import LoadedModel
-from latts.types import Branch, Generation
+from latts.types import Branch, Generation, SpecStats
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class Engine:
         chat: bool = True,
         on_step: Callable[[list[Branch]], None] | None = None,
         ignore_eos: bool = False,
+        gamma: int = 0,
+        drafter: Drafter | None = None,
     ) -> Generation:
         """Decode ``branches`` continuations of ``prompt`` together.
 
@@ -85,10 +88,16 @@ class Engine:
             chat: apply the chat template to a text prompt.
             on_step: called with the branches after every step (live views); keep it cheap.
             ignore_eos: decode past end-of-sequence tokens (fixed-length runs for benchmarks).
+            gamma: draft tokens per row and step (speculative decoding; 0 = plain decoding).
+            drafter: who proposes the drafts (required when ``gamma > 0``).
         """
         t0 = time.monotonic()
         sampling = sampling or SamplingParams(temperature=0.0)
         check_generation_args(branches, max_new_tokens)
+        if gamma < 0:
+            raise LattsError(f"gamma must be >= 0, got {gamma}")
+        if gamma > 0 and drafter is None:
+            raise LattsError("speculative decoding (gamma > 0) needs a drafter")
         ids = self.encode(prompt, chat)
         stops = tuple(s for s in stop if s)
         eos = frozenset() if ignore_eos else self.eos
@@ -96,22 +105,26 @@ class Engine:
         if deadline is not None and t0 >= deadline:
             for b in out:
                 b.finish_reason = "deadline"
-            return Generation(out, len(ids), 0.0, 0.0, 0)
+            return Generation(out, len(ids), 0.0, 0.0, 0, None)
 
         m = self.model
         s = m.shape
         P = len(ids)
-        cache = KVCache(s.n_layers, branches, s.n_kv_heads, P, max_new_tokens, s.head_dim, m.dtype)
+        spec = SpecStats(drafter.name, gamma) if drafter is not None and gamma > 0 else None
+        cache = KVCache(s.n_layers, branches, s.n_kv_heads, P, max_new_tokens + gamma, s.head_dim, m.dtype)
         gen = torch.Generator().manual_seed(sampling.seed)
         logits = m.prefill(torch.tensor([ids]), cache)  # [1, V]
         first = sample(logits.expand(branches, -1), sampling, gen).tolist()
+        if spec is not None:
+            drafter.begin(ids, branches, max_new_tokens)
         t_prefill = time.monotonic()
+        history = [list(ids) for _ in range(branches)]  # prompt + generated, per branch (drafters read it)
         live = list(range(branches))  # live[slot] = branch index; live rows are cache rows 0..n-1
-        self._append(out, live, [[t] for t in first], t_prefill - t0, max_new_tokens, stops, eos)
+        self._append(out, history, live, [[t] for t in first], t_prefill - t0, max_new_tokens, stops, eos)
 
         steps, step_s = 0, 0.0
         while live:
-            live = self._compact(out, live, cache)
+            live = self._compact(out, live, cache, drafter if spec is not None else None)
             if not live:
                 break
             now = time.monotonic()
@@ -119,24 +132,62 @@ class Engine:
                 for i in live:
                     out[i].finish_reason = "deadline"
                 break
-            last = torch.tensor([[out[i].token_ids[-1]] for i in live])  # [n, 1]
-            start = torch.tensor([P + out[i].n_tokens - 1 for i in live])  # [n]
-            logits = m.decode(last, start, cache)[:, -1]  # [n, V]
-            new = sample(logits, sampling, gen).tolist()
+            last = torch.tensor([[history[i][-1]] for i in live])  # [n, 1]
+            start = torch.tensor([len(history[i]) - 1 for i in live])  # position of each row's last token
+            if spec is None:
+                logits = m.decode(last, start, cache)[:, -1]  # [n, V]
+                new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
+            else:
+                new = self._speculate(out, live, history, last, start, cache, gamma, drafter, sampling, gen, spec)
             t = time.monotonic()
             step_s = (t - now) if steps == 0 else (1 - _STEP_EMA) * step_s + _STEP_EMA * (t - now)
             steps += 1
-            self._append(out, live, [[tok] for tok in new], t - t0, max_new_tokens, stops, eos)
+            self._append(out, history, live, new, t - t0, max_new_tokens, stops, eos)
             if on_step is not None:
                 on_step(out)
 
         for b in out:
             b.text = self._final_text(b, stops)
-        return Generation(out, P, t_prefill - t0, time.monotonic() - t_prefill, steps)
+        return Generation(out, P, t_prefill - t0, time.monotonic() - t_prefill, steps, spec)
+
+    def _speculate(
+        self,
+        out: list[Branch],
+        live: list[int],
+        history: list[list[int]],
+        last: torch.Tensor,
+        start: torch.Tensor,
+        cache: KVCache,
+        gamma: int,
+        drafter: Drafter,
+        sampling: SamplingParams,
+        gen: torch.Generator,
+        spec: SpecStats,
+    ) -> list[list[int]]:
+        """One round: draft γ tokens per row, verify all rows' γ+1 positions in one forward, accept per row."""
+        t0 = time.perf_counter()
+        hists = [history[i] for i in live]
+        drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, gen)  # [n, γ], [n], [n, γ, V]?
+        t1 = time.perf_counter()
+        logits = self.model.decode(torch.cat([last, drafts], 1), start, cache)  # [n, γ+1, V]
+        p = probabilities(logits, sampling)
+        accepted, nxt = rejection_sample(drafts, n_proposed, p, q, gen)
+        t2 = time.perf_counter()
+        acc = accepted.tolist()
+        drafter.observe([len(h) for h in hists], acc)
+        proposed = n_proposed.tolist()
+        spec.record(proposed, acc, t1 - t0, t2 - t1)
+        for i, n, a in zip(live, proposed, acc):
+            out[i].spec_rounds += 1
+            out[i].spec_proposed += n
+            out[i].spec_accepted += a
+        rows = drafts.tolist()
+        return [rows[r][: acc[r]] + [tok] for r, tok in enumerate(nxt.tolist())]
 
     def _append(
         self,
         out: list[Branch],
+        history: list[list[int]],
         live: list[int],
         new_tokens: list[list[int]],
         at: float,
@@ -149,6 +200,7 @@ class Engine:
             b = out[i]
             for tok in toks:
                 b.token_ids.append(tok)
+                history[i].append(tok)
                 b.token_times.append(at)
                 if tok in eos:
                     b.finish_reason = "eos"
@@ -165,8 +217,10 @@ class Engine:
         tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
         return any(s in tail for s in stops)
 
-    def _compact(self, out: list[Branch], live: list[int], cache: KVCache) -> list[int]:
-        """Drop finished branches, moving the last live row into each freed slot."""
+    def _compact(
+        self, out: list[Branch], live: list[int], cache: KVCache, drafter: Drafter | None
+    ) -> list[int]:
+        """Drop finished branches, moving the last live row into each freed slot (drafter state too)."""
         done = [slot for slot, i in enumerate(live) if out[i].finish_reason]
         if not done:
             return live
@@ -176,6 +230,8 @@ class Engine:
             if slot != last:
                 moved = out[live[last]]
                 cache.move_row(last, slot, moved.n_tokens - 1)  # slots written so far
+                if drafter is not None:
+                    drafter.move_row(last, slot)
                 live[slot] = live[last]
             live.pop()
         return live

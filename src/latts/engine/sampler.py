@@ -41,3 +41,48 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if params.greedy:
         return torch.argmax(logits, dim=-1)
     return draw(probabilities(logits, params), generator)
+
+
+def rejection_sample(
+    drafts: torch.Tensor,
+    n_proposed: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor | None,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative-decoding acceptance for a batch of rows (Leviathan et al. 2023; Chen et al. 2023).
+
+    Args:
+        drafts: ``[n, gamma]`` proposed tokens (entries at or past ``n_proposed`` are padding).
+        n_proposed: ``[n]`` how many drafts each row really proposed.
+        p: ``[n, gamma + 1, V]`` the target's (warped) distributions at each draft position and after.
+        q: ``[n, gamma, V]`` the drafter's distributions, or ``None`` for a deterministic drafter
+            (one-hot on its proposal, e.g. n-gram lookup).
+        generator: seeded randomness.
+
+    Returns:
+        ``accepted`` ``[n]``: leading drafts kept; ``next_token`` ``[n]``: the recovered token
+        (drawn from ``normalize(max(0, p - q))`` at the first rejection) or, when every proposal was
+        kept, the bonus token drawn from ``p``. The output is distributed exactly as sampling from
+        ``p`` token by token; with one-hot (greedy) ``p`` it is exact-match acceptance.
+    """
+    n, gamma = drafts.shape
+    rows = torch.arange(n)
+    if gamma == 0:
+        return torch.zeros(n, dtype=torch.long), draw(p[:, 0], generator)
+    p_draft = p[:, :gamma].gather(-1, drafts[..., None]).squeeze(-1)  # [n, gamma]
+    q_draft = q.gather(-1, drafts[..., None]).squeeze(-1) if q is not None else torch.ones_like(p_draft)
+    u = torch.rand(p_draft.shape, generator=generator)
+    keep = (u * q_draft < p_draft) & (torch.arange(gamma)[None, :] < n_proposed[:, None])
+    accepted = keep.long().cumprod(-1).sum(-1)  # [n]
+    p_next = p[rows, accepted]  # [n, V]
+    rejected = accepted < n_proposed
+    if q is not None:
+        q_next = q[rows, accepted.clamp(max=gamma - 1)]
+    else:
+        q_next = torch.nn.functional.one_hot(drafts[rows, accepted.clamp(max=gamma - 1)], p.shape[-1]).to(p.dtype)
+    residual = (p_next - q_next * rejected[:, None]).clamp_(min=0)
+    mass = residual.sum(-1, keepdim=True)
+    # p == q leaves no residual mass: rejection had probability 0 then, so fall back to p itself
+    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p_next)
+    return accepted, draw(residual, generator)

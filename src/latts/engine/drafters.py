@@ -1,0 +1,191 @@
+"""Drafters for speculative decoding: who proposes the next γ tokens of every live branch.
+
+One small protocol (modelled on transformers' ``CandidateGenerator``: ``get_candidates`` /
+``update_candidate_strategy``) with two implementations:
+
+- :class:`NGramDrafter` (prompt lookup): continues the most recent earlier occurrence of the
+  row's last n tokens (n = 3, 2, 1) in the prompt and the row's own output. No model, no cost.
+- :class:`DraftModelDrafter`: a smaller model with the same tokenizer, decoding γ tokens for all
+  rows in one batch, with its own branch KV cache rolled back per row on rejection.
+
+Rows are addressed by their slot in the engine's batch; the engine reports compaction through
+:meth:`Drafter.move_row` so per-row state follows its branch.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from latts.config import SamplingParams
+from latts.engine.kv_cache import KVCache
+from latts.engine.sampler import draw, probabilities
+from latts.errors import LattsError
+from latts.models import LoadedModel
+
+
+class Drafter(Protocol):
+    """Proposes draft tokens for a batch of rows and learns how many were accepted."""
+
+    name: str
+
+    def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
+        """Start a request: ``rows`` branches continuing ``prompt``."""
+
+    def propose(
+        self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Drafts ``[n, gamma]`` (padded), proposals per row ``[n]`` and draft distributions ``[n, gamma, V]``.
+
+        ``histories[slot]`` is the row's prompt plus generated tokens. The distributions are ``None``
+        for a deterministic drafter (its proposal is one-hot).
+        """
+
+    def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
+        """After verification: row ``slot`` had ``lengths_before[slot]`` tokens and kept ``accepted[slot]`` drafts."""
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Batch compaction: row ``src`` now lives in slot ``dst``."""
+
+
+class NGramDrafter:
+    """Prompt lookup: propose what followed the latest earlier match of the last n tokens (n = 3→1).
+
+    Each row keeps incremental indexes ``n-gram -> latest end position`` so a lookup is O(1)
+    per new token instead of a scan of the history.
+    """
+
+    name = "ngram"
+
+    def __init__(self, max_n: int = 3) -> None:
+        self.max_n = max_n
+        self._index: list[list[dict[tuple[int, ...], int]]] = []
+        self._indexed: list[int] = []
+
+    def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
+        """Fresh per-row indexes (the prompt is indexed lazily, once per row)."""
+        self._index = [[{} for _ in range(self.max_n)] for _ in range(rows)]
+        self._indexed = [0] * rows
+
+    def _lookup(self, slot: int, hist: list[int], gamma: int) -> list[int]:
+        index, end = self._index[slot], len(hist) - 1
+        # index every n-gram that ends before the last position (the last one is the query)
+        for j in range(self._indexed[slot], end):
+            for n in range(1, self.max_n + 1):
+                if j - n + 1 >= 0:
+                    index[n - 1][tuple(hist[j - n + 1 : j + 1])] = j
+        self._indexed[slot] = max(self._indexed[slot], end)
+        for n in range(self.max_n, 0, -1):
+            if end - n + 1 < 0:
+                continue
+            j = index[n - 1].get(tuple(hist[end - n + 1 : end + 1]))
+            if j is not None:
+                return hist[j + 1 : j + 1 + gamma]
+        return []
+
+    def propose(
+        self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """Continuations of the latest n-gram matches, padded with 0 to ``gamma``."""
+        found = [self._lookup(slot, hist, gamma) for slot, hist in enumerate(histories)]
+        drafts = torch.zeros((len(histories), gamma), dtype=torch.long)
+        for row, toks in enumerate(found):
+            drafts[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+        return drafts, torch.tensor([len(t) for t in found], dtype=torch.long), None
+
+    def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
+        """Nothing to learn: the index follows the history itself."""
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Per-row indexes follow their branch."""
+        self._index[dst], self._indexed[dst] = self._index[src], self._indexed[src]
+
+
+def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
+    """Refuse a draft model whose tokenizer maps text to different ids than the target's."""
+    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+    if t_vocab != d_vocab:
+        diff = len(set(t_vocab.items()) ^ set(d_vocab.items()))
+        raise LattsError(
+            f"draft model {draft.name} has another tokenizer than target {target.name} "
+            f"({len(d_vocab)} vs {len(t_vocab)} tokens, {diff} entries differ): speculative decoding needs the same vocabulary"
+        )
+    if draft.model.shape.vocab > target.model.shape.vocab:
+        raise LattsError(f"draft model {draft.name} has a larger output vocabulary than target {target.name}")
+
+
+class DraftModelDrafter:
+    """A smaller same-tokenizer model decoding γ draft tokens for every row in one batch."""
+
+    def __init__(self, draft: LoadedModel, target_vocab: int) -> None:
+        self.draft = draft
+        self.model = draft.model
+        self.name = f"model:{draft.name}"
+        self.target_vocab = target_vocab
+        self.cache: KVCache | None = None
+        self._fed: list[int] = []  # per row: positions whose K/V in the draft cache match the history
+
+    def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
+        """Prefill the prompt once into the draft's own shared-prefix cache."""
+        s = self.model.shape
+        # drafts can run up to gamma past the budget; 64 slots of slack covers any sane gamma
+        self.cache = KVCache(s.n_layers, rows, s.n_kv_heads, len(prompt), max_new_tokens + 64, s.head_dim,
+                             self.model.dtype)
+        self.model.prefill(torch.tensor([prompt]), self.cache)
+        self._fed = [len(prompt)] * rows
+
+    def propose(
+        self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """γ tokens per row, sampled from the draft with the request's sampling settings."""
+        assert self.cache is not None
+        n = len(histories)
+        lengths = [len(h) for h in histories]
+        # feed what the draft has not seen yet (at least the last token), right-padded to a common width
+        fed = self._fed[:n]
+        k = max(length - f for length, f in zip(lengths, fed))
+        tokens = torch.zeros((n, k), dtype=torch.long)
+        for row, (h, f) in enumerate(zip(histories, fed)):
+            tokens[row, : len(h) - f] = torch.tensor(h[f:])
+        logits = self.model.decode(tokens, torch.tensor(fed), self.cache)  # [n, k, V_draft]
+        logits = logits[torch.arange(n), torch.tensor(lengths) - torch.tensor(fed) - 1]  # each row's last real token
+        drafts, dists = [], []
+        for i in range(gamma):
+            q = probabilities(logits, sampling)  # [n, V_draft]
+            tok = q.argmax(-1) if sampling.greedy else draw(q, generator)
+            drafts.append(tok)
+            dists.append(q)
+            if i < gamma - 1:
+                logits = self.model.decode(tok[:, None], torch.tensor(lengths) + i, self.cache)[:, -1]
+        for row, length in enumerate(lengths):
+            self._fed[row] = length + gamma - 1
+        q_all = torch.stack(dists, 1)  # [n, gamma, V_draft]
+        if q_all.shape[-1] < self.target_vocab:
+            q_all = torch.nn.functional.pad(q_all, (0, self.target_vocab - q_all.shape[-1]))
+        return torch.stack(drafts, 1), torch.full((n,), gamma, dtype=torch.long), q_all
+
+    def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
+        """Forget draft K/V past the accepted prefix (rolled back by position, nothing is cleared)."""
+        for row, (length, a) in enumerate(zip(lengths_before, accepted)):
+            self._fed[row] = min(self._fed[row], length + a)
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Move the draft cache row along with its branch."""
+        assert self.cache is not None
+        self.cache.move_row(src, dst, self._fed[src] - self.cache.prompt_len)
+        self._fed[dst] = self._fed[src]
+
+
+def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None) -> Drafter:
+    """Build a drafter from its CLI spelling: ``ngram`` or ``model:PATH`` (same-tokenizer model)."""
+    if spec == "ngram":
+        return NGramDrafter()
+    if spec.startswith("model:"):
+        from latts.models import load
+
+        draft = load(spec.removeprefix("model:"), dtype if dtype is not None else target.dtype)
+        check_same_tokenizer(target, draft)
+        return DraftModelDrafter(draft, target.model.shape.vocab)
+    raise LattsError(f"unknown drafter '{spec}': use ngram or model:PATH")
+

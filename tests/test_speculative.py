@@ -1,0 +1,121 @@
+"""Batched speculative decoding: lossless against plain decoding, on the real default model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from scipy.stats import chi2_contingency, chisquare
+
+from latts.config import SamplingParams
+from latts.engine.drafters import NGramDrafter, make_drafter
+from latts.engine.sampler import rejection_sample
+from latts.errors import LattsError
+
+PROMPT = "Explain step by step how to compute 17 * 23."
+
+
+def drafters(engine, draft_folder):
+    return {"ngram": NGramDrafter(), "model": make_drafter(f"model:{draft_folder}", engine.loaded)}
+
+
+@pytest.mark.parametrize("branches", [1, 4])
+@pytest.mark.parametrize("kind", ["ngram", "model"])
+@pytest.mark.parametrize("gamma", [3, 4])
+def test_greedy_speculation_is_token_identical(engine, draft_folder, branches, kind, gamma) -> None:
+    plain = engine.generate(PROMPT, branches=branches, max_new_tokens=100, ignore_eos=True)
+    drafter = drafters(engine, draft_folder)[kind]
+    spec = engine.generate(PROMPT, branches=branches, max_new_tokens=100, ignore_eos=True,
+                           gamma=gamma, drafter=drafter)
+    for a, b in zip(plain.branches, spec.branches):
+        assert len(b.token_ids) == 100
+        assert b.token_ids == a.token_ids
+    s = spec.spec
+    assert s is not None and s.rounds > 0 and s.proposed > 0
+    assert 0 <= s.acceptance_rate <= 1 and 1 <= s.mean_accepted_length <= gamma + 1
+    # fewer verify steps than tokens: speculation really advanced rows by more than one token
+    if kind == "ngram":
+        assert spec.steps < plain.steps
+
+
+def test_rejection_sampler_reproduces_target_distribution() -> None:
+    """As vLLM's test: drafts from q, accepted/recovered tokens distributed as p (chi-square)."""
+    V, gamma, n = 8, 2, 25_000
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(V, generator=g) * 1.5, -1)
+    q = torch.softmax(torch.randn(V, generator=g) * 1.5, -1)
+    drafts = torch.multinomial(q.expand(n, V), gamma, replacement=True, generator=g)
+    P = p.expand(n, gamma + 1, V)
+    Q = q.expand(n, gamma, V)
+    accepted, nxt = rejection_sample(drafts, torch.full((n,), gamma), P, Q, g)
+    first = torch.where(accepted > 0, drafts[:, 0], nxt)  # the first output token of every row
+    counts = torch.bincount(first, minlength=V).double()
+    assert chisquare(counts.numpy(), (p.double() * n).numpy()).pvalue > 0.01
+    # a deterministic drafter (q one-hot on its proposal) is lossless too
+    fixed = torch.full((n, gamma), 3)
+    accepted, nxt = rejection_sample(fixed, torch.full((n,), gamma), P, None, g)
+    first = torch.where(accepted > 0, fixed[:, 0], nxt)
+    counts = torch.bincount(first, minlength=V).double()
+    assert chisquare(counts.numpy(), (p.double() * n).numpy()).pvalue > 0.01
+    # with a far-off q the test must be able to fail: q's own distribution is rejected
+    assert chisquare(torch.bincount(drafts[:, 0], minlength=V).double().numpy(),
+                     (p.double() * n).numpy()).pvalue < 1e-6
+
+
+def test_padding_past_proposals_is_never_accepted() -> None:
+    g = torch.Generator().manual_seed(1)
+    V = 5
+    p = torch.full((3, 4, V), 1.0 / V)
+    drafts = torch.tensor([[1, 2, 3], [1, 2, 3], [0, 0, 0]])
+    accepted, _ = rejection_sample(drafts, torch.tensor([3, 1, 0]), p, None, g)
+    assert accepted[1] <= 1 and accepted[2] == 0
+
+
+@pytest.mark.parametrize("kind", ["ngram", "model"])
+def test_sampled_speculation_matches_plain_distribution(engine, draft_folder, kind) -> None:
+    """First two sampled tokens with γ=3 vs without: same joint distribution (chi-square, p > 0.001)."""
+    params = dict(temperature=1.0, top_k=4)
+    ids = engine.encode("Name a colour.")
+
+    def pairs(gamma: int, drafter) -> Counter:
+        c: Counter = Counter()
+        for seed in range(4):
+            got = engine.generate(ids, branches=512, max_new_tokens=2, ignore_eos=True,
+                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma, drafter=drafter)
+            c.update(tuple(b.token_ids[:2]) for b in got.branches)
+        return c
+
+    plain = pairs(0, None)
+    spec = pairs(3, drafters(engine, draft_folder)[kind])
+    keys = [k for k in plain if plain[k] + spec[k] >= 20]
+    table = [[plain[k] for k in keys] + [sum(v for k, v in plain.items() if k not in keys)],
+             [spec[k] for k in keys] + [sum(v for k, v in spec.items() if k not in keys)]]
+    if table[0][-1] + table[1][-1] == 0:
+        table = [row[:-1] for row in table]
+    assert len(keys) >= 3
+    assert chi2_contingency(table).pvalue > 0.001
+    tv = 0.5 * sum(abs(plain[k] - spec[k]) for k in set(plain) | set(spec)) / 2048
+    assert tv < 0.08
+
+
+def test_draft_with_another_tokenizer_is_refused(engine, tmp_path) -> None:
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = tmp_path / "other"
+    config = tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1)
+    tf.LlamaForCausalLM(config).save_pretrained(folder)
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="w1").save_pretrained(folder)
+    with pytest.raises(LattsError, match="another tokenizer"):
+        make_drafter(f"model:{folder}", engine.loaded)
+
+
+def test_unknown_drafter_and_missing_drafter(engine) -> None:
+    with pytest.raises(LattsError, match="unknown drafter"):
+        make_drafter("eagle", engine.loaded)
+    with pytest.raises(LattsError, match="needs a drafter"):
+        engine.generate(PROMPT, gamma=2)
