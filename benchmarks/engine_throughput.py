@@ -154,7 +154,7 @@ def main() -> int:
     loaded = load(DEFAULT_MODEL, args.dtype)
     engine = Engine(loaded)
     warm = engine.warmup()
-    n_params = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
+    n_params = loaded.model.n_params
     print(f"model {loaded.name}: {n_params / 1e6:.1f} M parameters, latts dtype "
           f"{str(loaded.dtype).removeprefix('torch.')}, load {loaded.load_s:.1f} s, warm-up {warm:.1f} s, "
           f"{torch.get_num_threads()} threads")

@@ -43,11 +43,13 @@ def generate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="stop string (repeatable)")] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", help="seconds allowed for decoding")] = None,
+    gamma: Annotated[int, typer.Option("--gamma", help="draft tokens per branch and step (0: no speculation)")] = 0,
+    drafter: Annotated[str, typer.Option("--drafter", help="ngram, or model:PATH (same tokenizer)")] = "ngram",
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of the live view")] = False,
 ) -> None:
-    """Decode B branches of one prompt in one batch and show them."""
+    """Decode B branches of one prompt in one batch (optionally speculatively) and show them."""
     try:
         from latts.config import SamplingParams, check_generation_args
 
@@ -57,11 +59,17 @@ def generate(
             raise LattsError("empty prompt")
         if deadline is not None and deadline <= 0:
             raise LattsError(f"deadline must be > 0 seconds, got {deadline}")
+        if gamma < 0:
+            raise LattsError(f"gamma must be >= 0, got {gamma}")
+        if drafter != "ngram" and not drafter.startswith("model:"):
+            raise LattsError(f"unknown drafter '{drafter}': use ngram or model:PATH")
+        from latts.engine.drafters import make_drafter
         from latts.engine.engine import Engine
         from latts.models import load
 
         loaded = load(model, dtype)
         engine = Engine(loaded)
+        spec = {"gamma": gamma, "drafter": make_drafter(drafter, loaded)} if gamma > 0 else {}
         engine.warmup()
         if not as_json:
             err.print(
@@ -70,13 +78,13 @@ def generate(
             )
         t_deadline = time.monotonic() + deadline if deadline is not None else None
         if as_json:
-            result = engine.generate(prompt, branches, max_tokens, sampling, stop or (), t_deadline)
+            result = engine.generate(prompt, branches, max_tokens, sampling, stop or (), t_deadline, **spec)
         else:
             from latts.live_view import BranchView
 
             with BranchView(out, engine.tokenizer, branches) as view:
                 result = engine.generate(
-                    prompt, branches, max_tokens, sampling, stop or (), t_deadline, on_step=view.update
+                    prompt, branches, max_tokens, sampling, stop or (), t_deadline, on_step=view.update, **spec
                 )
     except LattsError as exc:
         _fail(str(exc))

@@ -59,3 +59,10 @@ def print_summary(console: Console, result: Generation) -> None:
         f" · decode {result.decode_s:.2f} s for {result.total_tokens} tokens ({tps:.1f} tok/s summed)",
         highlight=False,
     )
+    if result.spec is not None:
+        sp = result.spec
+        console.print(
+            f"speculation {sp.drafter} γ={sp.gamma}: acceptance {sp.acceptance_rate:.1%}, "
+            f"{sp.mean_accepted_length:.2f} tokens per verify, draft {sp.draft_s:.2f} s / verify {sp.verify_s:.2f} s",
+            highlight=False,
+        )

@@ -31,9 +31,16 @@ def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One seeded sample per row of ``probs`` ``[..., V]`` (exponential-race, as gpt-fast)."""
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return torch.argmax(probs / noise, dim=-1)
+    """One seeded sample per row of ``probs`` ``[..., V]`` (need not be normalised).
+
+    Inverse-CDF: one uniform number per row and a binary search in the cumulative sum. gpt-fast's
+    exponential race needs V random numbers per row, which measured 100 ms per step at B=64 here;
+    this needs B. Zero-probability tokens are never drawn (``right=True`` skips zero-width bins).
+    """
+    cdf = probs.float().cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype) * cdf[..., -1:]
+    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:

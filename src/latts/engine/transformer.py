@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latts.engine.kv_cache import KVCache
+from latts.engine.linear import Projection
 from latts.errors import LattsError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
@@ -42,22 +43,17 @@ class ModelShape:
 
 
 class _Layer(nn.Module):
-    """One decoder layer with fused projections."""
+    """One decoder layer with fused q/k/v and gate/up projections."""
 
     def __init__(self, hf_layer: nn.Module, shape: ModelShape, dtype: torch.dtype) -> None:
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
-        wq, wk, wv = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
-        self.wqkv = nn.Parameter(torch.cat([wq, wk, wv]).to(dtype).contiguous(), requires_grad=False)
-        bias = [p.bias for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
-        self.bqkv = (
-            nn.Parameter(torch.cat(bias).to(dtype), requires_grad=False) if bias[0] is not None else None
-        )
-        self.wo = nn.Parameter(attn.o_proj.weight.to(dtype).contiguous(), requires_grad=False)
-        self.w_gate_up = nn.Parameter(
-            torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(dtype).contiguous(), requires_grad=False
-        )
-        self.w_down = nn.Parameter(mlp.down_proj.weight.to(dtype).contiguous(), requires_grad=False)
+        qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+        bias = torch.cat([p.bias for p in qkv]) if qkv[0].bias is not None else None
+        self.qkv = Projection(torch.cat([p.weight for p in qkv]), bias, dtype)
+        self.o = Projection(attn.o_proj.weight, None, dtype)
+        self.gate_up = Projection(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None, dtype)
+        self.down = Projection(mlp.down_proj.weight, None, dtype)
         self.norm_attn = nn.Parameter(hf_layer.input_layernorm.weight.to(dtype), requires_grad=False)
         self.norm_mlp = nn.Parameter(hf_layer.post_attention_layernorm.weight.to(dtype), requires_grad=False)
         q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
@@ -108,12 +104,8 @@ class Transformer(nn.Module):
         self.embed = nn.Parameter(base.embed_tokens.weight.to(dtype).contiguous(), requires_grad=False)
         self.layers = nn.ModuleList(_Layer(layer, self.shape, dtype) for layer in base.layers)
         self.norm = nn.Parameter(base.norm.weight.to(dtype), requires_grad=False)
-        lm_head = hf_model.get_output_embeddings().weight
-        self.lm_head = (
-            self.embed
-            if lm_head.data_ptr() == base.embed_tokens.weight.data_ptr() and dtype == lm_head.dtype
-            else nn.Parameter(lm_head.to(dtype).contiguous(), requires_grad=False)
-        )
+        self.lm_head = Projection(hf_model.get_output_embeddings().weight, None, dtype)
+        self.n_params = sum(p.numel() for p in hf_model.parameters())  # tied embeddings counted once
         rotary = base.rotary_emb
         self.register_buffer("inv_freq", rotary.inv_freq.float().clone(), persistent=False)
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
@@ -141,7 +133,7 @@ class Transformer(nn.Module):
         s = self.shape
         B, t, _ = x.shape
         H, G, hd = s.n_heads, s.n_kv_heads, s.head_dim
-        qkv = F.linear(self._rms(x, layer.norm_attn), layer.wqkv, layer.bqkv)
+        qkv = layer.qkv(self._rms(x, layer.norm_attn))
         qk = qkv[..., : (H + G) * hd].view(B, t, H + G, hd)
         v = qkv[..., (H + G) * hd :].view(B, t, G, hd)
         if layer.qk_norm is not None:
@@ -151,12 +143,12 @@ class Transformer(nn.Module):
 
     def _mlp_and_out(self, layer: _Layer, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """Residual add of the attention output, then the gated MLP block."""
-        x = x + F.linear(attn_out, layer.wo)
-        gate, up = F.linear(self._rms(x, layer.norm_mlp), layer.w_gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, layer.w_down)
+        x = x + layer.o(attn_out)
+        gate, up = layer.gate_up(self._rms(x, layer.norm_mlp)).chunk(2, dim=-1)
+        return x + layer.down(F.silu(gate) * up)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._rms(x, self.norm), self.lm_head)
+        return self.lm_head(self._rms(x, self.norm))
 
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
