@@ -103,36 +103,42 @@ def hf_step_ms(hf, ctx: int, B: int, steps: int) -> float:
     return statistics.median(gaps) * 1e3
 
 
-def llamacpp_step_ms(gguf: str, ctx: int, B: int, steps: int) -> float | None:
-    """Median decode-step time of llama.cpp on the same GGUF (B sequences sharing the prompt)."""
-    try:
-        import llama_cpp
-    except ImportError:
+_LLAMACPP_PROBE = """
+import json, statistics, sys, time
+import llama_cpp
+gguf, ctx, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = llama_cpp.Llama(gguf, n_ctx=ctx + steps + 16, n_batch=512, n_threads=threads, verbose=False)
+ids = json.loads(sys.stdin.read())
+llm.eval(ids)
+times = []
+for i in range(steps):
+    t = time.perf_counter()
+    llm.eval([100 + i])
+    times.append(time.perf_counter() - t)
+print(json.dumps(statistics.median(times) * 1e3))
+"""
+
+
+def llamacpp_step_ms(gguf: str, ctx: int, steps: int) -> float | None:
+    """Median decode step of llama.cpp (llama-cpp-python, B=1) on the same GGUF, in a subprocess.
+
+    None when llama_cpp is not installed (it is not a latts dependency). Its high-level API decodes
+    one sequence, so only B=1 is measured; a crash in the native library cannot take this script down.
+    """
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("llama_cpp") is None:
         return None
-    llm = llama_cpp.Llama(gguf, n_ctx=(ctx + steps + 8) * B, n_batch=max(512, B), n_seq_max=B,
-                          n_threads=torch.get_num_threads(), verbose=False)
-    ids = prompt_ids(ctx)
-    batch = llama_cpp.llama_batch_init(max(len(ids), B), 0, B)
-    ctx_ptr = llm.ctx
-    for i, t in enumerate(ids):
-        batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, i, B
-        for s in range(B):
-            batch.seq_id[i][s] = s
-        batch.logits[i] = i == len(ids) - 1
-    batch.n_tokens = len(ids)
-    llama_cpp.llama_decode(ctx_ptr, batch)
-    times = []
-    for step in range(steps):
-        for s in range(B):
-            batch.token[s], batch.pos[s], batch.n_seq_id[s] = 100 + step, len(ids) + step, 1
-            batch.seq_id[s][0] = s
-            batch.logits[s] = True
-        batch.n_tokens = B
-        t = time.perf_counter()
-        llama_cpp.llama_decode(ctx_ptr, batch)
-        times.append(time.perf_counter() - t)
-    llama_cpp.llama_batch_free(batch)
-    return statistics.median(times) * 1e3
+    proc = subprocess.run(
+        [sys.executable, "-c", _LLAMACPP_PROBE, gguf, str(ctx), str(steps), str(torch.get_num_threads())],
+        input=json.dumps(prompt_ids(ctx)), capture_output=True, text=True, timeout=900,
+    )
+    if proc.returncode != 0:
+        why = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        print(f"  llama.cpp ctx={ctx} failed: {why[0]}")
+        return None
+    return float(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def main() -> int:
@@ -185,14 +191,15 @@ def main() -> int:
         print(f"  HF    ctx={ctx} B={B}: {ms:.1f} ms/step", flush=True)
     del hf
     gguf = str(resolve(DEFAULT_MODEL))
-    for (ctx, B), row in rows.items():
-        ms = llamacpp_step_ms(gguf, ctx, B, args.steps)
-        if ms is not None:
-            row.update(llamacpp_ms=ms, llamacpp_tps=B / ms * 1e3)
+    for ctx in contexts:
+        ms = llamacpp_step_ms(gguf, ctx, args.steps)
+        if ms is not None and (ctx, 1) in rows:
+            rows[(ctx, 1)].update(llamacpp_ms=ms, llamacpp_tps=1e3 / ms)
+            print(f"  llama.cpp ctx={ctx} B=1: {ms:.1f} ms/step", flush=True)
 
     has_cpp = any("llamacpp_ms" in r for r in rows.values())
     head = "| context | B | latts ms/step | latts tok/s | HF ms/step | HF tok/s | latts / HF |"
-    head += " llama.cpp ms/step | llama.cpp tok/s |" if has_cpp else ""
+    head += " llama.cpp B=1 ms/step | llama.cpp tok/s |" if has_cpp else ""
     print()
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))

@@ -1,0 +1,199 @@
+"""Batched speculative decoding on MATH-500 prompts: speedup over plain decoding per (B, γ, drafter).
+
+For every mode (greedy, sampled T=0.7), drafter (ngram, model = the default model's first N
+layers saved as its own HF folder), B and γ, decodes --tokens new tokens (EOS ignored, so every
+configuration does the same work) for each of --prompts MATH-500 problems and prints tokens/s per
+row, speedup over γ=0 at the same B, acceptance rate α and mean accepted length (bonus included).
+At B=1 (greedy) it also times HF assisted generation with the same drafters
+(``prompt_lookup_num_tokens``, ``assistant_model``) and HF plain greedy.
+
+Targets (exit 1 when one is missed): the best drafter reaches >= 1.3x at B=1 (greedy) and
+>= 1.15x at B=8 (greedy); latts at B=1 is at least as fast as HF assisted generation with the same
+drafter (best γ of each side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from latts.config import SamplingParams
+from latts.engine.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer
+from latts.engine.engine import Engine
+from latts.models import DEFAULT_MODEL, cache_root, hf_folder, load
+
+MODES = {"greedy": SamplingParams(temperature=0.0), "sampled": SamplingParams(temperature=0.7, seed=0)}
+
+
+def math500_prompts(n: int) -> list[str]:
+    """The first n MATH-500 problems shipped with latts, with a step-by-step instruction."""
+    rows = resources.files("latts.data").joinpath("math500.jsonl").read_text().splitlines()[:n]
+    return [json.loads(r)["problem"] + "\nPlease reason step by step." for r in rows]
+
+
+def draft_folder(layers: int) -> Path:
+    """The default model cut to its first ``layers`` layers, saved once as a separate HF folder."""
+    folder = cache_root() / f"bench-draft-{layers}-layers"
+    if not (folder / "config.json").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src = hf_folder(DEFAULT_MODEL)
+        hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        hf.model.layers = hf.model.layers[:layers]
+        hf.config.num_hidden_layers = layers
+        hf.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(src).save_pretrained(folder)
+    return folder
+
+
+def run_latts(engine: Engine, prompts: list[list[int]], B: int, gamma: int, drafter, params, tokens: int) -> dict:
+    decode_s, latency_s, rounds, proposed, accepted = 0.0, 0.0, 0, 0, 0
+    for ids in prompts:
+        g = engine.generate(ids, branches=B, max_new_tokens=tokens, sampling=params, ignore_eos=True,
+                            gamma=gamma, drafter=drafter if gamma else None)
+        decode_s += g.decode_s
+        latency_s += g.latency_s
+        if g.spec is not None:
+            rounds, proposed, accepted = rounds + g.spec.rounds, proposed + g.spec.proposed, accepted + g.spec.accepted
+    return {
+        "tps_row": tokens * len(prompts) / decode_s,
+        "tps_row_e2e": tokens * len(prompts) / latency_s,
+        "alpha": accepted / proposed if proposed else None,
+        "mean_len": (accepted + rounds) / rounds if rounds else None,
+    }
+
+
+def run_hf(hf, prompts: list[list[int]], tokens: int, **kwargs) -> float:
+    """HF generate, greedy, B=1: tokens/s (prefill included, as HF reports no split)."""
+    total = 0.0
+    for ids in prompts:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
+                        pad_token_id=0, **kwargs)
+        total += time.perf_counter() - t
+    return tokens * len(prompts) / total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--gammas", default="0,1,2,3,4,6,8")
+    ap.add_argument("--drafters", default="ngram,model")
+    ap.add_argument("--modes", default="greedy,sampled")
+    ap.add_argument("--draft-layers", type=int, default=6)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--no-hf", action="store_true", help="skip the HF assisted-generation comparison")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    batches = [int(x) for x in args.batches.split(",")]
+    gammas = sorted({0, *(int(x) for x in args.gammas.split(","))})
+    drafter_names = args.drafters.split(",")
+    modes = args.modes.split(",")
+
+    loaded = load(DEFAULT_MODEL, args.dtype)
+    engine = Engine(loaded)
+    engine.warmup()
+    prompts = [engine.encode(p) for p in math500_prompts(args.prompts)]
+    folder = draft_folder(args.draft_layers)
+    drafters = {}
+    if "ngram" in drafter_names:
+        drafters["ngram"] = NGramDrafter()
+    if "model" in drafter_names:
+        draft = load(str(folder), loaded.dtype)
+        check_same_tokenizer(loaded, draft)
+        drafters["model"] = DraftModelDrafter(draft, loaded.model.shape.vocab)
+    print(f"{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}), {len(prompts)} MATH-500 prompts, "
+          f"{args.tokens} new tokens, draft = first {args.draft_layers} layers", flush=True)
+
+    rows = []
+    for mode in modes:
+        for B in batches:
+            base = run_latts(engine, prompts, B, 0, None, MODES[mode], args.tokens)
+            rows.append({"mode": mode, "drafter": "-", "B": B, "gamma": 0, **base, "speedup": 1.0})
+            print(f"  {mode} B={B} γ=0: {base['tps_row']:.1f} tok/s/row", flush=True)
+            for name, drafter in drafters.items():
+                for gamma in gammas[1:]:
+                    r = run_latts(engine, prompts, B, gamma, drafter, MODES[mode], args.tokens)
+                    r["speedup"] = r["tps_row"] / base["tps_row"]
+                    rows.append({"mode": mode, "drafter": name, "B": B, "gamma": gamma, **r})
+                    print(f"  {mode} B={B} {name} γ={gamma}: {r['tps_row']:.1f} tok/s/row, "
+                          f"{r['speedup']:.2f}x, α={r['alpha']:.2f}", flush=True)
+
+    hf_rows = {}
+    if not args.no_hf and "greedy" in modes and 1 in batches:
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32).eval()
+        hf_rows["HF greedy"] = run_hf(hf, prompts, args.tokens)
+        if "ngram" in drafters:
+            for g in (3, 8):
+                hf_rows[f"HF prompt lookup γ={g}"] = run_hf(hf, prompts, args.tokens, prompt_lookup_num_tokens=g)
+        if "model" in drafters:
+            assistant = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            hf_rows["HF assistant model"] = run_hf(hf, prompts, args.tokens, assistant_model=assistant)
+
+    print()
+    print("| mode | drafter | B | γ | tok/s per row | speedup vs γ=0 | α | mean accepted length |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        a = f"{r['alpha']:.3f}" if r["alpha"] is not None else "—"
+        m = f"{r['mean_len']:.2f}" if r["mean_len"] is not None else "—"
+        print(f"| {r['mode']} | {r['drafter']} | {r['B']} | {r['gamma']} | {r['tps_row']:.1f} | "
+              f"{r['speedup']:.2f}x | {a} | {m} |")
+    if hf_rows:
+        print()
+        print("| HF, B=1, greedy, fp32 | tok/s (prefill included) |")
+        print("| --- | --- |")
+        for k, v in hf_rows.items():
+            print(f"| {k} | {v:.1f} |")
+
+    print()
+    print("γ optimum per B (greedy / sampled, best drafter):")
+    for mode in modes:
+        for B in batches:
+            cand = [r for r in rows if r["mode"] == mode and r["B"] == B]
+            best = max(cand, key=lambda r: r["tps_row"])
+            print(f"  {mode} B={B}: γ={best['gamma']} ({best['drafter']}) {best['speedup']:.2f}x")
+
+    failures = []
+
+    def best_speedup(B: int, drafter: str | None = None) -> float:
+        cand = [r["speedup"] for r in rows if r["mode"] == "greedy" and r["B"] == B
+                and (drafter is None or r["drafter"] == drafter)]
+        return max(cand, default=0.0)
+
+    for B, need in ((1, 1.3), (8, 1.15)):
+        if "greedy" in modes and B in batches:
+            got = best_speedup(B)
+            print(f"target greedy B={B} >= {need}x: {got:.2f}x {'ok' if got >= need else 'MISSED'}")
+            if got < need:
+                failures.append(f"greedy B={B} best speedup {got:.2f}x < {need}x")
+    if hf_rows:
+        # end to end (prefill included) on both sides
+        for name, hf_key in (("ngram", "HF prompt lookup"), ("model", "HF assistant model")):
+            if name not in drafters:
+                continue
+            ours = max(r["tps_row_e2e"] for r in rows if r["mode"] == "greedy" and r["B"] == 1 and r["drafter"] == name)
+            theirs = max(v for k, v in hf_rows.items() if k.startswith(hf_key))
+            ok = ours >= theirs
+            print(f"target latts B=1 {name} >= {hf_key}: {ours:.1f} vs {theirs:.1f} tok/s {'ok' if ok else 'MISSED'}")
+            if not ok:
+                failures.append(f"latts {name} at B=1 is slower than {hf_key}")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "hf": hf_rows}, indent=2))
+    for f in failures:
+        print("FAILED:", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
