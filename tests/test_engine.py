@@ -83,3 +83,12 @@ def test_empty_prompt(engine) -> None:
         engine.generate("   ")
     with pytest.raises(LattsError, match="empty prompt"):
         engine.generate([])
+
+
+def test_context_and_gamma_limits(engine) -> None:
+    with pytest.raises(LattsError, match="exceeds the model's context"):
+        engine.generate(QUESTION, max_new_tokens=engine.model.max_positions)
+    with pytest.raises(LattsError, match="gamma must be between"):
+        engine.generate(QUESTION, gamma=-1)
+    with pytest.raises(LattsError, match="gamma must be between"):
+        engine.generate(QUESTION, gamma=1000)

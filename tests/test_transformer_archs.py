@@ -33,8 +33,9 @@ def tiny(arch: str):
     return model
 
 
+@pytest.mark.parametrize("rows", [1, 3])  # 1: prompt and tokens in one buffer; 3: shared prefix + rows
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
-def test_prefill_and_ragged_decode_match_hf(arch: str) -> None:
+def test_prefill_and_ragged_decode_match_hf(arch: str, rows: int) -> None:
     hf = tiny(arch)
     ours = Transformer(hf, torch.float32)
     s = ours.shape
@@ -42,14 +43,18 @@ def test_prefill_and_ragged_decode_match_hf(arch: str) -> None:
     with torch.no_grad():
         ref = hf(ids).logits[0]  # [24, V]
     P = 10
-    cache = KVCache(s.n_layers, 3, s.n_kv_heads, P, 32, s.head_dim, torch.float32)
+    cache = KVCache(s.n_layers, rows, s.n_kv_heads, P, 32, s.head_dim, torch.float32)
     torch.testing.assert_close(ours.prefill(ids[:, :P], cache)[0], ref[P - 1], atol=1e-4, rtol=1e-4)
-    # three rows decode the same tokens in lockstep, one then several at a time
-    out = ours.decode(ids[:, P : P + 1].expand(3, 1), torch.full((3,), P), cache)
-    for row in range(3):
+    # the rows decode the same tokens in lockstep, one then several at a time
+    out = ours.decode(ids[:, P : P + 1].expand(rows, 1), torch.full((rows,), P), cache)
+    for row in range(rows):
         torch.testing.assert_close(out[row, 0], ref[P], atol=1e-4, rtol=1e-4)
-    out = ours.decode(ids[:, P + 1 : P + 5].expand(3, 4), torch.full((3,), P + 1), cache)
-    torch.testing.assert_close(out[1], ref[P + 1 : P + 5], atol=1e-4, rtol=1e-4)
+    out = ours.decode(ids[:, P + 1 : P + 5].expand(rows, 4), torch.full((rows,), P + 1), cache)
+    torch.testing.assert_close(out[-1], ref[P + 1 : P + 5], atol=1e-4, rtol=1e-4)
+    if rows == 1:  # a rejected draft: re-decode from an earlier position over stale slots
+        out = ours.decode(ids[:, P + 2 : P + 4], torch.tensor([P + 2]), cache)
+        torch.testing.assert_close(out[0], ref[P + 2 : P + 4], atol=1e-4, rtol=1e-4)
+        return
     # ragged: rows re-decode from different positions (as after rejected drafts); stale slots ignored
     starts = torch.tensor([P + 2, P + 3, P + 4])
     toks = torch.stack([ids[0, p : p + 3] for p in starts.tolist()])

@@ -51,7 +51,7 @@ def generate(
 ) -> None:
     """Decode B branches of one prompt in one batch (optionally speculatively) and show them."""
     try:
-        from latts.config import SamplingParams, check_generation_args
+        from latts.config import MAX_GAMMA, SamplingParams, check_generation_args
 
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         check_generation_args(branches, max_tokens)
@@ -59,8 +59,8 @@ def generate(
             raise LattsError("empty prompt")
         if deadline is not None and deadline <= 0:
             raise LattsError(f"deadline must be > 0 seconds, got {deadline}")
-        if gamma < 0:
-            raise LattsError(f"gamma must be >= 0, got {gamma}")
+        if not 0 <= gamma <= MAX_GAMMA:
+            raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
         if drafter != "ngram" and not drafter.startswith("model:"):
             raise LattsError(f"unknown drafter '{drafter}': use ngram or model:PATH")
         from latts.engine.drafters import make_drafter

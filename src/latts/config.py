@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from latts.errors import LattsError
 
 MAX_BRANCHES = 1024
+MAX_GAMMA = 32  # draft tokens per step; past ~8 acceptance makes more pointless
 
 
 @dataclass(frozen=True, slots=True)

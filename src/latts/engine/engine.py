@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from latts.config import SamplingParams, check_generation_args
+from latts.config import MAX_GAMMA, SamplingParams, check_generation_args
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
 from latts.engine.sampler import probabilities, rejection_sample, sample
@@ -94,11 +94,16 @@ class Engine:
         t0 = time.monotonic()
         sampling = sampling or SamplingParams(temperature=0.0)
         check_generation_args(branches, max_new_tokens)
-        if gamma < 0:
-            raise LattsError(f"gamma must be >= 0, got {gamma}")
+        if not 0 <= gamma <= MAX_GAMMA:
+            raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
         if gamma > 0 and drafter is None:
             raise LattsError("speculative decoding (gamma > 0) needs a drafter")
         ids = self.encode(prompt, chat)
+        context = self.model.max_positions
+        if len(ids) + max_new_tokens + gamma > context:
+            raise LattsError(
+                f"prompt ({len(ids)} tokens) + max tokens ({max_new_tokens}) exceeds the model's context of {context}"
+            )
         stops = tuple(s for s in stop if s)
         eos = frozenset() if ignore_eos else self.eos
         out = [Branch(index=i) for i in range(branches)]

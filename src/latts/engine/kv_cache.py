@@ -31,10 +31,18 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
     ) -> None:
-        self.prefix_k = torch.empty((n_layers, 1, n_kv_heads, prompt_len, head_dim), dtype=dtype)
-        self.prefix_v = torch.empty_like(self.prefix_k)
-        self.k = torch.empty((n_layers, rows, n_kv_heads, max_suffix, head_dim), dtype=dtype)
-        self.v = torch.empty_like(self.k)
+        # one branch: its tokens follow the prompt in the same buffer, so attention is one call
+        self.single = rows == 1
+        if self.single:
+            self.full_k = torch.empty((n_layers, 1, n_kv_heads, prompt_len + max_suffix, head_dim), dtype=dtype)
+            self.full_v = torch.empty_like(self.full_k)
+            self.prefix_k, self.k = self.full_k[..., :prompt_len, :], self.full_k[..., prompt_len:, :]
+            self.prefix_v, self.v = self.full_v[..., :prompt_len, :], self.full_v[..., prompt_len:, :]
+        else:
+            self.prefix_k = torch.empty((n_layers, 1, n_kv_heads, prompt_len, head_dim), dtype=dtype)
+            self.prefix_v = torch.empty_like(self.prefix_k)
+            self.k = torch.empty((n_layers, rows, n_kv_heads, max_suffix, head_dim), dtype=dtype)
+            self.v = torch.empty_like(self.k)
         self.rows = rows
         self.prompt_len = prompt_len
         self.max_suffix = max_suffix
@@ -43,6 +51,7 @@ class KVCache:
     def nbytes(self) -> int:
         """Bytes reserved for K and V (pages are only touched as rows grow)."""
         return sum(t.numel() * t.element_size() for t in (self.prefix_k, self.prefix_v, self.k, self.v))
+
 
     def write_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the prompt's ``k``/``v`` ``[1, G, prompt_len, hd]``."""
@@ -71,6 +80,11 @@ class KVCache:
             kl[rows, :, slots] = k
             vl[rows, :, slots] = v
         return kl[:B, :, :n_slots], vl[:B, :, :n_slots]
+
+    def joint(self, layer: int, n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Single-branch cache: prompt and generated keys/values as one ``[1, G, P + n_slots, hd]`` view."""
+        end = self.prompt_len + n_slots
+        return self.full_k[layer, :, :, :end], self.full_v[layer, :, :, :end]
 
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Copy row ``src``'s first ``length`` suffix slots into row ``dst`` (compaction, forking)."""

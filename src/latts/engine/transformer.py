@@ -106,6 +106,11 @@ class Transformer(nn.Module):
         self.norm = nn.Parameter(base.norm.weight.to(dtype), requires_grad=False)
         self.lm_head = Projection(hf_model.get_output_embeddings().weight, None, dtype)
         self.n_params = sum(p.numel() for p in hf_model.parameters())  # tied embeddings counted once
+        self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 20))
+        window = getattr(config, "sliding_window", None)
+        if window and (arch == "mistral" or getattr(config, "use_sliding_window", False)):
+            # this engine attends to the whole context: refuse contexts where the model would not
+            self.max_positions = min(self.max_positions, int(window))
         rotary = base.rotary_emb
         self.register_buffer("inv_freq", rotary.inv_freq.float().clone(), persistent=False)
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
@@ -189,12 +194,21 @@ class Transformer(nn.Module):
             mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
             mask = mask[:, None].expand(B, r, k, n_slots).reshape(B, 1, r * k, n_slots)
 
+        joint_mask = None
+        if cache.single and mask is not None:  # the prompt is visible to every query
+            joint_mask = torch.cat([mask.new_zeros(mask.shape[:-1] + (cache.prompt_len,)), mask], -1)
         x = self.embed[tokens]  # [B, k, D]
         for i, layer in enumerate(self.layers):
             q, kk, v = self._qkv(layer, x, cos, sin)
             keys, values = cache.write(i, kk, v, slots, uniform, n_slots)  # [B, G, S, hd]
             # Fold the r query heads of each KV head into the query length: [B, G, r*k, hd].
             q = q.view(B, k, G, r, hd).permute(0, 2, 3, 1, 4).reshape(B, G, r * k, hd)
+            if cache.single:  # one branch: prompt and own tokens are contiguous, one attention call
+                keys, values = cache.joint(i, n_slots)
+                o, _ = _attention(q, keys, values, joint_mask, layer.scale)
+                o = o.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).reshape(B, k, s.n_heads * hd)
+                x = self._mlp_and_out(layer, x, o)
+                continue
             # Prompt part: every row's queries against the one shared prefix, as one GEMM.
             pk, pv = cache.prefix(i)
             q_all = q.transpose(0, 1).reshape(1, G, B * r * k, hd)
