@@ -54,11 +54,16 @@ def peak_rss_reset() -> None:
         pass
 
 
-def peak_rss_gib() -> float:
+def _status_gib(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 2**20
     return float("nan")
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory since the last reset, GiB."""
+    return _status_gib("VmHWM")
 
 
 def latts_step_ms(engine: Engine, ctx: int, B: int, steps: int, repeats: int) -> float:
@@ -166,29 +171,32 @@ def main() -> int:
           f"{torch.get_num_threads()} threads")
     print(f"matmul ceiling (2048^3): bf16 {bf16_gflops:.0f} GFLOP/s, fp32 {fp32_gflops:.0f} GFLOP/s")
 
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32).eval()
+    # latts and HF are measured back to back for every configuration, so that drifts in machine
+    # speed (these are shared, noisy machines) hit both sides of a ratio alike.
     rows: dict[tuple[int, int], dict] = {}
     peak = None
     for ctx in contexts:
         for B in batches:
-            if ctx == contexts[-1] and B == batches[-1]:
+            last = ctx == contexts[-1] and B == batches[-1]
+            if last:
                 peak_rss_reset()
+                before = _status_gib("VmRSS")
             ms = latts_step_ms(engine, ctx, B, args.steps, args.repeats)
-            if ctx == contexts[-1] and B == batches[-1]:
+            if last:
                 peak = peak_rss_gib()
-            rows[(ctx, B)] = {"ctx": ctx, "B": B, "latts_ms": ms, "latts_tps": B / ms * 1e3}
-            print(f"  latts ctx={ctx} B={B}: {ms:.1f} ms/step", flush=True)
-    del engine, loaded
-
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32)
-    hf.eval()
-    for (ctx, B), row in rows.items():
-        if B * ctx > args.hf_max_tokens:
-            continue
-        ms = hf_step_ms(hf, ctx, B, max(8, args.steps // 2))
-        row.update(hf_ms=ms, hf_tps=B / ms * 1e3)
-        print(f"  HF    ctx={ctx} B={B}: {ms:.1f} ms/step", flush=True)
+                peak_added = peak - before
+            row = rows[(ctx, B)] = {"ctx": ctx, "B": B, "latts_ms": ms, "latts_tps": B / ms * 1e3}
+            line = f"  ctx={ctx} B={B}: latts {ms:.1f} ms/step"
+            if B * ctx <= args.hf_max_tokens:
+                hf_ms = statistics.median(
+                    hf_step_ms(hf, ctx, B, max(8, args.steps // 2)) for _ in range(args.repeats if B <= 4 else 1)
+                )
+                row.update(hf_ms=hf_ms, hf_tps=B / hf_ms * 1e3)
+                line += f", HF {hf_ms:.1f} ms/step"
+            print(line, flush=True)
     del hf
     gguf = str(resolve(DEFAULT_MODEL))
     for ctx in contexts:
@@ -219,7 +227,8 @@ def main() -> int:
     print(f"best latts: B={best['B']} ctx={best['ctx']} {best['latts_tps']:.0f} tok/s = "
           f"{util:.1%} of the bf16 compute ceiling")
     if peak is not None:
-        print(f"peak RSS during latts B={batches[-1]} ctx={contexts[-1]}: {peak:.2f} GiB")
+        print(f"peak RSS during latts B={batches[-1]} ctx={contexts[-1]}: {peak:.2f} GiB for the process "
+              f"(both models loaded), {peak_added:.2f} GiB of it added by that run (KV cache, activations)")
 
     failures = []
     checks = [(1, 3.0), (16, 2.0)]
