@@ -10,7 +10,7 @@ from scipy.stats import chi2_contingency, chisquare
 
 from latts.config import SamplingParams
 from latts.engine.drafters import NGramDrafter, make_drafter
-from latts.engine.sampler import rejection_sample
+from latts.engine.sampler import greedy_accept, rejection_sample
 from latts.errors import LattsError
 
 PROMPT = "Explain step by step how to compute 17 * 23."
@@ -119,3 +119,23 @@ def test_unknown_drafter_and_missing_drafter(engine) -> None:
         make_drafter("eagle", engine.loaded)
     with pytest.raises(LattsError, match="needs a drafter"):
         engine.generate(PROMPT, gamma=2)
+
+
+def test_greedy_accept_equals_one_hot_rejection_sampling() -> None:
+    g = torch.Generator().manual_seed(5)
+    n, gamma, V = 64, 4, 11
+    logits = torch.randn(n, gamma + 1, V, generator=g)
+    target = logits.argmax(-1)
+    # drafts that agree with the target for a random number of leading positions
+    drafts = torch.randint(0, V, (n, gamma), generator=g)
+    agree = torch.randint(0, gamma + 1, (n,), generator=g)
+    for r in range(n):
+        drafts[r, : agree[r]] = target[r, : agree[r]]
+        if agree[r] < gamma:  # and disagree right after
+            drafts[r, agree[r]] = (target[r, agree[r]] + 1) % V
+    n_proposed = torch.randint(0, gamma + 1, (n,), generator=g)
+    one_hot = torch.nn.functional.one_hot(target, V).float()
+    ref = rejection_sample(drafts, n_proposed, one_hot, None, g)
+    got = greedy_accept(drafts, n_proposed, logits)
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+    assert torch.equal(got[0], torch.minimum(agree, n_proposed))

@@ -18,7 +18,7 @@ import torch
 from latts.config import MAX_GAMMA, SamplingParams, check_generation_args
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
-from latts.engine.sampler import probabilities, rejection_sample, sample
+from latts.engine.sampler import greedy_accept, probabilities, rejection_sample, sample
 from latts.errors import LattsError
 from latts.models import LoadedModel
 from latts.types import Branch, Generation, SpecStats
@@ -175,8 +175,10 @@ class Engine:
         drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, gen)  # [n, γ], [n], [n, γ, V]?
         t1 = time.perf_counter()
         logits = self.model.decode(torch.cat([last, drafts], 1), start, cache)  # [n, γ+1, V]
-        p = probabilities(logits, sampling)
-        accepted, nxt = rejection_sample(drafts, n_proposed, p, q, gen)
+        if sampling.greedy:
+            accepted, nxt = greedy_accept(drafts, n_proposed, logits)
+        else:
+            accepted, nxt = rejection_sample(drafts, n_proposed, probabilities(logits, sampling), q, gen)
         t2 = time.perf_counter()
         acc = accepted.tolist()
         drafter.observe([len(h) for h in hists], acc)

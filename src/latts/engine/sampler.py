@@ -107,3 +107,19 @@ def rejection_sample(
     # p == q leaves no residual mass: rejection had probability 0 then, so fall back to p itself
     residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p_next)
     return accepted, draw(residual, generator)
+
+
+def greedy_accept(
+    drafts: torch.Tensor, n_proposed: torch.Tensor, logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rejection_sample` for greedy decoding, straight from logits ``[n, gamma + 1, V]``.
+
+    Exact-match acceptance: keep drafts while they equal the target's argmax; the next token is the
+    argmax at the first mismatch (or after the last draft). Same result as the one-hot case of
+    :func:`rejection_sample`, without building ``[n, gamma + 1, V]`` distributions.
+    """
+    n, gamma = drafts.shape
+    target = logits.argmax(-1)  # [n, gamma + 1]
+    keep = (drafts == target[:, :gamma]) & (torch.arange(gamma)[None, :] < n_proposed[:, None])
+    accepted = keep.long().cumprod(-1).sum(-1)
+    return accepted, target[torch.arange(n), accepted]
