@@ -38,7 +38,7 @@ class Engine:
         self.eos = frozenset(loaded.eos_token_ids)
         self.warmup_s = 0.0
 
-    def warmup(self, branches: Sequence[int] = (1, 4)) -> float:
+    def warmup(self, branches: Sequence[int] = (1, 16)) -> float:
         """Run a few tiny requests so first-call costs never land inside a user's deadline; seconds spent."""
         t0 = time.perf_counter()
         for b in branches:
