@@ -69,3 +69,17 @@ def test_unsupported_architecture_is_refused() -> None:
     gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16))
     with pytest.raises(LattsError, match="unsupported architecture 'gpt2'"):
         Transformer(gpt2)
+
+
+def test_never_written_slots_cannot_poison_attention() -> None:
+    """Uninitialised cache memory holding NaN must not leak into a ragged batch's outputs."""
+    hf = tiny("llama")
+    ours = Transformer(hf, torch.float32)
+    s = ours.shape
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
+    cache = KVCache(s.n_layers, 2, s.n_kv_heads, 8, 16, s.head_dim, torch.float32)
+    cache.k.fill_(float("nan"))
+    cache.v.fill_(float("nan"))
+    ours.prefill(ids[:, :8], cache)
+    out = ours.decode(torch.stack([ids[0, 8:10], ids[0, 8:10]]), torch.tensor([8, 11]), cache)
+    assert torch.isfinite(out[0]).all()

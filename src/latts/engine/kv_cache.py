@@ -46,6 +46,19 @@ class KVCache:
         self.rows = rows
         self.prompt_len = prompt_len
         self.max_suffix = max_suffix
+        self._zeroed = 0  # suffix slots [0, _zeroed) hold finite values in every row
+
+    def reserve(self, n_slots: int) -> None:
+        """Make suffix slots below ``n_slots`` finite before a forward reads them.
+
+        Memory is allocated uninitialised (fast, pages touched only as rows grow), but a ragged batch
+        attends to slots another row has written and this row never has: masked scores are -inf,
+        yet NaN garbage in K or V would still poison the softmax. Zeroed incrementally, O(new slots).
+        """
+        if n_slots > self._zeroed:
+            self.k[..., self._zeroed : n_slots, :] = 0
+            self.v[..., self._zeroed : n_slots, :] = 0
+            self._zeroed = n_slots
 
     @property
     def nbytes(self) -> int:

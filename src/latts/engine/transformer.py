@@ -194,6 +194,7 @@ class Transformer(nn.Module):
             mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
             mask = mask[:, None].expand(B, r, k, n_slots).reshape(B, 1, r * k, n_slots)
 
+        cache.reserve(n_slots)
         joint_mask = None
         if cache.single and mask is not None:  # the prompt is visible to every query
             joint_mask = torch.cat([mask.new_zeros(mask.shape[:-1] + (cache.prompt_len,)), mask], -1)
