@@ -60,12 +60,6 @@ class KVCache:
             self.v[..., self._zeroed : n_slots, :] = 0
             self._zeroed = n_slots
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes reserved for K and V (pages are only touched as rows grow)."""
-        return sum(t.numel() * t.element_size() for t in (self.prefix_k, self.prefix_v, self.k, self.v))
-
-
     def write_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the prompt's ``k``/``v`` ``[1, G, prompt_len, hd]``."""
         self.prefix_k[layer] = k

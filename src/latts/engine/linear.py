@@ -91,8 +91,3 @@ class Projection(nn.Module):
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
-
-    @property
-    def dense_bytes(self) -> int:
-        """Bytes of the dense weight (what one memory-bound step reads)."""
-        return self.out_features * self.in_features * self.weight.element_size()
