@@ -1,7 +1,8 @@
 """Decode throughput of the latts engine against HF ``generate`` (and llama.cpp if installed).
 
 For every B in --batches and every context in --contexts (prompt length in tokens), measures the
-median decode step (prefill excluded) and tokens/s summed over rows, all in one process with the
+median decode step (prefill excluded; median over steps, then over repeats, the same statistic for
+every engine) and tokens/s summed over rows, all in one process with the
 same threads, plus a bf16 matmul micro-benchmark giving this machine's compute ceiling and the
 peak memory of latts at the largest B and context.
 
@@ -66,14 +67,11 @@ def peak_rss_gib() -> float:
     return _status_gib("VmHWM")
 
 
-def latts_step_ms(engine: Engine, ctx: int, B: int, steps: int, repeats: int) -> float:
-    """Median decode-step time of latts (prefill excluded)."""
-    ids = prompt_ids(ctx)
-    runs = []
-    for _ in range(repeats):
-        gen = engine.generate(ids, branches=B, max_new_tokens=steps + 1, sampling=SAMPLING, ignore_eos=True)
-        runs.append(gen.decode_s / gen.steps * 1e3)
-    return statistics.median(runs)
+def latts_step_ms(engine: Engine, ctx: int, B: int, steps: int) -> float:
+    """Median decode-step time of one latts run (prefill excluded), the same statistic as :func:`hf_step_ms`."""
+    gen = engine.generate(prompt_ids(ctx), branches=B, max_new_tokens=steps + 1, sampling=SAMPLING, ignore_eos=True)
+    times = gen.branches[0].token_times  # every row gets a token per step: row 0's stamps are the steps'
+    return statistics.median(b - a for a, b in zip(times, times[1:])) * 1e3
 
 
 class _StepClock:
@@ -174,8 +172,6 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32).eval()
-    # latts and HF are measured back to back for every configuration, so that drifts in machine
-    # speed (these are shared, noisy machines) hit both sides of a ratio alike.
     rows: dict[tuple[int, int], dict] = {}
     peak = None
     for ctx in contexts:
@@ -184,16 +180,23 @@ def main() -> int:
             if last:
                 peak_rss_reset()
                 before = _status_gib("VmRSS")
-            ms = latts_step_ms(engine, ctx, B, args.steps, args.repeats)
-            if last:
-                peak = peak_rss_gib()
-                peak_added = peak - before
+            # latts and HF alternate, so that drifts in machine speed (these are shared, noisy
+            # machines) hit both sides of a ratio alike; each side reports its median over repeats
+            with_hf = B * ctx <= args.hf_max_tokens
+            repeats = args.repeats if B <= 4 else 1
+            latts_runs, hf_runs = [], []
+            for _ in range(repeats):
+                latts_runs.append(latts_step_ms(engine, ctx, B, args.steps))
+                if last and peak is None:  # before HF runs in this process
+                    peak = peak_rss_gib()
+                    peak_added = peak - before
+                if with_hf:
+                    hf_runs.append(hf_step_ms(hf, ctx, B, max(8, args.steps // 2)))
+            ms = statistics.median(latts_runs)
             row = rows[(ctx, B)] = {"ctx": ctx, "B": B, "latts_ms": ms, "latts_tps": B / ms * 1e3}
             line = f"  ctx={ctx} B={B}: latts {ms:.1f} ms/step"
-            if B * ctx <= args.hf_max_tokens:
-                hf_ms = statistics.median(
-                    hf_step_ms(hf, ctx, B, max(8, args.steps // 2)) for _ in range(args.repeats if B <= 4 else 1)
-                )
+            if with_hf:
+                hf_ms = statistics.median(hf_runs)
                 row.update(hf_ms=hf_ms, hf_tps=B / hf_ms * 1e3)
                 line += f", HF {hf_ms:.1f} ms/step"
             print(line, flush=True)

@@ -71,11 +71,13 @@ class _Layer(nn.Module):
         self.scale = getattr(attn, "scaling", shape.head_dim**-0.5)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply rotary embeddings in HF's rotate-half convention."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Apply rotary embeddings in HF's rotate-half convention.
+
+    ``rotate_half(x) * sin`` equals ``roll(x, half) * signed_sin`` with the first half of ``sin``
+    negated (bit for bit), which takes three elementwise ops instead of six.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
 
 class Transformer(nn.Module):
@@ -118,13 +120,15 @@ class Transformer(nn.Module):
         self._rope_sin = torch.empty(0)
 
     def rope_tables(self, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables ``[n_positions, head_dim]`` in the model dtype, grown on demand."""
+        """cos and signed sin tables ``[n_positions, head_dim]`` in the model dtype, grown on demand."""
         if self._rope_cos.shape[0] < n_positions:
             pos = torch.arange(n_positions, dtype=torch.float32)
             freqs = torch.outer(pos, self.inv_freq)
             emb = torch.cat((freqs, freqs), dim=-1)
+            sin = emb.sin()
+            sin[:, : sin.shape[1] // 2].neg_()  # signed for _rotate
             self._rope_cos = (emb.cos() * self.rope_scaling).to(self.dtype)
-            self._rope_sin = (emb.sin() * self.rope_scaling).to(self.dtype)
+            self._rope_sin = (sin * self.rope_scaling).to(self.dtype)
         return self._rope_cos, self._rope_sin
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -206,7 +210,9 @@ class Transformer(nn.Module):
             q = q.view(B, k, G, r, hd).permute(0, 2, 3, 1, 4).reshape(B, G, r * k, hd)
             if cache.single:  # one branch: prompt and own tokens are contiguous, one attention call
                 keys, values = cache.joint(i, n_slots)
-                o, _ = _attention(q, keys, values, joint_mask, layer.scale)
+                # no log-sum-exp needed here, and SDPA's own dispatch is ~2x faster than the
+                # flash kernel called directly for a handful of queries (measured, bf16)
+                o = F.scaled_dot_product_attention(q, keys, values, joint_mask, scale=layer.scale)
                 o = o.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).reshape(B, k, s.n_heads * hd)
                 x = self._mlp_and_out(layer, x, o)
                 continue
