@@ -173,6 +173,11 @@ class Engine:
         t0 = time.perf_counter()
         hists = [history[i] for i in live]
         drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, gen)  # [n, γ], [n], [n, γ, V]?
+        # verify only as many positions as the longest proposal: padding would cost compute for nothing
+        width = int(n_proposed.max())
+        if width < gamma:
+            drafts = drafts[:, :width]
+            q = q[:, :width] if q is not None else None
         t1 = time.perf_counter()
         logits = self.model.decode(torch.cat([last, drafts], 1), start, cache)  # [n, γ+1, V]
         if sampling.greedy:
