@@ -41,3 +41,33 @@ def check_generation_args(branches: int, max_new_tokens: int) -> None:
         raise LattsError(f"branches (-B) must be <= {MAX_BRANCHES}, got {branches}")
     if max_new_tokens <= 0:
         raise LattsError(f"max tokens must be >= 1, got {max_new_tokens}")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetForcing:
+    """s1-style control of how long each branch thinks (Muennighoff et al. 2025, "budget forcing").
+
+    A branch that tries to stop (end-of-sequence, or ``</think>`` for models with thinking tags)
+    before ``min_think`` tokens gets that token replaced by ``ignore`` and goes on; at ``max_think``
+    tokens (or when the deadline leaves only time to answer) ``answer_prompt`` is appended and the
+    branch decodes at most ``answer_tokens`` more tokens of answer. For a plain instruct model the
+    "thinking" is the whole response body.
+    """
+
+    min_think: int = 0
+    max_think: int = 512
+    ignore: str = "Wait"
+    answer_prompt: str = "\n\nFinal answer: \\boxed{"
+    answer_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.min_think < 0:
+            raise LattsError(f"min_think must be >= 0, got {self.min_think}")
+        if self.max_think < 1:
+            raise LattsError(f"max_think must be >= 1, got {self.max_think}")
+        if self.min_think > self.max_think:
+            raise LattsError(f"min_think ({self.min_think}) must not exceed max_think ({self.max_think})")
+        if self.answer_tokens < 1:
+            raise LattsError(f"answer_tokens must be >= 1, got {self.answer_tokens}")
+        if self.min_think > 0 and not self.ignore:
+            raise LattsError("the ignore string must not be empty when min_think > 0")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-FinishReason = Literal["eos", "stop", "length", "deadline"]
+FinishReason = Literal["eos", "stop", "length", "deadline", "answered", "cancelled"]
 
 
 @dataclass(slots=True)
@@ -15,7 +15,12 @@ class Branch:
     ``token_times[i]`` is when token ``i`` was produced, in seconds since the request started
     (model already loaded), so latency per token and time-to-answer can be read off directly.
     ``finish_reason``: ``eos`` (end-of-sequence token), ``stop`` (a stop string; ``text`` ends before
-    it), ``length`` (token budget), ``deadline`` (the wall-clock deadline stopped it).
+    it), ``length`` (token budget), ``deadline`` (the wall-clock deadline stopped it), ``answered``
+    (budget forcing made it answer and the answer is complete), ``cancelled`` (the caller stopped it,
+    e.g. the vote was already decided).
+
+    Budget forcing: ``think_tokens`` counts the thinking part, ``ignored`` the suppressed stops,
+    ``forced`` why the answer was forced (``max_think`` or ``deadline``; None if it ended by itself).
     """
 
     index: int
@@ -26,6 +31,9 @@ class Branch:
     spec_rounds: int = 0
     spec_proposed: int = 0
     spec_accepted: int = 0
+    think_tokens: int = 0
+    ignored: int = 0
+    forced: str | None = None
 
     @property
     def n_tokens(self) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from latts.config import MAX_GAMMA, SamplingParams, check_generation_args
+from latts.config import MAX_GAMMA, BudgetForcing, SamplingParams, check_generation_args
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
 from latts.engine.sampler import greedy_accept, probabilities, rejection_sample, sample
@@ -37,6 +38,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.eos = frozenset(loaded.eos_token_ids)
         self.warmup_s = 0.0
+        self._step_hint: dict[int, float] = {}  # last measured step time per batch size
 
     def warmup(self, branches: Sequence[int] = (1, 16)) -> float:
         """Run a few tiny requests so first-call costs never land inside a user's deadline; seconds spent."""
@@ -71,25 +73,29 @@ class Engine:
         stop: Sequence[str] = (),
         deadline: float | None = None,
         chat: bool = True,
-        on_step: Callable[[list[Branch]], None] | None = None,
+        on_step: Callable[[list[Branch]], bool | None] | None = None,
         ignore_eos: bool = False,
         gamma: int = 0,
         drafter: Drafter | None = None,
+        budget: BudgetForcing | None = None,
     ) -> Generation:
         """Decode ``branches`` continuations of ``prompt`` together.
 
         Args:
             prompt: text (formatted with the chat template when ``chat``) or token ids.
             branches: B, the number of continuations decoded in one batch.
-            max_new_tokens: per-branch token budget.
+            max_new_tokens: per-branch token budget (with ``budget``: raised to fit thinking + answer).
             sampling: temperature / top-p / top-k / seed; ``None`` means greedy.
             stop: strings that end a branch; its ``text`` stops before the first one.
-            deadline: ``time.monotonic()`` value by which all work must end.
+            deadline: ``time.monotonic()`` value by which all work must end. With ``budget``, branches
+                are forced to answer once the time left only suffices for that.
             chat: apply the chat template to a text prompt.
-            on_step: called with the branches after every step (live views); keep it cheap.
+            on_step: called with the branches after every step (live views, early stopping); keep it
+                cheap. Returning True ends the request: unfinished branches become ``cancelled``.
             ignore_eos: decode past end-of-sequence tokens (fixed-length runs for benchmarks).
             gamma: draft tokens per row and step (speculative decoding; 0 = plain decoding).
             drafter: who proposes the drafts (required when ``gamma > 0``).
+            budget: s1 budget forcing (min/max thinking tokens, forced answers).
         """
         t0 = time.monotonic()
         sampling = sampling or SamplingParams(temperature=0.0)
@@ -99,6 +105,9 @@ class Engine:
         if gamma > 0 and drafter is None:
             raise LattsError("speculative decoding (gamma > 0) needs a drafter")
         ids = self.encode(prompt, chat)
+        forcing = self._forcing(budget) if budget is not None else None
+        if forcing is not None:
+            max_new_tokens = forcing.capacity
         context = self.model.max_positions
         if len(ids) + max_new_tokens + gamma > context:
             raise LattsError(
@@ -123,43 +132,79 @@ class Engine:
         if spec is not None:
             drafter.begin(ids, branches, max_new_tokens)
         t_prefill = time.monotonic()
-        history = [list(ids) for _ in range(branches)]  # prompt + generated, per branch (drafters read it)
+        rows = [_Row(list(ids), fed=P) for _ in range(branches)]  # per branch: history and K/V progress
         live = list(range(branches))  # live[slot] = branch index; live rows are cache rows 0..n-1
-        self._append(out, history, live, [[t] for t in first], t_prefill - t0, max_new_tokens, stops, eos)
+        append = _Appender(self, out, rows, max_new_tokens, stops, eos, forcing)
+        append(live, [[t] for t in first], t_prefill - t0)
 
-        steps, step_s = 0, 0.0
+        # until a step has been timed, the prefill (which costs at least a step) stands in for one
+        steps, step_s = 0, self._step_hint.get(branches, t_prefill - t0)
         while live:
-            live = self._compact(out, live, cache, drafter if spec is not None else None)
+            live = self._compact(out, live, rows, cache, drafter if spec is not None else None)
             if not live:
                 break
             now = time.monotonic()
-            if deadline is not None and now + step_s > deadline:
-                for i in live:
-                    out[i].finish_reason = "deadline"
-                break
-            last = torch.tensor([[history[i][-1]] for i in live])  # [n, 1]
-            start = torch.tensor([len(history[i]) - 1 for i in live])  # position of each row's last token
-            if spec is None:
+            if deadline is not None:
+                if now + step_s > deadline:
+                    for i in live:
+                        out[i].finish_reason = "deadline"
+                    break
+                if forcing is not None and now + step_s * forcing.answer_steps > deadline:
+                    for i in live:
+                        append.force_answer(i, "deadline", now - t0)
+            pending = [len(rows[i].history) - rows[i].fed for i in live]
+            start = torch.tensor([rows[i].fed for i in live])  # position of each row's first unfed token
+            catch_up = max(pending) > 1
+            if catch_up:  # forced text to feed: one ragged forward over it, no speculation this step
+                feed = torch.zeros((len(live), max(pending)), dtype=torch.long)
+                for r, i in enumerate(live):
+                    feed[r, : pending[r]] = torch.tensor(rows[i].history[rows[i].fed :])
+                logits = m.decode(feed, start, cache)[torch.arange(len(live)), torch.tensor(pending) - 1]
+                new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
+            elif spec is None:
+                last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]
                 logits = m.decode(last, start, cache)[:, -1]  # [n, V]
                 new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
             else:
-                new = self._speculate(out, live, history, last, start, cache, gamma, drafter, sampling, gen, spec)
+                last = torch.tensor([[rows[i].history[-1]] for i in live])
+                new = self._speculate(out, live, [rows[i].history for i in live], last, start, cache, gamma,
+                                      drafter, sampling, gen, spec)
             t = time.monotonic()
             step_s = (t - now) if steps == 0 else (1 - _STEP_EMA) * step_s + _STEP_EMA * (t - now)
             steps += 1
-            self._append(out, history, live, new, t - t0, max_new_tokens, stops, eos)
-            if on_step is not None:
-                on_step(out)
+            kept = append(live, new, t - t0)
+            for r, i in enumerate(live):
+                if catch_up:
+                    rows[i].fed += pending[r]
+                else:  # the fed token and the drafts accepted before it, as far as they stayed in the history
+                    rows[i].fed += 1 + min(len(new[r]) - 1, kept[r])
+            if spec is not None and not catch_up:  # a suppressed stop can cut accepted drafts: tell the drafter
+                drafter.observe([int(p) + 1 for p in start], [min(len(t) - 1, k) for t, k in zip(new, kept)])
+            if on_step is not None and on_step(out):
+                for i in live:
+                    if not out[i].finish_reason:
+                        out[i].finish_reason = "cancelled"
+                break
+        self._step_hint[branches] = step_s
 
         for b in out:
             b.text = self._final_text(b, stops)
         return Generation(out, P, t_prefill - t0, time.monotonic() - t_prefill, steps, spec)
 
+    def _forcing(self, budget: BudgetForcing) -> _Forcing:
+        """Token-level budget forcing: the ignore/answer texts tokenized, the thinking-end token found."""
+        enc = lambda text: list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []  # noqa: E731
+        think_end = self.tokenizer.convert_tokens_to_ids("</think>") if "</think>" in self.tokenizer.get_vocab() else None
+        answer = enc(("</think>" if think_end is not None else "") + budget.answer_prompt)
+        ignore = enc(budget.ignore)
+        capacity = budget.max_think + len(ignore) + len(answer) + budget.answer_tokens + 1
+        return _Forcing(budget, ignore, answer, think_end, capacity, budget.answer_prompt.rstrip().endswith("{"))
+
     def _speculate(
         self,
         out: list[Branch],
         live: list[int],
-        history: list[list[int]],
+        hists: list[list[int]],
         last: torch.Tensor,
         start: torch.Tensor,
         cache: KVCache,
@@ -171,7 +216,6 @@ class Engine:
     ) -> list[list[int]]:
         """One round: draft γ tokens per row, verify all rows' γ+1 positions in one forward, accept per row."""
         t0 = time.perf_counter()
-        hists = [history[i] for i in live]
         drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, gen)  # [n, γ], [n], [n, γ, V]?
         # verify only as many positions as the longest proposal: padding would cost compute for nothing
         width = int(n_proposed.max())
@@ -196,33 +240,6 @@ class Engine:
         rows = drafts.tolist()
         return [rows[r][: acc[r]] + [tok] for r, tok in enumerate(nxt.tolist())]
 
-    def _append(
-        self,
-        out: list[Branch],
-        history: list[list[int]],
-        live: list[int],
-        new_tokens: list[list[int]],
-        at: float,
-        max_new_tokens: int,
-        stops: tuple[str, ...],
-        eos: frozenset[int],
-    ) -> None:
-        """Add each live branch's new tokens and mark the branches that just finished."""
-        for i, toks in zip(live, new_tokens):
-            b = out[i]
-            for tok in toks:
-                b.token_ids.append(tok)
-                history[i].append(tok)
-                b.token_times.append(at)
-                if tok in eos:
-                    b.finish_reason = "eos"
-                elif stops and self._hit_stop(b.token_ids, stops):
-                    b.finish_reason = "stop"
-                elif b.n_tokens >= max_new_tokens:
-                    b.finish_reason = "length"
-                if b.finish_reason:
-                    break
-
     def _hit_stop(self, token_ids: list[int], stops: tuple[str, ...]) -> bool:
         """Whether the text of the last few tokens contains a stop string."""
         window = max(len(s) for s in stops) + 8
@@ -230,7 +247,7 @@ class Engine:
         return any(s in tail for s in stops)
 
     def _compact(
-        self, out: list[Branch], live: list[int], cache: KVCache, drafter: Drafter | None
+        self, out: list[Branch], live: list[int], rows: list[_Row], cache: KVCache, drafter: Drafter | None
     ) -> list[int]:
         """Drop finished branches, moving the last live row into each freed slot (drafter state too)."""
         done = [slot for slot, i in enumerate(live) if out[i].finish_reason]
@@ -240,8 +257,7 @@ class Engine:
         for slot in sorted(done, reverse=True):
             last = len(live) - 1
             if slot != last:
-                moved = out[live[last]]
-                cache.move_row(last, slot, moved.n_tokens - 1)  # slots written so far
+                cache.move_row(last, slot, rows[live[last]].fed - cache.prompt_len)  # slots written so far
                 if drafter is not None:
                     drafter.move_row(last, slot)
                 live[slot] = live[last]
@@ -255,3 +271,114 @@ class Engine:
             if cut >= 0:
                 text = text[:cut]
         return text
+
+
+@dataclass(slots=True)
+class _Row:
+    """Per-branch decoding state: prompt + tokens so far, and how many positions have K/V in the cache."""
+
+    history: list[int]
+    fed: int
+    phase: str = "think"  # think -> (respond, after </think>) or answer (forced)
+    answer_start: int = 0  # token index where the forced answer's own tokens begin
+
+
+@dataclass(frozen=True, slots=True)
+class _Forcing:
+    """Budget forcing in token ids."""
+
+    budget: BudgetForcing
+    ignore: list[int]
+    answer: list[int]
+    think_end: int | None
+    capacity: int  # tokens a branch can ever hold: thinking, one ignore overshoot, answer prompt, answer
+    brace: bool  # the answer prompt opens a brace: the answer ends where it closes
+
+    @property
+    def answer_steps(self) -> float:
+        """Decode steps a forced answer costs: its prompt (one forward) and its tokens."""
+        return self.budget.answer_tokens + 2
+
+
+class _Appender:
+    """Adds each step's tokens to the branches and applies finishing and budget-forcing rules."""
+
+    def __init__(self, engine: Engine, out: list[Branch], rows: list[_Row], max_new_tokens: int,
+                 stops: tuple[str, ...], eos: frozenset[int], forcing: _Forcing | None) -> None:
+        self.engine, self.out, self.rows = engine, out, rows
+        self.max_new_tokens, self.stops, self.eos, self.forcing = max_new_tokens, stops, eos, forcing
+
+    def __call__(self, live: list[int], new_tokens: list[list[int]], at: float) -> list[int]:
+        """Append ``new_tokens[slot]`` to branch ``live[slot]``; per row, how many of them were kept."""
+        return [self._row(i, toks, at) for i, toks in zip(live, new_tokens)]
+
+    def _push(self, i: int, toks: list[int], at: float) -> None:
+        b, row = self.out[i], self.rows[i]
+        b.token_ids.extend(toks)
+        row.history.extend(toks)
+        b.token_times.extend([at] * len(toks))
+
+    def force_answer(self, i: int, why: str, at: float) -> None:
+        """Make branch ``i`` answer now: append the answer prompt (once) and switch it to answering."""
+        row, b, f = self.rows[i], self.out[i], self.forcing
+        if f is None or row.phase != "think" or b.finish_reason:
+            return
+        self._push(i, f.answer, at)
+        row.phase = "answer"
+        row.answer_start = b.n_tokens
+        b.forced = why
+
+    def _row(self, i: int, toks: list[int], at: float) -> int:
+        b, row, f = self.out[i], self.rows[i], self.forcing
+        for kept, tok in enumerate(toks):
+            stopping = tok in self.eos or (f is not None and tok == f.think_end)
+            if f is not None and row.phase == "think" and stopping:
+                if b.think_tokens < f.budget.min_think:  # s1: suppress the stop, make it go on
+                    self._push(i, f.ignore, at)
+                    b.think_tokens += len(f.ignore)
+                    b.ignored += 1
+                    self._check_think_limit(i, at)
+                    return kept
+                if tok == f.think_end:
+                    self._push(i, [tok], at)
+                    row.phase = "respond"
+                    continue
+            self._push(i, [tok], at)
+            if tok in self.eos:
+                b.finish_reason = "eos"
+            elif self.stops and self.engine._hit_stop(b.token_ids, self.stops):
+                b.finish_reason = "stop"
+            elif row.phase == "answer" and self._answer_done(i):
+                b.finish_reason = "answered"
+            elif b.n_tokens >= self.max_new_tokens:
+                b.finish_reason = "length"
+            elif row.phase == "think" and f is not None:
+                b.think_tokens += 1
+                if self._check_think_limit(i, at):
+                    return kept + 1
+            if b.finish_reason:
+                return kept + 1
+        return len(toks)
+
+    def _check_think_limit(self, i: int, at: float) -> bool:
+        """Force the answer when the thinking budget is spent; True if it was."""
+        if self.out[i].think_tokens >= self.forcing.budget.max_think:
+            self.force_answer(i, "max_think", at)
+            return True
+        return False
+
+    def _answer_done(self, i: int) -> bool:
+        """A forced answer ends when its brace closes (or its line ends) or its token budget is spent."""
+        b, row, f = self.out[i], self.rows[i], self.forcing
+        answer = b.token_ids[row.answer_start :]
+        if len(answer) >= f.budget.answer_tokens:
+            return True
+        text = self.engine.tokenizer.decode(answer, skip_special_tokens=True)
+        if f.brace:
+            depth = 0
+            for ch in text:
+                depth += {"{": 1, "}": -1}.get(ch, 0)
+                if depth < 0:
+                    return True
+            return False
+        return "\n" in text.strip(" ")

@@ -1,0 +1,107 @@
+"""s1 budget forcing inside the engine, on the real default model (fp32)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from latts.config import BudgetForcing, SamplingParams
+from latts.engine.drafters import NGramDrafter
+from latts.errors import LattsError
+
+SHORT = "Say hi."  # the model answers in a handful of tokens and stops
+LONG = "Write a very long essay about the history of the sea, with many chapters."
+
+
+def _ids(engine, text: str) -> list[int]:
+    return list(engine.tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_min_think_suppresses_stops_with_the_ignore_string(engine) -> None:
+    budget = BudgetForcing(min_think=40, max_think=80, ignore="Wait", answer_tokens=8)
+    got = engine.generate(SHORT, branches=3, sampling=SamplingParams(temperature=0.8, seed=2), budget=budget)
+    ignore = _ids(engine, "Wait")
+    for b in got.branches:
+        assert b.ignored >= 1, "the model stops after a few tokens, so a stop must have been suppressed"
+        assert b.think_tokens >= 40
+        assert "Wait" in b.text
+        # wherever the ignore string sits, it replaced an end-of-sequence token: none is left inside
+        body = b.token_ids[:-1]
+        assert not set(body) & engine.eos
+        starts = [j for j in range(len(b.token_ids)) if b.token_ids[j : j + len(ignore)] == ignore]
+        assert len(starts) >= b.ignored
+
+
+def test_max_think_forces_an_answer_within_bounds(engine) -> None:
+    budget = BudgetForcing(max_think=24, answer_tokens=6)
+    got = engine.generate(LONG, branches=4, sampling=SamplingParams(temperature=0.7, seed=0), budget=budget)
+    answer = _ids(engine, budget.answer_prompt)
+    for b in got.branches:
+        assert b.forced == "max_think"
+        assert b.think_tokens == 24
+        assert b.n_tokens <= 24 + len(answer) + budget.answer_tokens
+        assert "Final answer: \\boxed{" in b.text
+        assert b.finish_reason in {"answered", "eos"}
+        at = b.token_ids.index(answer[0], 24)
+        assert b.token_ids[at : at + len(answer)] == answer
+
+
+def test_forced_text_continues_exactly_like_a_fresh_prompt(engine) -> None:
+    """The ragged catch-up forward over forced tokens leaves the cache as if they had been in the prompt."""
+    budget = BudgetForcing(min_think=30, max_think=60, answer_tokens=4)
+    got = engine.generate(SHORT, branches=2, sampling=None, budget=budget)
+    b = got.branches[0]
+    ignore = _ids(engine, budget.ignore)
+    cut = next(j for j in range(len(b.token_ids)) if b.token_ids[j : j + len(ignore)] == ignore) + len(ignore)
+    prefix = engine.encode(SHORT) + b.token_ids[:cut]
+    fresh = engine.generate(prefix, branches=1, max_new_tokens=12, sampling=None, ignore_eos=True)
+    assert b.token_ids[cut : cut + 12] == fresh.branches[0].token_ids[: len(b.token_ids[cut : cut + 12])]
+    assert len(b.token_ids) - cut >= 6
+
+
+def test_budget_forcing_with_speculation_matches_plain_greedy(engine) -> None:
+    budget = BudgetForcing(min_think=48, max_think=96, answer_tokens=8)
+    plain = engine.generate(SHORT, branches=4, sampling=None, budget=budget)
+    spec = engine.generate(SHORT, branches=4, sampling=None, budget=budget, gamma=3, drafter=NGramDrafter())
+    assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
+    assert all(b.ignored >= 1 for b in spec.branches)
+
+
+def test_deadline_forces_answers_before_it(engine) -> None:
+    budget = BudgetForcing(max_think=4000, answer_tokens=6)
+    got = engine.generate(LONG, branches=4, sampling=SamplingParams(temperature=0.7, seed=1), budget=budget,
+                          deadline=time.monotonic() + 2.0)
+    assert {b.forced for b in got.branches} == {"deadline"}
+    for b in got.branches:
+        assert "Final answer: \\boxed{" in b.text
+        assert b.finish_reason in {"answered", "eos", "deadline"}
+    assert any(b.finish_reason == "answered" for b in got.branches)
+
+
+def test_on_step_can_cancel_the_request(engine) -> None:
+    calls = []
+
+    def stop_after_five(branches) -> bool:
+        calls.append(1)
+        return len(calls) >= 5
+
+    got = engine.generate(LONG, branches=3, max_new_tokens=200, sampling=SamplingParams(seed=0),
+                          on_step=stop_after_five)
+    assert got.steps == 5
+    assert {b.finish_reason for b in got.branches} == {"cancelled"}
+    assert all(b.n_tokens == 6 for b in got.branches)  # the prefill's token and five steps
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"min_think": 10, "max_think": 5}, "min_think (10) must not exceed max_think (5)"),
+        ({"max_think": 0}, "max_think must be >= 1"),
+        ({"min_think": -1}, "min_think must be >= 0"),
+        ({"answer_tokens": 0}, "answer_tokens must be >= 1"),
+    ],
+)
+def test_bad_budgets_are_named(kwargs, message) -> None:
+    with pytest.raises(LattsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        BudgetForcing(**kwargs)
