@@ -1,0 +1,29 @@
+"""AIME 2024 and 2025 (30 problems each, integer answers), shipped in ``latts/data/aime2{4,5}.jsonl``."""
+
+from __future__ import annotations
+
+from latts.grading import as_integer, math_equal
+from latts.tasks.base import MathTask
+
+
+class AimeTask(MathTask):
+    """An AIME year: answers are integers, so ``025`` equals ``25``; anything else goes to math-verify."""
+
+    def __init__(self, name: str, filename: str) -> None:
+        self.name = name
+        self.filename = filename
+
+    def grade(self, gold: str, pred: str | None) -> bool:
+        """Integer equality when both sides are integers (leading zeros ignored), else math-verify."""
+        return pred is not None and self.same(gold, pred)
+
+    def same(self, a: str, b: str) -> bool:
+        """Integer equality when both are integers, else math-verify with ``a`` first."""
+        ia, ib = as_integer(a), as_integer(b)
+        if ia is not None and ib is not None:
+            return ia == ib
+        return math_equal(a, b)
+
+
+AIME24 = AimeTask("aime24", "aime24.jsonl")
+AIME25 = AimeTask("aime25", "aime25.jsonl")

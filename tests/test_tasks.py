@@ -1,0 +1,204 @@
+"""Benchmarks load the right problems, deterministically; bad files fail with the file and line named."""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import re
+from pathlib import Path
+
+import pytest
+
+from latts.errors import LattsError
+from latts.tasks import TASK_NAMES, Task, get_task
+from latts.tasks.arith import DEFAULT_LEVEL, LEVELS, ArithTask
+from latts.tasks.gpqa import LETTERS
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "latts"
+GPQA = Path("/work/shared/data/gpqa_diamond.jsonl")
+needs_gpqa = pytest.mark.skipif(not GPQA.exists(), reason=f"{GPQA} not present")
+
+
+@pytest.mark.parametrize(("name", "count"), [("math500", 500), ("aime24", 30), ("aime25", 30)])
+def test_shipped_benchmarks_load_in_full(name: str, count: int) -> None:
+    task = get_task(name)
+    problems = task.load()
+    assert len(problems) == count
+    assert len({p.id for p in problems}) == count
+    assert all(p.question and p.gold for p in problems)
+    assert [p.id for p in task.load(limit=3)] == [p.id for p in problems[:3]]
+    assert "\\boxed{}" in task.prompt(problems[0]) and problems[0].question in task.prompt(problems[0])
+
+
+def test_math500_keeps_level_and_subject_and_aime_golds_are_integers() -> None:
+    first = get_task("math500").load(limit=1)[0]
+    assert first.id == "test/precalculus/807.json"
+    assert first.meta == {"subject": "Precalculus", "level": 2}
+    for name in ("aime24", "aime25"):
+        assert all(0 <= int(p.gold) <= 999 for p in get_task(name).load())
+
+
+def test_every_task_follows_the_protocol() -> None:
+    assert TASK_NAMES == ("math500", "aime24", "aime25", "gpqa_diamond", "arith")
+    for name in TASK_NAMES:
+        task = get_task(name)
+        assert isinstance(task, Task) and task.name == name
+        assert task.answer_prompt.endswith("\\boxed{")
+
+
+def test_unknown_task_names_the_known_ones() -> None:
+    known = "math500, aime24, aime25, gpqa_diamond, arith"
+    with pytest.raises(LattsError, match=rf"unknown task 'gsm8k'.*{known}$"):
+        get_task("gsm8k")
+
+
+@needs_gpqa
+def test_gpqa_shuffle_is_deterministic_and_gold_points_at_the_answer() -> None:
+    task = get_task("gpqa_diamond")
+    rows = {r["id"]: r for r in map(json.loads, GPQA.read_text(encoding="utf-8").splitlines())}
+    problems = task.load(data=GPQA)
+    assert len(problems) == 198
+    assert task.load(data=GPQA) == problems
+    for p in problems:
+        assert p.meta["choices"][LETTERS.index(p.gold)] == rows[p.id]["answer"].strip()
+        assert sorted(p.meta["choices"]) == sorted(c.strip() for c in rows[p.id]["choices"])
+        assert f"({p.gold}) {rows[p.id]['answer'].strip()}" in p.question
+    reseeded = task.load(data=GPQA, seed=1)
+    assert [p.gold for p in reseeded] != [p.gold for p in problems]
+    assert {p.gold for p in problems} == set(LETTERS)
+    assert len(task.load(limit=5, data=GPQA)) == 5
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_gpqa_reads_simple_evals_csv(tmp_path: Path) -> None:
+    rows = [
+        {"Question": f"Which number is {i}?", "Correct Answer": str(i), "Incorrect Answer 1": "x",
+         "Incorrect Answer 2": "y", "Incorrect Answer 3": "y", "Record ID": f"rec{i}"}
+        for i in range(12)
+    ]
+    rows[3]["Question"] = "A question\nover two lines, with \"quotes\", commas?"
+    path = tmp_path / "gpqa.csv"
+    _write_csv(path, rows)
+    problems = get_task("gpqa_diamond").load(data=path)
+    assert [p.id for p in problems] == [f"rec{i}" for i in range(12)]
+    for i, p in enumerate(problems):
+        assert p.meta["choices"][LETTERS.index(p.gold)] == str(i)  # despite the duplicate "y"
+    assert problems[3].question.startswith("A question\nover two lines")
+    assert get_task("gpqa_diamond").load(data=path) == problems
+    rows[3]["Incorrect Answer 1"] = ""
+    _write_csv(path, rows)
+    with pytest.raises(LattsError, match=r"gpqa\.csv:5: empty 'Incorrect Answer 1'"):  # 2-line row at 5
+        get_task("gpqa_diamond").load(data=path)
+    rows[3]["Incorrect Answer 1"] = "z"
+    rows[5]["Correct Answer"] = ""
+    _write_csv(path, rows)
+    # line 8: the header, rows 0-2, row 3 on two lines, row 4, then row 5
+    with pytest.raises(LattsError, match=r"gpqa\.csv:8: empty 'Correct Answer'"):
+        get_task("gpqa_diamond").load(data=path)
+
+
+def test_gpqa_requires_a_data_path() -> None:
+    with pytest.raises(LattsError, match=r"not shipped.*--data"):
+        get_task("gpqa_diamond").load()
+
+
+def test_no_gpqa_data_inside_the_package() -> None:
+    files = [p for p in SRC.rglob("*") if p.is_file()]
+    data_suffixes = {".jsonl", ".csv", ".json", ".parquet"}
+    assert not [p for p in files if "gpqa" in p.name.lower() and p.suffix.lower() in data_suffixes]
+    if GPQA.exists():
+        lines = GPQA.read_text(encoding="utf-8").splitlines()[:25]
+        questions = [json.loads(line)["question"][:80] for line in lines]
+        for path in files:
+            text = path.read_bytes().decode("utf-8", errors="ignore")
+            assert not any(q in text for q in questions), path
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"problem": "1+1", "answer": "2"}', '{"problem": "2+2", "answer": '], r"bad\.jsonl:2: bad JSON"),
+        (['{"problem": "1", "answer": 1}', "", '{"problem": "2"}'], r"bad\.jsonl:3: missing field 'answer'"),
+        (['["not", "an", "object"]'], r"bad\.jsonl:1: expected a JSON object"),
+        (['{"problem": 5, "answer": "2"}'], r"bad\.jsonl:1: field 'problem' has the wrong type"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path: Path, lines: list[str], message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(LattsError, match=message):
+        get_task("math500").load(data=path)
+
+
+def test_malformed_gpqa_line_and_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    good = {"id": "r1", "question": "Q?", "choices": ["a", "b", "c", "d"], "answer": "c"}
+    bad = dict(good, answer="e")
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(LattsError, match=r"g\.jsonl:2: the answer is not among the choices"):
+        get_task("gpqa_diamond").load(data=path)
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(LattsError, match=re.escape(f"cannot read {missing}")):
+        get_task("aime24").load(data=missing)
+
+
+def test_user_data_replaces_the_shipped_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"id": "x1", "problem": "What is 6*7?", "answer": 42}\n', encoding="utf-8")
+    (problem,) = get_task("aime25").load(data=path)
+    assert (problem.id, problem.question, problem.gold) == ("x1", "What is 6*7?", "42")
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _evaluate(node: ast.AST) -> float:
+    """An arithmetic expression's value, by hand (no eval)."""
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant):
+        return node.value
+    assert isinstance(node, ast.BinOp)
+    return _OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_arith_answers_recompute(level: int) -> None:
+    problems = ArithTask(level).load(limit=50, seed=3)
+    assert [p.id for p in problems[:2]] == [f"arith-L{level}-0000", f"arith-L{level}-0001"]
+    for p in problems:
+        expression = p.meta["expression"]
+        value = _evaluate(ast.parse(expression, mode="eval"))
+        assert value == int(p.gold) and int(p.gold) >= 0
+        # the expression is the story: the same numbers, in the same order
+        assert re.findall(r"\d+", expression) == re.findall(r"\d+", p.question)
+        assert p.meta["level"] == level
+
+
+def test_arith_is_deterministic_per_seed() -> None:
+    task = get_task("arith")
+    assert task.level == DEFAULT_LEVEL
+    assert task.load(limit=20, seed=7) == task.load(limit=20, seed=7)
+    assert task.load(limit=5, seed=7) == task.load(limit=20, seed=7)[:5]
+    assert task.load(limit=20, seed=7) != task.load(limit=20, seed=8)
+    assert len(task.load()) == 200
+    steps = [len(ArithTask(level).load(limit=1)[0].question.split(". ")) for level in LEVELS]
+    assert steps == sorted(steps)  # more steps at higher levels
+
+
+def test_arith_rejects_bad_level_data_and_limit() -> None:
+    with pytest.raises(LattsError, match="arith level"):
+        ArithTask(9)
+    with pytest.raises(LattsError, match="generated"):
+        get_task("arith").load(data=Path("x.jsonl"))
+    with pytest.raises(LattsError, match="limit"):
+        get_task("arith").load(limit=-1)
