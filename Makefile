@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/latts generate "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?" -B 8 --max-tokens 128 --temperature 0.7 --seed 0
+	$(BIN)/latts demo --deadline 10 -B 8
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -8,7 +8,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from typing import TYPE_CHECKING
+
 from latts.types import Branch, Generation
+
+if TYPE_CHECKING:
+    from latts.solver import Solution
 
 _REFRESH_S = 0.25
 
@@ -66,3 +71,26 @@ def print_summary(console: Console, result: Generation) -> None:
             f"{sp.mean_accepted_length:.2f} tokens per verify, draft {sp.draft_s:.2f} s / verify {sp.verify_s:.2f} s",
             highlight=False,
         )
+
+
+def print_solution(console: Console, sol: "Solution") -> None:
+    """The voted answer, the vote counts, one line per branch and the latency."""
+    from rich.markup import escape
+
+    table = Table("#", "answer", "finish", "tokens", "thinking", "forced", title="branches")
+    for b, a in zip(sol.branches, sol.branch_answers):
+        table.add_row(str(b.index), escape(a) if a is not None else "—", b.finish_reason or "?", str(b.n_tokens),
+                      str(b.think_tokens), b.forced or "")
+    console.print(table)
+    votes = ", ".join(f"{escape(a)}: {c:g}" for a, c in sol.votes) or "no answers"
+    abstained = f" ({sol.abstained} abstained)" if sol.abstained else ""
+    console.print(f"votes: {votes}{abstained}", highlight=False)
+    deadline = f" of {sol.deadline_s:g} s allowed" if sol.deadline_s is not None else ""
+    early = " · stopped early (vote decided)" if sol.early_stopped else ""
+    p = sol.plan
+    console.print(
+        f"latency {sol.latency_s:.2f} s{deadline} · B={p.branches} γ={p.gamma} L={p.max_think} · "
+        f"{sol.tokens} tokens{early}",
+        highlight=False,
+    )
+    console.print(f"[bold]answer:[/] {escape(sol.answer) if sol.answer is not None else '(none)'}")

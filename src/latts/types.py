@@ -34,6 +34,13 @@ class Branch:
     think_tokens: int = 0
     ignored: int = 0
     forced: str | None = None
+    logprob_sum: float = 0.0
+    logprob_count: int = 0
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """Mean log-probability of the sampled tokens (when the request asked for log-probabilities)."""
+        return self.logprob_sum / self.logprob_count if self.logprob_count else None
 
     @property
     def n_tokens(self) -> int:

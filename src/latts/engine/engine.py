@@ -78,6 +78,7 @@ class Engine:
         gamma: int = 0,
         drafter: Drafter | None = None,
         budget: BudgetForcing | None = None,
+        logprobs: bool = False,
     ) -> Generation:
         """Decode ``branches`` continuations of ``prompt`` together.
 
@@ -96,6 +97,8 @@ class Engine:
             gamma: draft tokens per row and step (speculative decoding; 0 = plain decoding).
             drafter: who proposes the drafts (required when ``gamma > 0``).
             budget: s1 budget forcing (min/max thinking tokens, forced answers).
+            logprobs: accumulate each branch's sampled-token log-probabilities (under the model's
+                own distribution, temperature 1) in ``Branch.logprob_sum`` — weighted voting uses them.
         """
         t0 = time.monotonic()
         sampling = sampling or SamplingParams(temperature=0.0)
@@ -109,7 +112,7 @@ class Engine:
         if forcing is not None:
             max_new_tokens = forcing.capacity
         context = self.model.max_positions
-        if len(ids) + max_new_tokens + gamma > context:
+        if len(ids) + max_new_tokens + gamma + (len(forcing.answer) if forcing else 0) > context:
             raise LattsError(
                 f"prompt ({len(ids)} tokens) + max tokens ({max_new_tokens}) exceeds the model's context of {context}"
             )
@@ -125,7 +128,10 @@ class Engine:
         s = m.shape
         P = len(ids)
         spec = SpecStats(drafter.name, gamma) if drafter is not None and gamma > 0 else None
-        cache = KVCache(s.n_layers, branches, s.n_kv_heads, P, max_new_tokens + gamma, s.head_dim, m.dtype)
+        # slack past the budget: speculation verifies γ more positions, and a catch-up forward pads every
+        # row to the longest forced text
+        slack = gamma + (max(len(forcing.answer), len(forcing.ignore)) if forcing is not None else 0)
+        cache = KVCache(s.n_layers, branches, s.n_kv_heads, P, max_new_tokens + slack, s.head_dim, m.dtype)
         gen = torch.Generator().manual_seed(sampling.seed)
         logits = m.prefill(torch.tensor([ids]), cache)  # [1, V]
         first = sample(logits.expand(branches, -1), sampling, gen).tolist()
@@ -161,18 +167,22 @@ class Engine:
                     feed[r, : pending[r]] = torch.tensor(rows[i].history[rows[i].fed :])
                 logits = m.decode(feed, start, cache)[torch.arange(len(live)), torch.tensor(pending) - 1]
                 new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
+                step_logits = logits[:, None]
             elif spec is None:
                 last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]
                 logits = m.decode(last, start, cache)[:, -1]  # [n, V]
                 new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
+                step_logits = logits[:, None]
             else:
                 last = torch.tensor([[rows[i].history[-1]] for i in live])
-                new = self._speculate(out, live, [rows[i].history for i in live], last, start, cache, gamma,
-                                      drafter, sampling, gen, spec)
+                new, step_logits = self._speculate(out, live, [rows[i].history for i in live], last, start,
+                                                   cache, gamma, drafter, sampling, gen, spec)
             t = time.monotonic()
             step_s = (t - now) if steps == 0 else (1 - _STEP_EMA) * step_s + _STEP_EMA * (t - now)
             steps += 1
             kept = append(live, new, t - t0)
+            if logprobs:
+                _add_logprobs(out, live, new, kept, step_logits)
             for r, i in enumerate(live):
                 if catch_up:
                     rows[i].fed += pending[r]
@@ -213,8 +223,11 @@ class Engine:
         sampling: SamplingParams,
         gen: torch.Generator,
         spec: SpecStats,
-    ) -> list[list[int]]:
-        """One round: draft γ tokens per row, verify all rows' γ+1 positions in one forward, accept per row."""
+    ) -> tuple[list[list[int]], torch.Tensor]:
+        """One round: draft γ tokens per row, verify all rows' γ+1 positions in one forward, accept per row.
+
+        Returns each row's new tokens and the verify logits ``[n, width + 1, V]`` they were chosen from.
+        """
         t0 = time.perf_counter()
         drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, gen)  # [n, γ], [n], [n, γ, V]?
         # verify only as many positions as the longest proposal: padding would cost compute for nothing
@@ -238,7 +251,7 @@ class Engine:
             out[i].spec_proposed += n
             out[i].spec_accepted += a
         rows = drafts.tolist()
-        return [rows[r][: acc[r]] + [tok] for r, tok in enumerate(nxt.tolist())]
+        return [rows[r][: acc[r]] + [tok] for r, tok in enumerate(nxt.tolist())], logits
 
     def _hit_stop(self, token_ids: list[int], stops: tuple[str, ...]) -> bool:
         """Whether the text of the last few tokens contains a stop string."""
@@ -271,6 +284,20 @@ class Engine:
             if cut >= 0:
                 text = text[:cut]
         return text
+
+
+def _add_logprobs(out: list[Branch], live: list[int], new: list[list[int]], kept: list[int],
+                  logits: torch.Tensor) -> None:
+    """Add the log-probabilities of the model tokens each row kept; ``logits[r, j]`` chose ``new[r][j]``."""
+    width = max(kept) if kept else 0
+    if width == 0:
+        return
+    logp = torch.log_softmax(logits[:, :width].float(), dim=-1)
+    for r, i in enumerate(live):
+        if kept[r]:
+            toks = torch.tensor(new[r][: kept[r]])
+            out[i].logprob_sum += float(logp[r, torch.arange(kept[r]), toks].sum())
+            out[i].logprob_count += kept[r]
 
 
 @dataclass(slots=True)

@@ -122,6 +122,8 @@ class Transformer(nn.Module):
     def rope_tables(self, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables ``[n_positions, head_dim]`` in the model dtype, grown on demand."""
         if self._rope_cos.shape[0] < n_positions:
+            # grow geometrically: decoding asks for one more position every step
+            n_positions = max(n_positions, 2 * self._rope_cos.shape[0], 256)
             pos = torch.arange(n_positions, dtype=torch.float32)
             freqs = torch.outer(pos, self.inv_freq)
             emb = torch.cat((freqs, freqs), dim=-1)

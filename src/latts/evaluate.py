@@ -1,0 +1,211 @@
+"""Evaluation harness: a task × a grid of plans × seeds, one JSONL record per finished run.
+
+Records are appended (and flushed to disk) the moment a run ends, so an interrupted evaluation
+loses at most the run in flight: a restart reads the file, drops a torn last line, and skips every
+(problem, configuration, seed) already recorded. Accuracy-versus-latency curves are read straight
+off the records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latts.errors import LattsError
+from latts.solver import Plan, Solver
+from latts.tasks import Problem
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """One evaluated configuration: the plan without its seed, plus the deadline and the drafter's name."""
+
+    branches: int
+    gamma: int
+    drafter: str
+    min_think: int
+    max_think: int
+    temperature: float
+    deadline_s: float | None
+
+    def key(self) -> str:
+        """A stable string naming the configuration (the resume key, with problem and seed)."""
+        deadline = "none" if self.deadline_s is None else f"{self.deadline_s:g}"
+        drafter = self.drafter if self.gamma else "-"
+        return (f"B{self.branches}-g{self.gamma}-{drafter}-think{self.min_think}:{self.max_think}"
+                f"-T{self.temperature:g}-dl{deadline}")
+
+    def plan(self, seed: int) -> Plan:
+        """The solver's plan for this configuration and seed."""
+        return Plan(branches=self.branches, gamma=self.gamma, drafter=self.drafter, min_think=self.min_think,
+                    max_think=self.max_think, temperature=self.temperature, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view stored in every record."""
+        return {"B": self.branches, "gamma": self.gamma, "drafter": self.drafter, "min_think": self.min_think,
+                "max_think": self.max_think, "temperature": self.temperature, "deadline_s": self.deadline_s}
+
+
+def grid(
+    branches: Iterable[int],
+    gammas: Iterable[int],
+    max_thinks: Iterable[int],
+    deadlines: Iterable[float | None] = (None,),
+    drafter: str = "ngram",
+    min_think: int = 0,
+    temperature: float = 0.7,
+) -> list[Config]:
+    """Every combination of the given values, in a stable order."""
+    return [
+        Config(b, g, drafter, min_think, L, temperature, d)
+        for b, g, L, d in itertools.product(branches, gammas, max_thinks, deadlines)
+    ]
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records of ``path``; a torn last line (the process died mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    records, good_end = [], 0
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # torn write: the last line never got its newline
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise LattsError(f"{path}:{len(records) + 1}: not a JSON record ({e.msg}); move the file away to start over")
+        good_end += len(line)
+    if good_end < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return records
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, str, int]:
+    """What identifies a run: task, problem, configuration, seed."""
+    return record["task"], record["problem_id"], record["config_key"], record["seed"]
+
+
+class Recorder:
+    """Appends records to a JSONL file, each one flushed and fsync'ed as it arrives."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.records = read_records(path)
+        self.done = {record_key(r) for r in self.records}
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Persist one record (one ``write`` call of a whole line, so a kill leaves at most a torn tail)."""
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records.append(record)
+        self.done.add(record_key(record))
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict[str, Any]:
+    """Solve one problem with one configuration and seed; the graded record."""
+    sol = solver.solve(problem, plan=config.plan(seed), deadline_s=config.deadline_s)
+    task = solver.task
+    return {
+        "task": task.name,
+        "problem_id": problem.id,
+        "config_key": config.key(),
+        "config": config.to_dict(),
+        "seed": seed,
+        "answer": sol.answer,
+        "gold": problem.gold,
+        "correct": task.grade(problem.gold, sol.answer),
+        "latency_s": round(sol.latency_s, 4),
+        "prefill_s": round(sol.prefill_s, 4),
+        "tokens": sol.tokens,
+        "votes": [[a, c] for a, c in sol.votes],
+        "branch_answers": sol.branch_answers,
+        "branch_correct": [task.grade(problem.gold, a) if a is not None else False for a in sol.branch_answers],
+        "finish_reasons": sol.finish_reasons,
+        "early_stopped": sol.early_stopped,
+        "steps": sol.steps,
+    }
+
+
+def evaluate(
+    solver: Solver,
+    problems: list[Problem],
+    configs: list[Config],
+    seeds: list[int],
+    out: Path,
+    progress: Callable[[int, int, dict[str, Any] | None], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every (problem, config, seed) not yet in ``out``; all records of this task's grid.
+
+    ``progress(done, total, record)`` is called once at the start (record None) and after each run.
+    """
+    recorder = Recorder(out)
+    try:
+        todo = [
+            (p, c, s) for c in configs for s in seeds for p in problems
+            if (solver.task.name, p.id, c.key(), s) not in recorder.done
+        ]
+        total = len(problems) * len(configs) * len(seeds)
+        done = total - len(todo)
+        if progress is not None:
+            progress(done, total, None)
+        for problem, config, seed in todo:
+            record = run_one(solver, problem, config, seed)
+            recorder.write(record)
+            done += 1
+            if progress is not None:
+                progress(done, total, record)
+        wanted = {(solver.task.name, p.id, c.key(), s) for p in problems for c in configs for s in seeds}
+        return [r for r in recorder.records if record_key(r) in wanted]
+    finally:
+        recorder.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    """Accuracy and latency of one configuration: mean ± std over seeds (accuracy) and over runs (latency)."""
+
+    config_key: str
+    config: dict[str, Any]
+    runs: int
+    accuracy: float
+    accuracy_std: float
+    latency_s: float
+    latency_std: float
+    per_sample_accuracy: float
+
+
+def summarize(records: list[dict[str, Any]]) -> list[SummaryRow]:
+    """One row per configuration, in first-seen order."""
+    by_config: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_config[r["config_key"]].append(r)
+    rows = []
+    for key, rs in by_config.items():
+        by_seed: dict[int, list[bool]] = defaultdict(list)
+        for r in rs:
+            by_seed[r["seed"]].append(bool(r["correct"]))
+        seed_acc = [sum(v) / len(v) for v in by_seed.values()]
+        lat = [r["latency_s"] for r in rs]
+        samples = [c for r in rs for c in r.get("branch_correct", [])]
+        rows.append(SummaryRow(
+            config_key=key, config=rs[0]["config"], runs=len(rs),
+            accuracy=statistics.fmean(seed_acc), accuracy_std=statistics.pstdev(seed_acc) if len(seed_acc) > 1 else 0.0,
+            latency_s=statistics.fmean(lat), latency_std=statistics.pstdev(lat) if len(lat) > 1 else 0.0,
+            per_sample_accuracy=sum(samples) / len(samples) if samples else float("nan"),
+        ))
+    return rows

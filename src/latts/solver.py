@@ -1,0 +1,219 @@
+"""The controller: answer one question with B voting branches, γ-token speculation and a thinking
+budget L, within a wall-clock deadline.
+
+``Solver.solve(question, plan=Plan(...))`` runs a given configuration; ``solve(question,
+deadline_s=T)`` must return by T: the engine forces every unfinished branch to answer when the time
+left only suffices for that (its cost estimated from the run's own step times), then the answers are
+voted. The request also ends early once the leading answer can no longer lose the vote.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from latts.config import BudgetForcing, SamplingParams
+from latts.engine.drafters import Drafter
+from latts.engine.engine import Engine
+from latts.errors import LattsError
+from latts.tasks import Problem, Task, get_task
+from latts.types import Branch
+from latts.voting import Vote, decided, vote
+
+# Share of the deadline kept back for what follows the last decode step (voting, decoding text)
+# and for the step-time estimate being wrong; the deadline benchmark measures the overshoot.
+DEADLINE_MARGIN = 0.04
+DEADLINE_MARGIN_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One test-time-scaling configuration: B branches, γ draft tokens, thinking budget L, sampling."""
+
+    branches: int = 8
+    gamma: int = 0
+    drafter: str = "ngram"
+    max_think: int = 512
+    min_think: int = 0
+    answer_tokens: int = 16
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int = 0
+    early_stop: bool = True
+    weighted: bool = False  # weight each vote by exp(mean token log-probability) of its branch
+
+    def __post_init__(self) -> None:
+        if self.branches < 1:
+            raise LattsError(f"branches must be >= 1, got {self.branches}")
+        BudgetForcing(self.min_think, self.max_think, answer_tokens=self.answer_tokens)  # validates
+        SamplingParams(self.temperature, self.top_p, seed=self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return asdict(self)
+
+
+def default_plan(deadline_s: float | None) -> Plan:
+    """The plan used when only a deadline is given: 8 voting branches, thinking until the deadline forces answers.
+
+    Issue 5's optimizer replaces this with the measured latency-optimal (B, γ, L) for the machine.
+    """
+    return Plan(branches=8, max_think=1024 if deadline_s is not None else 512)
+
+
+@dataclass(slots=True)
+class Solution:
+    """The voted answer of one question and how it was reached."""
+
+    question: str
+    answer: str | None
+    votes: list[tuple[str, float]]
+    abstained: int
+    branch_answers: list[str | None]
+    branches: list[Branch]
+    latency_s: float
+    prefill_s: float
+    tokens: int
+    plan: Plan
+    deadline_s: float | None
+    early_stopped: bool
+    steps: int
+    spec: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finish_reasons(self) -> list[str | None]:
+        """Why each branch ended."""
+        return [b.finish_reason for b in self.branches]
+
+    def to_dict(self, with_text: bool = True) -> dict[str, Any]:
+        """JSON-ready view: answer, votes, latency, plan and a summary per branch."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "votes": [[a, c] for a, c in self.votes],
+            "abstained": self.abstained,
+            "latency_s": round(self.latency_s, 4),
+            "prefill_s": round(self.prefill_s, 4),
+            "tokens": self.tokens,
+            "steps": self.steps,
+            "deadline_s": self.deadline_s,
+            "early_stopped": self.early_stopped,
+            "plan": self.plan.to_dict(),
+            "spec": self.spec,
+            "branches": [
+                {
+                    "index": b.index,
+                    "answer": a,
+                    "finish_reason": b.finish_reason,
+                    "n_tokens": b.n_tokens,
+                    "think_tokens": b.think_tokens,
+                    "ignored": b.ignored,
+                    "forced": b.forced,
+                    **({"text": b.text} if with_text else {}),
+                }
+                for b, a in zip(self.branches, self.branch_answers)
+            ],
+        }
+
+
+class Solver:
+    """Answers questions of one task (prompt template, answer extraction, equivalence) on one engine."""
+
+    def __init__(self, engine: Engine, task: Task | str = "math500", drafter: Drafter | None = None) -> None:
+        self.engine = engine
+        self.task = get_task(task) if isinstance(task, str) else task
+        self.drafter = drafter
+        self._ngram: Drafter | None = None
+
+    def _drafter_for(self, plan: Plan) -> Drafter | None:
+        if plan.gamma == 0:
+            return None
+        if self.drafter is not None:
+            return self.drafter
+        if plan.drafter != "ngram":
+            raise LattsError(f"drafter '{plan.drafter}' must be built by the caller (pass drafter=...)")
+        from latts.engine.drafters import NGramDrafter
+
+        self._ngram = self._ngram or NGramDrafter()
+        return self._ngram
+
+    def solve(
+        self,
+        question: str | Problem,
+        plan: Plan | None = None,
+        deadline_s: float | None = None,
+        on_step=None,
+    ) -> Solution:
+        """Answer ``question`` with ``plan`` (default: :func:`default_plan`), by ``deadline_s`` seconds if given.
+
+        The deadline counts from this call (the model is already loaded). ``on_step(branches)`` is
+        called after every decode step (live views).
+        """
+        t0 = time.monotonic()
+        if deadline_s is not None and not deadline_s > 0:
+            raise LattsError(f"deadline must be > 0 seconds, got {deadline_s}")
+        problem = question if isinstance(question, Problem) else Problem("question", question, "", {"raw": True})
+        if not problem.question.strip():
+            raise LattsError("empty question")
+        plan = plan or default_plan(deadline_s)
+        budget = BudgetForcing(plan.min_think, plan.max_think, answer_prompt=self.task.answer_prompt,
+                               answer_tokens=plan.answer_tokens)
+        sampling = SamplingParams(plan.temperature, plan.top_p, seed=plan.seed)
+        deadline = None
+        if deadline_s is not None:
+            deadline = t0 + deadline_s * (1 - DEADLINE_MARGIN) - DEADLINE_MARGIN_S
+        answers: dict[int, str | None] = {}
+        early = [False]
+
+        def watch(branches: list[Branch]) -> bool:
+            if on_step is not None:
+                on_step(branches)
+            if not plan.early_stop:
+                return False
+            for b in branches:
+                if b.finish_reason and b.index not in answers:
+                    answers[b.index] = self.task.extract(self.engine.tokenizer.decode(b.token_ids, skip_special_tokens=True))
+            remaining = sum(1 for b in branches if not b.finish_reason)
+            done = [b for b in branches if b.index in answers]
+            weights = [_weight(b) for b in done] if plan.weighted else None
+            # a vote weight never exceeds 1 (exp of a log-probability), so `decided` holds for both kinds
+            if remaining and answers and decided(self._vote([answers[b.index] for b in done], weights), remaining):
+                early[0] = True
+                return True
+            return False
+
+        gen = self.engine.generate(
+            self.task.prompt(problem), branches=plan.branches, sampling=sampling, deadline=deadline,
+            on_step=watch, gamma=plan.gamma, drafter=self._drafter_for(plan), budget=budget,
+            logprobs=plan.weighted,
+        )
+        branch_answers = [self.task.extract(b.text) for b in gen.branches]
+        result = self._vote(branch_answers, [_weight(b) for b in gen.branches] if plan.weighted else None)
+        return Solution(
+            question=problem.question,
+            answer=result.answer,
+            votes=result.counts,
+            abstained=result.abstained,
+            branch_answers=branch_answers,
+            branches=gen.branches,
+            latency_s=time.monotonic() - t0,
+            prefill_s=gen.prefill_s,
+            tokens=gen.total_tokens,
+            plan=plan,
+            deadline_s=deadline_s,
+            early_stopped=early[0],
+            steps=gen.steps,
+            spec=gen.spec.to_dict() if gen.spec is not None else None,
+        )
+
+    def _vote(self, answers: list[str | None], weights: list[float] | None = None) -> Vote:
+        return vote(answers, self.task.same, weights)
+
+
+def _weight(branch: Branch) -> float:
+    """A branch's vote weight: the geometric-mean probability of its sampled tokens (1 if it sampled none)."""
+    mean = branch.mean_logprob
+    return math.exp(mean) if mean is not None else 1.0

@@ -1,0 +1,43 @@
+"""``latts solve`` and ``latts eval`` from the command line (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_cli import assert_one_line_error, run_latts
+
+
+def test_solve_json_carries_the_solution() -> None:
+    proc = run_latts("solve", "Tom has 3 apples and buys 5 more. How many apples does he have?", "-B", "4",
+                     "--max-think", "64", "--task", "arith", "--deadline", "20", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert {"answer", "votes", "latency_s", "plan", "branches", "load_s"} <= set(doc)
+    assert doc["plan"]["branches"] == 4 and doc["plan"]["max_think"] == 64
+    assert len(doc["branches"]) == 4
+    assert doc["deadline_s"] == 20
+    tally = sum(c for _, c in doc["votes"]) + doc["abstained"]
+    assert tally == 4
+    if doc["votes"]:
+        assert doc["answer"] == doc["votes"][0][0]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["solve", "", "-B", "2"], ["empty question"]),
+        (["solve", "What is 2+2?", "--deadline", "0"], ["deadline", "> 0"]),
+        (["solve", "What is 2+2?", "--deadline", "-1"], ["deadline", "> 0"]),
+        (["solve", "What is 2+2?", "--min-think", "50", "--max-think", "10"], ["min_think (50)", "max_think (10)"]),
+        (["solve", "What is 2+2?", "--task", "nosuch"], ["nosuch"]),
+        (["eval", "--task", "nosuch"], ["nosuch"]),
+        (["eval", "--task", "arith", "--deadline", "0"], ["deadline", "> 0"]),
+        (["eval", "--task", "arith", "--branches", "1,x"], ["--branches", "1,x"]),
+        (["eval", "--task", "gpqa_diamond"], ["gpqa", "--data"]),
+        (["eval", "--task", "arith", "--max-think", "8", "--min-think", "9"], ["min_think (9)"]),
+    ],
+)
+def test_bad_input_is_one_line(args, words) -> None:
+    assert_one_line_error(run_latts(*args), *words)
