@@ -41,3 +41,15 @@ def test_solve_json_carries_the_solution() -> None:
 )
 def test_bad_input_is_one_line(args, words) -> None:
     assert_one_line_error(run_latts(*args), *words)
+
+
+def test_eval_names_an_unreadable_or_malformed_dataset(tmp_path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    assert_one_line_error(run_latts("eval", "--task", "math500", "--data", str(missing)), "nope.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?"\n')
+    stderr = assert_one_line_error(run_latts("eval", "--task", "math500", "--data", str(bad)), "bad.jsonl:2")
+    assert "bad.jsonl:2" in stderr
+    no_field = tmp_path / "nofield.jsonl"
+    no_field.write_text('{"problem": "1+1?"}\n')
+    assert_one_line_error(run_latts("eval", "--task", "aime24", "--data", str(no_field)), "nofield.jsonl:1", "answer")

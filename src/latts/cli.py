@@ -304,6 +304,36 @@ def evaluate_cmd(
 
 
 @app.command()
+def profile(
+    out_path: Annotated[str, typer.Option("--out", help="where to write the profile (JSON)")] = "profile.json",
+    branches: Annotated[str, typer.Option("--branches", "-B", help="comma-separated B values")] = "1,2,4,8,16,32",
+    k: Annotated[str, typer.Option("--k", help="comma-separated tokens per row per forward (γ + 1)")] = "1,2,4,8",
+    contexts: Annotated[str, typer.Option("--contexts", help="comma-separated context lengths")] = "256,1024",
+    model: ModelOpt = "smollm2-135m-instruct",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Measure prefill and decode-forward times on this machine and fit the latency model."""
+    from pathlib import Path
+
+    try:
+        from latts.profiler import profile as run_profile
+
+        bs, ks, cs = _numbers(branches, "--branches"), _numbers(k, "--k"), _numbers(contexts, "--contexts")
+        if min(bs) < 1 or min(ks) < 1 or min(cs) < 1:
+            raise LattsError("--branches, --k and --contexts must be >= 1")
+        loaded, engine = _engine(model, dtype)
+        prof = run_profile(engine, bs, ks, cs, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
+        prof.save(Path(out_path))
+        fitted = prof.fit()
+    except LattsError as exc:
+        _fail(str(exc))
+        return
+    out.print(f"profile of {prof.model} ({prof.dtype}) on {prof.machine['cpu']} written to {out_path}")
+    out.print("latency model: " + ", ".join(f"{k_}={v:.3g}" for k_, v in fitted.to_dict().items()))
+    out.print(f"median error on the profile itself: {fitted.median_error(prof.steps):.1%}")
+
+
+@app.command()
 def demo(
     deadline: Annotated[float, typer.Option("--deadline", help="seconds per solve")] = 10.0,
     index: Annotated[int, typer.Option("--problem", help="which generated arith problem")] = 0,

@@ -1,0 +1,158 @@
+"""How long a test-time-scaling run takes: a small roofline-like model fitted to measured forwards.
+
+One decode forward over ``B`` rows of ``k`` tokens each (``n = B·k`` tokens) at context ``c`` costs
+
+    t_step = overhead + w_token · n + w_attn · n · c / 1000 + w_row · B
+
+- ``overhead``: reading every weight once plus per-step fixed costs (memory-bound, independent of n);
+- ``w_token · n``: the compute that grows with the tokens in the forward (matmuls past the roofline knee);
+- ``w_attn · n · c``: attention over the context;
+- ``w_row · B``: per-row bookkeeping (sampling, cache writes).
+
+A prefill of ``P`` tokens costs ``p0 + p1 · P``. A whole run with thinking budget ``L``, draft length ``γ``
+and acceptance rate ``α`` takes ``L / E`` verify rounds, where ``E = (1 − α^(γ+1)) / (1 − α)`` tokens are
+gained per round (Leviathan et al.), each round a forward of ``k = γ + 1`` tokens per row plus the
+drafter's cost; then a forced answer (one catch-up forward and ``answer_tokens`` plain steps). Every
+coefficient is fitted by least squares to a profile and clipped at zero, so each one reads as a cost.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from latts.errors import LattsError
+
+
+@dataclass(frozen=True, slots=True)
+class StepSample:
+    """One measured decode forward: B rows × k tokens at context length ``context``, ``seconds`` (median)."""
+
+    branches: int
+    k: int
+    context: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillSample:
+    """One measured prefill of ``tokens`` prompt tokens."""
+
+    tokens: int
+    seconds: float
+
+
+def expected_tokens_per_round(alpha: float, gamma: int) -> float:
+    """Tokens a row gains per verify round with γ drafts accepted i.i.d. with probability α (bonus included)."""
+    if gamma == 0:
+        return 1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise LattsError(f"acceptance rate must be in [0, 1], got {alpha}")
+    if alpha >= 1.0:
+        return gamma + 1.0
+    return (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def _step_features(branches: int, k: int, context: float) -> list[float]:
+    n = branches * k
+    return [1.0, n, n * context / 1000.0, branches]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyModel:
+    """Fitted costs (seconds); see the module docstring for the formula."""
+
+    overhead: float
+    w_token: float
+    w_attn: float
+    w_row: float
+    prefill_base: float
+    prefill_per_token: float
+    draft_per_row: float = 0.0  # drafter cost per row and round (per drafted token: × γ)
+
+    @classmethod
+    def fit(
+        cls,
+        steps: Sequence[StepSample],
+        prefills: Sequence[PrefillSample] = (),
+        draft_per_row: float = 0.0,
+    ) -> LatencyModel:
+        """Least-squares fit (relative error weighted, coefficients clipped at zero) to measured forwards."""
+        if len(steps) < 4:
+            raise LattsError(f"a latency fit needs at least 4 step measurements, got {len(steps)}")
+        coef = _nonneg_lstsq([_step_features(s.branches, s.k, s.context) for s in steps], [s.seconds for s in steps])
+        if len(prefills) >= 2:
+            p0, p1 = _nonneg_lstsq([[1.0, p.tokens] for p in prefills], [p.seconds for p in prefills])
+        elif prefills:
+            p0, p1 = 0.0, prefills[0].seconds / prefills[0].tokens
+        else:
+            p0, p1 = 0.0, 0.0
+        return cls(*coef, prefill_base=p0, prefill_per_token=p1, draft_per_row=draft_per_row)
+
+    def step(self, branches: int, k: int = 1, context: float = 512) -> float:
+        """Seconds for one forward of ``branches`` rows × ``k`` tokens at ``context``."""
+        w = (self.overhead, self.w_token, self.w_attn, self.w_row)
+        return float(sum(a * b for a, b in zip(w, _step_features(branches, k, context))))
+
+    def prefill(self, tokens: int) -> float:
+        """Seconds to prefill ``tokens`` prompt tokens."""
+        return self.prefill_base + self.prefill_per_token * tokens
+
+    def predict(
+        self,
+        branches: int,
+        gamma: int,
+        think: int,
+        alpha: float = 0.0,
+        prompt_len: int = 64,
+        answer_tokens: int = 16,
+        answer_prompt_tokens: int = 8,
+    ) -> float:
+        """Wall time of a whole run: prefill, ``think`` tokens of (speculative) decoding, a forced answer."""
+        per_round = expected_tokens_per_round(alpha, gamma)
+        rounds = think / per_round
+        mid_context = prompt_len + think / 2
+        decode = rounds * (self.step(branches, gamma + 1, mid_context) + self.draft_per_row * branches * gamma)
+        end_context = prompt_len + think
+        answer = 0.0
+        if answer_prompt_tokens:  # the forced answer's prompt, fed in one forward
+            answer += self.step(branches, answer_prompt_tokens, end_context)
+        answer += answer_tokens * self.step(branches, 1, end_context)
+        return self.prefill(prompt_len) + decode + answer
+
+    def errors(self, steps: Iterable[StepSample]) -> list[float]:
+        """Relative errors |predicted − measured| / measured of single forwards (held-out checks)."""
+        return [abs(self.step(s.branches, s.k, s.context) - s.seconds) / s.seconds for s in steps]
+
+    def median_error(self, steps: Iterable[StepSample]) -> float:
+        """Median relative error over ``steps``."""
+        errs = self.errors(steps)
+        return statistics.median(errs) if errs else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready coefficients."""
+        return asdict(self)
+
+
+def _nonneg_lstsq(rows: list[list[float]], target: list[float]) -> list[float]:
+    """Least squares on relative error, dropping negative coefficients until all are >= 0 (active set)."""
+    a = np.asarray(rows, dtype=float)
+    y = np.asarray(target, dtype=float)
+    if np.any(y <= 0):
+        raise LattsError("measured times must be > 0")
+    scale = 1.0 / y  # weight each sample by 1/measured: fit relative, not absolute, error
+    active = list(range(a.shape[1]))
+    coef = np.zeros(a.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(a[:, active] * scale[:, None], y * scale, rcond=None)
+        if np.all(sol >= 0):
+            coef[:] = 0
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return coef.tolist()
