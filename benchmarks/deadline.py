@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from dataclasses import replace
 
 from latts.engine.engine import Engine
 from latts.models import DEFAULT_MODEL, load
@@ -41,7 +42,7 @@ def main() -> int:
         if i % 2:  # cannot stop by itself: only the deadline ends it
             plan = Plan(branches=branches, max_think=4000, min_think=3990, seed=i)
         else:
-            plan = Plan(**{**default_plan(deadline).to_dict(), "branches": branches, "seed": i})
+            plan = replace(default_plan(deadline), branches=branches, seed=i)
         sol = solver.solve(problem, plan=plan, deadline_s=deadline)
         ratio = sol.latency_s / deadline
         forced = sum(b.forced == "deadline" for b in sol.branches)

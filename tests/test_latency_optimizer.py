@@ -9,7 +9,8 @@ import pytest
 from latts.errors import LattsError
 from latts.latency_model import LatencyModel, PrefillSample, StepSample, expected_tokens_per_round
 from latts.optimizer import Candidate, best_plan, candidates, pareto_frontier
-from latts.surface import classes, estimate_surface, majority_class, vote_accuracy
+from latts.surface import estimate_surface, majority_class, vote_accuracy
+from latts.voting import answer_classes
 
 TRUE = LatencyModel(overhead=0.020, w_token=0.0004, w_attn=0.00002, w_row=0.0003,
                     prefill_base=0.01, prefill_per_token=0.0002)
@@ -59,7 +60,7 @@ def test_run_prediction_adds_up() -> None:
 
 def test_majority_and_classes() -> None:
     same = lambda a, b: float(a) == float(b)  # noqa: E731
-    assert classes(["1", "1.0", None, "2", "2.00"], same) == [0, 0, -1, 1, 1]
+    assert answer_classes(["1", "1.0", None, "2", "2.00"], same) == ([0, 0, -1, 1, 1], ["1", "2"])
     assert majority_class([1, 0, 0, 1]) == 1  # tie: class seen first
     assert majority_class([-1, -1]) == -1
     assert majority_class([2, 0, 0]) == 0

@@ -51,31 +51,21 @@ def generate(
 ) -> None:
     """Decode B branches of one prompt in one batch (optionally speculatively) and show them."""
     try:
-        from latts.config import MAX_GAMMA, SamplingParams, check_generation_args
+        from latts.config import MAX_GAMMA, SamplingParams, check_deadline, check_generation_args
 
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         check_generation_args(branches, max_tokens)
         if not prompt.strip():
             raise LattsError("empty prompt")
-        if deadline is not None and deadline <= 0:
-            raise LattsError(f"deadline must be > 0 seconds, got {deadline}")
+        check_deadline(deadline)
         if not 0 <= gamma <= MAX_GAMMA:
             raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
         if drafter != "ngram" and not drafter.startswith("model:"):
             raise LattsError(f"unknown drafter '{drafter}': use ngram or model:PATH")
         from latts.engine.drafters import make_drafter
-        from latts.engine.engine import Engine
-        from latts.models import load
 
-        loaded = load(model, dtype)
-        engine = Engine(loaded)
+        loaded, engine = _engine(model, dtype, announce=not as_json)
         spec = {"gamma": gamma, "drafter": make_drafter(drafter, loaded)} if gamma > 0 else {}
-        engine.warmup()
-        if not as_json:
-            err.print(
-                f"[dim]{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}) loaded in {loaded.load_s:.1f} s,"
-                f" warm-up {engine.warmup_s:.1f} s[/]"
-            )
         t_deadline = time.monotonic() + deadline if deadline is not None else None
         if as_json:
             result = engine.generate(prompt, branches, max_tokens, sampling, stop or (), t_deadline, **spec)
@@ -164,14 +154,17 @@ def _numbers(text: str, option: str, kind: type = int) -> list:
     return values
 
 
-def _engine(model: str, dtype: str):
-    """Load the model and warm the engine up (both reported separately from any deadline)."""
+def _engine(model: str, dtype: str, announce: bool = True):
+    """Load the model and warm the engine up, reporting both on stderr: neither counts against a deadline."""
     from latts.engine.engine import Engine
     from latts.models import load
 
     loaded = load(model, dtype)
     engine = Engine(loaded)
     engine.warmup()
+    if announce:
+        err.print(f"[dim]{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}) loaded in {loaded.load_s:.1f} s, "
+                  f"warm-up {engine.warmup_s:.1f} s (not counted in any deadline)[/]")
     return loaded, engine
 
 
@@ -197,25 +190,23 @@ def solve(
         from latts.solver import Plan, Solver, default_plan
         from latts.tasks import get_task
 
+        from latts.config import check_deadline
+
         if not question.strip():
             raise LattsError("empty question")
-        if deadline is not None and not deadline > 0:
-            raise LattsError(f"deadline must be > 0 seconds, got {deadline}")
+        check_deadline(deadline)
         base = default_plan(deadline)
         plan = Plan(branches=branches if branches is not None else base.branches, gamma=gamma, drafter=drafter,
                     max_think=max_think if max_think is not None else base.max_think, min_think=min_think,
                     temperature=temperature, seed=seed, early_stop=early_stop)
         the_task = get_task(task)
-        loaded, engine = _engine(model, dtype)
+        loaded, engine = _engine(model, dtype, announce=not as_json)
         draft = None
         if gamma > 0:
             from latts.engine.drafters import make_drafter
 
             draft = make_drafter(drafter, loaded)
         solver = Solver(engine, the_task, draft)
-        if not as_json:
-            err.print(f"[dim]{loaded.name} loaded in {loaded.load_s:.1f} s, warm-up {engine.warmup_s:.1f} s "
-                      f"(not counted in the deadline)[/]")
         if as_json:
             sol = solver.solve(question, plan, deadline)
         else:
@@ -257,6 +248,7 @@ def evaluate_cmd(
     from pathlib import Path
 
     try:
+        from latts.config import check_deadline
         from latts.evaluate import evaluate, grid, summarize
         from latts.solver import Solver
         from latts.tasks import get_task
@@ -265,8 +257,8 @@ def evaluate_cmd(
         if limit is not None and limit < 1:
             raise LattsError(f"--limit must be >= 1, got {limit}")
         deadlines = [None] if deadline is None else _numbers(deadline, "--deadline", float)
-        if any(d is not None and not d > 0 for d in deadlines):
-            raise LattsError(f"deadline must be > 0 seconds, got {deadline}")
+        for d in deadlines:
+            check_deadline(d)
         if drafter != "ngram":
             raise LattsError("latts eval drafts with ngram; model drafters are available from the Python API")
         configs = grid(_numbers(branches, "--branches"), _numbers(gamma, "--gamma"), _numbers(max_think, "--max-think"),
@@ -274,8 +266,7 @@ def evaluate_cmd(
         for c in configs:
             c.plan(0)  # validates B, L, temperature before the model loads
         problems = the_task.load(limit=limit, data=Path(data) if data else None)
-        loaded, engine = _engine(model, dtype)
-        err.print(f"[dim]{loaded.name} loaded in {loaded.load_s:.1f} s, warm-up {engine.warmup_s:.1f} s[/]")
+        _, engine = _engine(model, dtype)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -346,20 +337,20 @@ def demo(
         from rich.markup import escape
         from rich.table import Table
 
-        from latts.solver import Plan, Solver, default_plan
+        from dataclasses import replace
+
+        from latts.config import check_deadline
+        from latts.solver import Solver, default_plan
         from latts.tasks import get_task
 
-        if not deadline > 0:
-            raise LattsError(f"deadline must be > 0 seconds, got {deadline}")
+        check_deadline(deadline)
         task = get_task("arith")
         problem = task.load(limit=index + 1)[index]
-        loaded, engine = _engine(model, dtype)
-        err.print(f"[dim]{loaded.name} loaded in {loaded.load_s:.1f} s, warm-up {engine.warmup_s:.1f} s[/]")
+        _, engine = _engine(model, dtype)
         solver = Solver(engine, task)
-        base = default_plan(deadline)
         runs = []
         for b in (1, branches):
-            plan = Plan(**{**base.to_dict(), "branches": b, "gamma": 0})
+            plan = replace(default_plan(deadline), branches=b, gamma=0)
             runs.append((f"B={b}, γ=0", solver.solve(problem, plan, deadline)))
     except LattsError as exc:
         _fail(str(exc))

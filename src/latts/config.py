@@ -33,6 +33,12 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def check_deadline(seconds: float | None) -> None:
+    """Reject a deadline that is not a positive number of seconds (None means no deadline)."""
+    if seconds is not None and not seconds > 0:
+        raise LattsError(f"deadline must be > 0 seconds, got {seconds}")
+
+
 def check_generation_args(branches: int, max_new_tokens: int) -> None:
     """Reject branch counts and token budgets that cannot make sense, naming the problem."""
     if branches <= 0:

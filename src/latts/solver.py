@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from latts.config import BudgetForcing, SamplingParams
+from latts.config import BudgetForcing, SamplingParams, check_deadline
 from latts.engine.drafters import Drafter
 from latts.engine.engine import Engine
 from latts.errors import LattsError
@@ -153,8 +153,7 @@ class Solver:
         called after every decode step (live views).
         """
         t0 = time.monotonic()
-        if deadline_s is not None and not deadline_s > 0:
-            raise LattsError(f"deadline must be > 0 seconds, got {deadline_s}")
+        check_deadline(deadline_s)
         problem = question if isinstance(question, Problem) else Problem("question", question, "", {"raw": True})
         if not problem.question.strip():
             raise LattsError("empty question")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from latts.errors import LattsError
+from latts.voting import answer_classes
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,24 +31,11 @@ class Estimate:
     high: float
 
 
-def classes(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> list[int]:
-    """Each answer's equivalence-class id (first-appearance order); -1 for no answer."""
-    reps: list[str] = []
-    out = []
-    for a in answers:
-        if a is None or not a.strip():
-            out.append(-1)
-            continue
-        idx = next((i for i, r in enumerate(reps) if r == a or same(r, a)), None)
-        if idx is None:
-            idx = len(reps)
-            reps.append(a)
-        out.append(idx)
-    return out
-
-
 def majority_class(subset: Sequence[int]) -> int:
-    """The winning class of a vote over ``subset`` (branch order); ties go to the class seen first; -1 if none."""
+    """The winning class of a vote over ``subset`` (branch order); ties go to the class seen first; -1 if none.
+
+    :func:`latts.voting.vote` on integer labels, without re-comparing answers for every subset.
+    """
     counts: dict[int, int] = {}
     first: dict[int, int] = {}
     for pos, c in enumerate(subset):
@@ -95,7 +83,7 @@ def estimate_surface(
         per_problem_labels = []
         for run, gold in zip(runs, golds):
             answers = list(run[think])
-            labels = classes(answers, same)
+            labels, _ = answer_classes(answers, same)
             correct = {labels[i] for i, a in enumerate(answers) if labels[i] >= 0 and grade(gold, a)}
             per_problem_labels.append((labels, correct))
         for b in branch_counts:

@@ -44,14 +44,30 @@ def vote(
         raise LattsError(f"vote needs one weight per answer: {len(answers)} answers, {len(weights)} weights")
     elif not all(math.isfinite(w) and w >= 0 for w in weights):
         raise LattsError("vote weights must be finite and >= 0")
-    reps: list[str] = []  # class representatives, in order of first appearance
-    totals: list[float] = []
+    labels, reps = answer_classes(answers, same)
+    totals = [0.0] * len(reps)
+    for label, weight in zip(labels, weights):
+        if label >= 0:
+            totals[label] += float(weight)
+    abstained = labels.count(-1)
+    order = sorted(range(len(reps)), key=lambda i: (-totals[i], i))
+    counts = [(reps[i], totals[i]) for i in order]
+    return Vote(counts[0][0] if counts else None, counts, abstained)
+
+
+def answer_classes(answers: list[str | None], same: Callable[[str, str], bool]) -> tuple[list[int], list[str]]:
+    """Each answer's equivalence-class id (-1: no answer) and the classes' representatives, in first-seen order.
+
+    Answers are compared stripped; ``same(representative, answer)`` is called at most once per distinct
+    answer string and class.
+    """
+    reps: list[str] = []
     class_of: dict[str, int] = {}  # stripped answer text -> class index
-    abstained = 0
-    for answer, weight in zip(answers, weights):
+    labels = []
+    for answer in answers:
         key = answer.strip() if answer is not None else ""
         if not key:
-            abstained += 1
+            labels.append(-1)
             continue
         index = class_of.get(key)
         if index is None:
@@ -59,12 +75,9 @@ def vote(
             if index is None:
                 index = len(reps)
                 reps.append(key)
-                totals.append(0.0)
             class_of[key] = index
-        totals[index] += float(weight)
-    order = sorted(range(len(reps)), key=lambda i: (-totals[i], i))
-    counts = [(reps[i], totals[i]) for i in order]
-    return Vote(counts[0][0] if counts else None, counts, abstained)
+        labels.append(index)
+    return labels, reps
 
 
 def decided(vote: Vote, remaining: int, max_weight: float = 1.0) -> bool:

@@ -161,6 +161,8 @@ class Engine:
             pending = [len(rows[i].history) - rows[i].fed for i in live]
             start = torch.tensor([rows[i].fed for i in live])  # position of each row's first unfed token
             catch_up = max(pending) > 1
+            if not catch_up:
+                last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]: each row's one unfed token
             if catch_up:  # forced text to feed: one ragged forward over it, no speculation this step
                 feed = torch.zeros((len(live), max(pending)), dtype=torch.long)
                 for r, i in enumerate(live):
@@ -169,12 +171,10 @@ class Engine:
                 new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
                 step_logits = logits[:, None]
             elif spec is None:
-                last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]
                 logits = m.decode(last, start, cache)[:, -1]  # [n, V]
                 new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
                 step_logits = logits[:, None]
             else:
-                last = torch.tensor([[rows[i].history[-1]] for i in live])
                 new, step_logits = self._speculate(out, live, [rows[i].history for i in live], last, start,
                                                    cache, gamma, drafter, sampling, gen, spec)
             t = time.monotonic()
