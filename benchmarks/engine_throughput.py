@@ -7,8 +7,10 @@ same threads, plus a bf16 matmul micro-benchmark giving this machine's compute c
 peak memory of latts at the largest B and context.
 
 Targets (exit 1 when one is missed): latts B=1 >= 3x HF B=1; latts B=16 >= 2x HF B=16 (both at
-the first context); at its best B, latts reaches >= 20% of the bf16 compute ceiling
-(tokens/s x 2 x parameters / bf16 FLOP/s), whatever dtype it runs in.
+the first context); at its best B, latts reaches >= 20% of the compute ceiling
+(tokens/s x 2 x parameters / matmul FLOP/s), whatever dtype it runs in. The ceiling is the bf16
+matmul's where that is the faster one (native bf16); on CPUs without native bf16, emulated bf16
+runs at a fraction of a GFLOP/s, so the fp32 matmul is the honest ceiling there.
 """
 
 from __future__ import annotations
@@ -29,10 +31,20 @@ from latts.models import DEFAULT_MODEL, hf_folder, load, resolve
 SAMPLING = SamplingParams(temperature=0.7, seed=0)
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Dense n^3 matmul throughput in GFLOP/s (median)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
+def matmul_gflops(dtype: torch.dtype, n_max: int = 2048, repeats: int = 5) -> float:
+    """Dense n^3 matmul throughput in GFLOP/s (median), n up to ``n_max``.
+
+    n doubles from 256 until one product takes 0.2 s: where ``dtype`` has no native kernels
+    (bf16 on an AVX2-only CPU runs at well under 1 GFLOP/s) a 2048^3 product would take a minute.
+    """
+    n = 256
+    while True:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        if n >= n_max or time.perf_counter() - t >= 0.2:
+            break
+        n *= 2
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -164,10 +176,12 @@ def main() -> int:
     engine = Engine(loaded)
     warm = engine.warmup()
     n_params = loaded.model.n_params
-    print(f"model {loaded.name}: {n_params / 1e6:.1f} M parameters, latts dtype "
-          f"{str(loaded.dtype).removeprefix('torch.')}, load {loaded.load_s:.1f} s, warm-up {warm:.1f} s, "
+    print(f"model {loaded.name}: {n_params / 1e6:.1f} M parameters, latts weights "
+          f"{loaded.weights}, load {loaded.load_s:.1f} s, warm-up {warm:.1f} s, "
           f"{torch.get_num_threads()} threads")
-    print(f"matmul ceiling (2048^3): bf16 {bf16_gflops:.0f} GFLOP/s, fp32 {fp32_gflops:.0f} GFLOP/s")
+    ceiling_name, ceiling = max(("bf16", bf16_gflops), ("fp32", fp32_gflops), key=lambda c: c[1])
+    print(f"matmul ceiling: bf16 {bf16_gflops:.1f} GFLOP/s, fp32 {fp32_gflops:.1f} GFLOP/s "
+          f"-> compute ceiling {ceiling_name} {ceiling:.1f} GFLOP/s")
 
     from transformers import AutoModelForCausalLM
 
@@ -225,10 +239,10 @@ def main() -> int:
 
     ctx0 = contexts[0]
     best = max((r for r in rows.values()), key=lambda r: r["latts_tps"])
-    util = best["latts_tps"] * 2 * n_params / (bf16_gflops * 1e9)
+    util = best["latts_tps"] * 2 * n_params / (ceiling * 1e9)
     print()
     print(f"best latts: B={best['B']} ctx={best['ctx']} {best['latts_tps']:.0f} tok/s = "
-          f"{util:.1%} of the bf16 compute ceiling")
+          f"{util:.1%} of the {ceiling_name} compute ceiling")
     if peak is not None:
         print(f"peak RSS during latts B={batches[-1]} ctx={contexts[-1]}: {peak:.2f} GiB for the process "
               f"(both models loaded), {peak_added:.2f} GiB of it added by that run (KV cache, activations)")
@@ -245,9 +259,9 @@ def main() -> int:
         print(f"target latts B={B} >= {need:.0f}x HF: {ratio:.2f}x {status}")
         if ratio < need:
             failures.append(f"latts B={B} is {ratio:.2f}x HF, target {need}x")
-    print(f"target >= 20% of bf16 ceiling: {util:.1%} {'ok' if util >= 0.2 else 'MISSED'}")
+    print(f"target >= 20% of the compute ceiling ({ceiling_name}): {util:.1%} {'ok' if util >= 0.2 else 'MISSED'}")
     if util < 0.2:
-        failures.append(f"best B reaches {util:.1%} of the bf16 ceiling, target 20%")
+        failures.append(f"best B reaches {util:.1%} of the {ceiling_name} compute ceiling, target 20%")
     if args.json:
         args.json.write_text(json.dumps({"rows": list(rows.values()), "bf16_gflops": bf16_gflops,
                                          "fp32_gflops": fp32_gflops, "peak_rss_gib": peak}, indent=2))

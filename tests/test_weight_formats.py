@@ -1,4 +1,4 @@
-"""The fast weight formats (exact int4 for small batches, pre-packed bf16 for large) against fp32 HF."""
+"""The fast weight formats (exact int4 for small batches, oneDNN pre-packed dense for large) against fp32 HF."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from latts.engine.kv_cache import KVCache
-from latts.engine.linear import INT4_MAX_ROWS, Projection, can_int4, can_pack_bf16, exact_int4
+from latts.engine.linear import TUNE_ROWS, Projection, can_int4, exact_int4, set_int4_rows, tune_int4_rows
 from latts.models import load
 
-pytestmark = pytest.mark.skipif(not (can_int4() and can_pack_bf16()), reason="needs native bf16 and int4 kernels")
+pytestmark = pytest.mark.skipif(not can_int4(), reason="needs torch's CPU int4 kernel")
 
 
 def test_gguf_q4_1_projections_are_exact_int4(hf_model) -> None:
@@ -22,41 +22,68 @@ def test_gguf_q4_1_projections_are_exact_int4(hf_model) -> None:
     assert exact_int4(torch.randn(64, 64)) is None
 
 
-def test_int4_projection_matches_dense_bf16(hf_model) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_and_packed_paths_match_the_weight(hf_model, dtype: torch.dtype) -> None:
     w = hf_model.model.layers[0].mlp.gate_proj.weight
-    proj = Projection(w, None, torch.bfloat16)
+    proj = Projection(w, None, dtype, fast=True)
     assert proj.int4
-    x = torch.randn(1, 3, w.shape[1], dtype=torch.bfloat16)
-    small = proj(x)  # 3 rows: int4 kernel
+    x = torch.randn(2, 3, w.shape[1]).to(dtype)
     ref = x.float() @ w.T
-    assert (small.float() - ref).abs().max() <= 0.02 * ref.abs().max()
-    big = proj(x.expand(8, 3, -1))  # 24 rows: pre-packed bf16
-    assert (big[0].float() - ref).abs().max() <= 0.02 * ref.abs().max()
+    for path in (proj.forward_int4, proj.forward_dense):
+        y = path(x)
+        assert y.dtype == dtype and y.shape == (2, 3, w.shape[0])
+        assert (y.float() - ref).abs().max() <= 0.02 * ref.abs().max(), path.__name__
+    # the row threshold picks the path: 6 rows here
+    set_int4_rows([proj], 6)
+    assert torch.equal(proj(x), proj.forward_int4(x))
+    set_int4_rows([proj], 5)
+    assert torch.equal(proj(x), proj.forward_dense(x))
+
+
+def test_reference_float32_has_no_fast_formats(fp32_model) -> None:
+    projections = fp32_model.model.projections() + [fp32_model.model.lm_head]
+    assert not any(p.int4 or p.packed for p in projections)
+    assert fp32_model.int4_max_rows == 0
 
 
 @pytest.fixture(scope="module")
-def bf16_model():
-    return load("smollm2-135m-instruct", "bfloat16")
+def fast_model():
+    return load("smollm2-135m-instruct", "auto")
 
 
-def test_bf16_paths_agree_with_fp32_hf(bf16_model, hf_model) -> None:
-    """Teacher-forced on HF's own greedy text: both batch paths pick HF's top token almost always."""
-    tok = bf16_model.tokenizer
-    ids = bf16_model.encode_chat("Explain why the sky is blue.")
+def test_tuning_sets_a_measured_threshold(fast_model) -> None:
+    projections = fast_model.model.projections()
+    assert all(p.int4 for p in projections)  # every layer projection of the Q4_1 GGUF is exact
+    assert fast_model.int4_max_rows in (0, *TUNE_ROWS)
+    assert {p.int4_max_rows for p in projections} == {fast_model.int4_max_rows}
+    assert not fast_model.model.lm_head.int4  # Q8_0 in the GGUF: no exact int4 form
+    got = tune_int4_rows(projections, rows=(1, 2), repeats=1)
+    assert got in (0, 1, 2) and {p.int4_max_rows for p in projections} == {got}
+    set_int4_rows(projections, fast_model.int4_max_rows)
+
+
+def test_fast_paths_agree_with_fp32_hf(fast_model, hf_model) -> None:
+    """Teacher-forced on HF's own greedy text: the int4 and the dense path each pick HF's top token almost always."""
+    m = fast_model.model
+    ids = fast_model.encode_chat("Explain why the sky is blue.")
     with torch.no_grad():
         seq = hf_model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False, pad_token_id=0)[0]
         ref = hf_model(seq[None]).logits[0, len(ids) - 1 : -1].argmax(-1)  # [48]
     gen = seq[len(ids):]
-    m = bf16_model.model
     s = m.shape
     agree = {}
-    for rows in (1, 16):  # 1 row: int4 kernel; 16 rows: pre-packed bf16
-        assert (rows <= INT4_MAX_ROWS) == (rows == 1)
-        cache = KVCache(s.n_layers, rows, s.n_kv_heads, len(ids), 64, s.head_dim, m.dtype)
-        first = m.prefill(torch.tensor([ids]), cache).argmax(-1)
-        preds = [int(first)]
-        for i in range(len(gen) - 1):
-            logits = m.decode(gen[i : i + 1].expand(rows, 1), torch.full((rows,), len(ids) + i), cache)
-            preds.append(int(logits[0, -1].argmax()))
-        agree[rows] = sum(int(a == b) for a, b in zip(preds, ref.tolist())) / len(preds)
-    assert agree[1] >= 0.9 and agree[16] >= 0.9, (agree, tok.decode(gen))
+    try:
+        for path, max_rows in (("int4", 1 << 20), ("dense", 0)):
+            set_int4_rows(m.projections(), max_rows)
+            rows = 4
+            cache = KVCache(s.n_layers, rows, s.n_kv_heads, len(ids), 64, s.head_dim, m.dtype)
+            preds = [int(m.prefill(torch.tensor([ids]), cache).argmax(-1))]
+            for i in range(len(gen) - 1):
+                logits = m.decode(gen[i : i + 1].expand(rows, 1), torch.full((rows,), len(ids) + i), cache)
+                assert torch.allclose(logits[0], logits[-1], atol=1e-3)  # identical rows, identical logits
+                preds.append(int(logits[0, -1].argmax()))
+            agree[path] = sum(int(a == b) for a, b in zip(preds, ref.tolist())) / len(preds)
+    finally:
+        set_int4_rows(m.projections(), fast_model.int4_max_rows)
+    assert agree["int4"] >= 0.9 and agree["dense"] >= 0.9, (agree, fast_model.tokenizer.decode(gen))
+

@@ -165,6 +165,13 @@ class LoadedModel:
     eos_token_ids: tuple[int, ...]
     dtype: torch.dtype
     load_s: float
+    int4_max_rows: int = 0  # forwards of up to this many rows use the exact int4 weights (0: never)
+
+    @property
+    def weights(self) -> str:
+        """The weight formats in use, for load reports: e.g. ``float32, int4 up to 4 rows``."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{dtype}, int4 up to {self.int4_max_rows} rows" if self.int4_max_rows else dtype
 
     def encode_chat(self, user_message: str, system: str | None = None) -> list[int]:
         """Token ids of a one-turn chat prompt, through the tokenizer's chat template when it has one."""
@@ -193,6 +200,9 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
     from latts.engine.transformer import SUPPORTED_ARCHITECTURES, Transformer
 
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    # an explicit float32 is the reference path (plain F.linear, what HF computes); anything else
+    # gets the fastest formats this CPU has
+    fast = dtype not in ("float32", "fp32", torch.float32)
     t0 = time.perf_counter()
     source = resolve(model)
     folder = source if source.is_dir() else gguf_to_hf_folder(source)
@@ -210,9 +220,10 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:
         raise LattsError(f"cannot load model from {folder} ({type(exc).__name__}: {exc})") from None
-    transformer = Transformer(hf, torch_dtype).eval()
+    transformer = Transformer(hf, torch_dtype, fast=fast).eval()
     eos = _eos_ids(hf, tokenizer)
     del hf
+    int4_rows = _tuned_int4_rows(transformer) if fast else 0
     name = model if model in BUNDLED_MODELS else source.name
     return LoadedModel(
         name=name,
@@ -223,7 +234,52 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
         eos_token_ids=eos,
         dtype=torch_dtype,
         load_s=time.perf_counter() - t0,
+        int4_max_rows=int4_rows,
     )
+
+
+def _tuned_int4_rows(transformer: "Transformer") -> int:  # noqa: F821 - imported lazily
+    """Measure (once per CPU, torch and layer shape; cached on disk) up to how many rows int4 pays."""
+    from latts.engine.linear import set_int4_rows, tune_int4_rows
+
+    projections = transformer.projections()
+    if not any(p.int4 for p in projections):
+        return 0
+    s = transformer.shape
+    key = "|".join([_cpu_name(), torch.__version__, str(torch.get_num_threads()), str(transformer.dtype),
+                    f"{s.n_layers}x{s.hidden}x{s.n_heads}x{s.n_kv_heads}"])
+    path = cache_root() / "int4-rows.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key in table:
+        set_int4_rows(projections, int(table[key]))
+        return int(table[key])
+    rows = tune_int4_rows(projections)
+    log.info("int4 kernel pays up to %d rows here (measured)", rows)
+    table[key] = rows
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs the measurement next time
+    return rows
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (tuned formats are kept per CPU)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def _eos_ids(hf: torch.nn.Module, tokenizer: object) -> tuple[int, ...]:

@@ -1,40 +1,58 @@
-"""Projection weights in the fastest format for each batch shape, measured on these CPUs.
+"""Projection weights in the fastest format for each batch shape, chosen by measurement.
 
 Decoding is memory-bound at small batches and compute-bound at large ones, and no single weight
-format wins both (2-core Xeon with AMX, all 30 layers' projections of SmolLM2-135M, ms):
+format wins both. All 30 layers' projections of SmolLM2-135M, ms per pass, 2 threads:
 
-| rows M = B x tokens | 1 | 4 | 8 | 16 | 32 |
-| --- | --- | --- | --- | --- | --- |
-| fp32 ``F.linear`` | 22 | 40 | 46 | 57 | 77 |
-| bf16, oneDNN pre-packed | 21 | 21 | 20 | 23 | 30 |
-| int4 g32 (``_weight_int4pack_mm_for_cpu``), bf16 activations | 7 | 10 | 17 | 35 | 69 |
+| rows M = B x tokens | 1 | 2 | 4 | 8 | 16 | 32 | 64 |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| Xeon with AMX: fp32 ``F.linear`` | 22 | | 40 | 46 | 57 | 77 | |
+| Xeon with AMX: bf16, oneDNN pre-packed | 21 | | 21 | 20 | 23 | 30 | |
+| Xeon with AMX: int4 g32, bf16 activations | 7 | | 10 | 17 | 35 | 69 | |
+| Zen 3 (AVX2, no native bf16): fp32 ``F.linear`` | 34 | 73 | 70 | 83 | 99 | 110 | 180 |
+| Zen 3: fp32, oneDNN pre-packed | 16 | 20 | 22 | 36 | 52 | 80 | 139 |
+| Zen 3: int4 g32, bf16 activations | 11 | 12 | 19 | 35 | 80 | 130 | 282 |
 
-So a :class:`Projection` keeps a dense weight (fp32, or bf16 pre-packed for oneDNN so the weight is
-not re-packed on every call) and, in bf16 mode, an int4 copy used for ``M <= INT4_MAX_ROWS``.
-The int4 copy is made only when it is **exact**: weights that came from a Q4_0/Q4_1 GGUF are
-``d * q + m`` per block of 32 with ``q`` in 0..15, which the int4 kernel's per-group scale and zero
-represent without loss (checked per tensor; anything else keeps the dense path).
+So a fast :class:`Projection` keeps a dense weight pre-packed by oneDNN in the activation dtype
+(bf16 where the CPU has native bf16, else fp32: the weight is not re-packed on every call, and
+the small-M shapes that plain MKL handles badly stay fast) and, where it is **exact**, an int4 copy
+used up to :attr:`Projection.int4_max_rows` rows. The crossover moves by a factor of 4 between
+CPUs, so :func:`tune_int4_rows` measures it at load (and the result is cached per CPU).
+
+Weights that came from a Q4_0/Q4_1 GGUF are ``d * q + m`` per block of 32 with ``q`` in 0..15,
+which the int4 kernel's per-group scale and zero represent without loss (checked per tensor;
+anything else keeps the dense path only). The reference format (``fast=False``) is plain
+``F.linear`` in the activation dtype, bit-for-bit what HF computes.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 INT4_GROUP = 32
-INT4_MAX_ROWS = 8  # int4 beats pre-packed bf16 below about 8 rows (table above)
+DEFAULT_INT4_MAX_ROWS = 4  # until measured: int4 wins below 4-8 rows on every CPU measured (table above)
+TUNE_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 _EXACT_RTOL = 1e-5
+_int4_mm = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
+
+
+def can_pack(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can pre-pack weights of ``dtype`` here (bf16 needs native bf16: AVX512-BF16 or AMX)."""
+    mkldnn = torch.ops.mkldnn
+    if not (hasattr(mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
 
 
 def can_pack_bf16() -> bool:
-    """Whether oneDNN can pre-pack bf16 weights here (needs native bf16: AVX512-BF16 or AMX)."""
-    mkldnn = torch.ops.mkldnn
-    return (
-        hasattr(mkldnn, "_reorder_linear_weight")
-        and torch.backends.mkldnn.is_available()
-        and bool(mkldnn._is_mkldnn_bf16_supported())
-    )
+    """Whether oneDNN can pre-pack bf16 weights here."""
+    return can_pack(torch.bfloat16)
 
 
 def can_int4() -> bool:
@@ -62,32 +80,91 @@ def exact_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, 
     return packed, scales_zeros.to(torch.bfloat16)
 
 
-class Projection(nn.Module):
-    """``x @ W.T (+ b)`` with the weight held as dense (fp32 or pre-packed bf16) and, if exact, int4."""
+class Projection:
+    """``x @ W.T (+ b)`` with ``W`` held in the fastest formats for this CPU (``fast``) or as plain dense.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
-        super().__init__()
+    A plain callable rather than an ``nn.Module``: it is called 121 times per decode step, and the
+    module call machinery alone cost ≈ 1.5 ms of a ≈ 40 ms step at B=1 here. Nothing trains it.
+
+    Args:
+        weight: ``[out, in]`` (any float dtype; kept in ``dtype``).
+        bias: ``[out]`` or None.
+        dtype: the activation dtype: inputs arrive and outputs leave in it.
+        fast: pre-pack the dense weight for oneDNN and keep an exact int4 copy for small row counts;
+            False keeps the reference ``F.linear`` path only.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, fast: bool = True) -> None:
         self.out_features, self.in_features = weight.shape
-        self.packed = dtype == torch.bfloat16 and can_pack_bf16()
+        self.packed = fast and can_pack(dtype)
         dense = weight.detach().to(dtype).contiguous()
-        if self.packed:
-            dense = torch.ops.mkldnn._reorder_linear_weight(dense, 16)
-        self.weight = nn.Parameter(dense, requires_grad=False)
-        self.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False) if bias is not None else None
-        q4 = exact_int4(weight) if dtype == torch.bfloat16 and can_int4() else None
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(dense, 16) if self.packed else dense
+        self.bias = bias.detach().to(dtype) if bias is not None else None
+        q4 = exact_int4(weight) if fast and can_int4() else None
         self.int4 = q4 is not None
-        if q4 is not None:
-            self.register_buffer("q4_weight", q4[0], persistent=False)
-            self.register_buffer("q4_scales", q4[1], persistent=False)
+        self.q4_weight, self.q4_scales = q4 if q4 is not None else (None, None)
+        self.int4_max_rows = DEFAULT_INT4_MAX_ROWS if self.int4 else 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``x`` ``[..., in]`` to ``[..., out]``."""
-        rows = x.numel() // self.in_features
-        if self.int4 and rows <= INT4_MAX_ROWS:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x.reshape(rows, self.in_features), self.q4_weight, INT4_GROUP, self.q4_scales
-            ).view(*x.shape[:-1], self.out_features)
-            return y + self.bias if self.bias is not None else y
+        if x.numel() <= self.int4_max_rows * self.in_features:
+            return self.forward_int4(x)
+        return self.forward_dense(x)
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense weight: oneDNN pre-packed when ``packed``, else plain ``F.linear``."""
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+    def forward_int4(self, x: torch.Tensor) -> torch.Tensor:
+        """The int4 kernel (bf16 activations inside, ``x``'s dtype outside); needs ``self.int4``."""
+        y = _int4_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.q4_weight, INT4_GROUP, self.q4_scales)
+        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y + self.bias if self.bias is not None else y
+
+
+def tune_int4_rows(projections: Sequence[Projection], rows: Sequence[int] = TUNE_ROWS, repeats: int = 5) -> int:
+    """Measure up to how many rows the int4 kernel beats the dense path on ``projections``; set and return it.
+
+    Times one pass over all the projections per format and row count (median of ``repeats``, the two
+    formats interleaved so machine drift hits both), and takes the largest row count below the
+    first one where dense wins. 0 means int4 never pays here.
+    """
+    projs = [p for p in projections if p.int4]
+    if not projs:
+        return 0
+    dtype = projs[0].weight.dtype
+    inputs = {p.in_features: None for p in projs}
+    best = 0
+    for m in rows:
+        for f in inputs:
+            inputs[f] = torch.randn(m, f).to(dtype)
+        int4_t, dense_t = [], []
+        with torch.inference_mode():
+            for p in projs:  # warm both paths at this shape
+                p.forward_int4(inputs[p.in_features])
+                p.forward_dense(inputs[p.in_features])
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for p in projs:
+                    p.forward_int4(inputs[p.in_features])
+                t1 = time.perf_counter()
+                for p in projs:
+                    p.forward_dense(inputs[p.in_features])
+                t2 = time.perf_counter()
+                int4_t.append(t1 - t0)
+                dense_t.append(t2 - t1)
+        if statistics.median(int4_t) >= statistics.median(dense_t):
+            break
+        best = m
+    set_int4_rows(projections, best)
+    return best
+
+
+def set_int4_rows(projections: Sequence[Projection], max_rows: int) -> None:
+    """Use the int4 kernel up to ``max_rows`` rows on every projection that has it."""
+    for p in projections:
+        if p.int4:
+            p.int4_max_rows = max_rows
+

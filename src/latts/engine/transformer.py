@@ -45,15 +45,16 @@ class ModelShape:
 class _Layer(nn.Module):
     """One decoder layer with fused q/k/v and gate/up projections."""
 
-    def __init__(self, hf_layer: nn.Module, shape: ModelShape, dtype: torch.dtype) -> None:
+    def __init__(self, hf_layer: nn.Module, shape: ModelShape, dtype: torch.dtype, fast: bool) -> None:
         super().__init__()
         attn, mlp = hf_layer.self_attn, hf_layer.mlp
         qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
         bias = torch.cat([p.bias for p in qkv]) if qkv[0].bias is not None else None
-        self.qkv = Projection(torch.cat([p.weight for p in qkv]), bias, dtype)
-        self.o = Projection(attn.o_proj.weight, None, dtype)
-        self.gate_up = Projection(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None, dtype)
-        self.down = Projection(mlp.down_proj.weight, None, dtype)
+        # projections are plain callables (see Projection), kept out of the module tree
+        self.qkv = Projection(torch.cat([p.weight for p in qkv]), bias, dtype, fast)
+        self.o = Projection(attn.o_proj.weight, None, dtype, fast)
+        self.gate_up = Projection(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None, dtype, fast)
+        self.down = Projection(mlp.down_proj.weight, None, dtype, fast)
         self.norm_attn = nn.Parameter(hf_layer.input_layernorm.weight.to(dtype), requires_grad=False)
         self.norm_mlp = nn.Parameter(hf_layer.post_attention_layernorm.weight.to(dtype), requires_grad=False)
         q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
@@ -81,9 +82,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> tor
 
 
 class Transformer(nn.Module):
-    """The target (or draft) model as latts runs it: logits for new tokens given a KV cache."""
+    """The target (or draft) model as latts runs it: logits for new tokens given a KV cache.
 
-    def __init__(self, hf_model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    ``fast`` picks the fastest weight formats of this CPU (see :mod:`latts.engine.linear`); without
+    it every projection is a plain ``F.linear`` in ``dtype``, as HF computes it.
+    """
+
+    def __init__(self, hf_model: nn.Module, dtype: torch.dtype = torch.float32, fast: bool = False) -> None:
         super().__init__()
         config = hf_model.config
         arch = getattr(config, "model_type", "?")
@@ -104,9 +109,9 @@ class Transformer(nn.Module):
         self.dtype = dtype
         base = hf_model.model
         self.embed = nn.Parameter(base.embed_tokens.weight.to(dtype).contiguous(), requires_grad=False)
-        self.layers = nn.ModuleList(_Layer(layer, self.shape, dtype) for layer in base.layers)
+        self.layers = nn.ModuleList(_Layer(layer, self.shape, dtype, fast) for layer in base.layers)
         self.norm = nn.Parameter(base.norm.weight.to(dtype), requires_grad=False)
-        self.lm_head = Projection(hf_model.get_output_embeddings().weight, None, dtype)
+        self.lm_head = Projection(hf_model.get_output_embeddings().weight, None, dtype, fast)
         self.n_params = sum(p.numel() for p in hf_model.parameters())  # tied embeddings counted once
         self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 20))
         window = getattr(config, "sliding_window", None)
@@ -118,6 +123,10 @@ class Transformer(nn.Module):
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self._rope_cos = torch.empty(0)
         self._rope_sin = torch.empty(0)
+
+    def projections(self) -> list[Projection]:
+        """Every projection of the layers (not the lm_head): what weight-format tuning measures."""
+        return [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
 
     def rope_tables(self, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables ``[n_positions, head_dim]`` in the model dtype, grown on demand."""
