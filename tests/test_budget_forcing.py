@@ -105,3 +105,48 @@ def test_on_step_can_cancel_the_request(engine) -> None:
 def test_bad_budgets_are_named(kwargs, message) -> None:
     with pytest.raises(LattsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         BudgetForcing(**kwargs)
+
+
+def test_checkpoint_probes_answer_like_runs_with_that_budget(engine) -> None:
+    """One wide run with checkpoints gives, per branch, the answer a run with max_think = L would give."""
+    from dataclasses import replace
+
+    budget = BudgetForcing(max_think=40, answer_tokens=6)
+    wide = engine.generate(LONG, branches=2, budget=budget, checkpoints=(1, 12, 28))  # greedy, fp32
+    assert sorted((p.parent, p.checkpoint) for p in wide.probes) == [(b, L) for b in (0, 1) for L in (1, 12, 28)]
+    for L in (1, 12, 28):
+        direct = engine.generate(LONG, branches=1, budget=replace(budget, max_think=L)).branches[0]
+        for p in (p for p in wide.probes if p.checkpoint == L):
+            assert p.forced == "checkpoint" and p.think_tokens == L
+            assert p.token_ids == direct.token_ids, (L, p.text, direct.text)
+            assert p.finish_reason == direct.finish_reason
+    # the branches themselves went on, untouched by their probes
+    full = engine.generate(LONG, branches=2, budget=budget)
+    assert [b.token_ids for b in wide.branches] == [b.token_ids for b in full.branches]
+    assert all(b.forced == "max_think" for b in wide.branches)
+
+
+def test_sampled_probes_continue_their_parent(engine) -> None:
+    budget = BudgetForcing(max_think=30, answer_tokens=5)
+    wide = engine.generate(LONG, branches=3, budget=budget, checkpoints=(10,),
+                           sampling=SamplingParams(temperature=1.0, seed=4))
+    assert len(wide.probes) == 3
+    answer = _ids(engine, budget.answer_prompt)
+    for p in wide.probes:
+        parent = wide.branches[p.parent]
+        assert p.token_ids[:10] == parent.token_ids[:10]  # the parent's first 10 thinking tokens ...
+        assert p.token_ids[10 : 10 + len(answer)] == answer  # ... then the answer prompt right there
+        assert parent.token_ids[10 : 10 + len(answer)] != answer  # while the parent thought on
+        assert p.finish_reason == "answered"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"checkpoints": (5,)}, "budget forcing"),
+    ({"checkpoints": (5,), "budget": BudgetForcing(max_think=20), "gamma": 2}, "plain decoding"),
+    ({"checkpoints": (20,), "budget": BudgetForcing(max_think=20)}, "between 1 and max_think"),
+])
+def test_bad_checkpoints_are_refused(engine, kwargs, message) -> None:
+    if kwargs.get("gamma"):
+        kwargs["drafter"] = NGramDrafter()
+    with pytest.raises(LattsError, match=message):
+        engine.generate(SHORT, branches=2, **kwargs)

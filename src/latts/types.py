@@ -20,7 +20,9 @@ class Branch:
     e.g. the vote was already decided).
 
     Budget forcing: ``think_tokens`` counts the thinking part, ``ignored`` the suppressed stops,
-    ``forced`` why the answer was forced (``max_think`` or ``deadline``; None if it ended by itself).
+    ``forced`` why the answer was forced (``max_think``, ``deadline`` or ``checkpoint``; None if it
+    ended by itself). A checkpoint probe (see ``Engine.generate(checkpoints=...)``) is a copy of branch
+    ``parent`` forced to answer after ``checkpoint`` thinking tokens while the branch itself went on.
     """
 
     index: int
@@ -36,6 +38,8 @@ class Branch:
     forced: str | None = None
     logprob_sum: float = 0.0
     logprob_count: int = 0
+    parent: int | None = None
+    checkpoint: int | None = None
 
     @property
     def mean_logprob(self) -> float | None:
@@ -141,6 +145,7 @@ class Generation:
     decode_s: float
     steps: int
     spec: SpecStats | None = None
+    probes: list[Branch] = field(default_factory=list)  # answers forced at checkpoints (surface runs)
 
     @property
     def total_tokens(self) -> int:
@@ -164,4 +169,5 @@ class Generation:
             "tokens_per_s": round(self.total_tokens / self.decode_s, 3) if self.decode_s > 0 else 0.0,
             "speculation": self.spec.to_dict() if self.spec is not None else None,
             "branches": [b.to_dict() for b in self.branches],
+            **({"probes": [b.to_dict() for b in self.probes]} if self.probes else {}),
         }

@@ -79,6 +79,7 @@ class Engine:
         drafter: Drafter | None = None,
         budget: BudgetForcing | None = None,
         logprobs: bool = False,
+        checkpoints: Sequence[int] = (),
     ) -> Generation:
         """Decode ``branches`` continuations of ``prompt`` together.
 
@@ -99,6 +100,12 @@ class Engine:
             budget: s1 budget forcing (min/max thinking tokens, forced answers).
             logprobs: accumulate each branch's sampled-token log-probabilities (under the model's
                 own distribution, temperature 1) in ``Branch.logprob_sum`` — weighted voting uses them.
+            checkpoints: thinking lengths (with ``budget``, below its ``max_think``) at which every
+                branch still thinking is copied into a probe that is forced to answer right there,
+                while the branch itself goes on: one wide run then yields the answers of every shorter
+                budget (the accuracy surface). Probes come back in ``Generation.probes``; each is
+                answered exactly as a run with ``max_think`` = its checkpoint would answer. Plain
+                decoding only (``gamma`` 0): speculation changes latency, not answers.
         """
         t0 = time.monotonic()
         sampling = sampling or SamplingParams(temperature=0.0)
@@ -109,6 +116,12 @@ class Engine:
             raise LattsError("speculative decoding (gamma > 0) needs a drafter")
         ids = self.encode(prompt, chat)
         forcing = self._forcing(budget) if budget is not None else None
+        checkpoints = sorted(set(checkpoints))
+        if checkpoints:
+            if forcing is None or gamma:
+                raise LattsError("checkpoints need budget forcing and plain decoding (gamma 0)")
+            if checkpoints[0] < 1 or checkpoints[-1] >= budget.max_think:
+                raise LattsError(f"checkpoints must be between 1 and max_think - 1 ({budget.max_think - 1})")
         if forcing is not None:
             max_new_tokens = forcing.capacity
         context = self.model.max_positions
@@ -131,7 +144,9 @@ class Engine:
         # slack past the budget: speculation verifies γ more positions, and a catch-up forward pads every
         # row to the longest forced text
         slack = gamma + (max(len(forcing.answer), len(forcing.ignore)) if forcing is not None else 0)
-        cache = KVCache(s.n_layers, branches, s.n_kv_heads, P, max_new_tokens + slack, s.head_dim, m.dtype)
+        # every checkpoint may have a probe of every branch alive at once: rows for all of them
+        rows_cap = branches * (1 + len(checkpoints))
+        cache = KVCache(s.n_layers, rows_cap, s.n_kv_heads, P, max_new_tokens + slack, s.head_dim, m.dtype)
         gen = torch.Generator().manual_seed(sampling.seed)
         logits = m.prefill(torch.tensor([ids]), cache)  # [1, V]
         first = sample(logits.expand(branches, -1), sampling, gen).tolist()
@@ -140,8 +155,9 @@ class Engine:
         t_prefill = time.monotonic()
         rows = [_Row(list(ids), fed=P) for _ in range(branches)]  # per branch: history and K/V progress
         live = list(range(branches))  # live[slot] = branch index; live rows are cache rows 0..n-1
-        append = _Appender(self, out, rows, max_new_tokens, stops, eos, forcing)
+        append = _Appender(self, out, rows, max_new_tokens, stops, eos, forcing, frozenset(checkpoints))
         append(live, [[t] for t in first], t_prefill - t0)
+        self._fork_probes(out, rows, live, cache, append, t_prefill - t0)
 
         # until a step has been timed, the prefill (which costs at least a step) stands in for one
         steps, step_s = 0, self._step_hint.get(branches, t_prefill - t0)
@@ -190,7 +206,8 @@ class Engine:
                     rows[i].fed += 1 + min(len(new[r]) - 1, kept[r])
             if spec is not None and not catch_up:  # a suppressed stop can cut accepted drafts: tell the drafter
                 drafter.observe([int(p) + 1 for p in start], [min(len(t) - 1, k) for t, k in zip(new, kept)])
-            if on_step is not None and on_step(out):
+            self._fork_probes(out, rows, live, cache, append, t - t0)
+            if on_step is not None and on_step(out[:branches]):
                 for i in live:
                     if not out[i].finish_reason:
                         out[i].finish_reason = "cancelled"
@@ -199,7 +216,24 @@ class Engine:
 
         for b in out:
             b.text = self._final_text(b, stops)
-        return Generation(out, P, t_prefill - t0, time.monotonic() - t_prefill, steps, spec)
+        return Generation(out[:branches], P, t_prefill - t0, time.monotonic() - t_prefill, steps, spec,
+                          probes=out[branches:])
+
+    def _fork_probes(self, out: list[Branch], rows: list[_Row], live: list[int], cache: KVCache,
+                     append: _Appender, at: float) -> None:
+        """Copy every branch that just reached a checkpoint (tokens, state, cache row) into a new live probe
+        forced to answer now. A branch no longer thinking is skipped: its own answer stands for that budget."""
+        for parent, checkpoint in append.take_forks():
+            b, row = out[parent], rows[parent]
+            if row.phase != "think" or b.finish_reason:
+                continue
+            probe = Branch(index=len(out), token_ids=list(b.token_ids), token_times=list(b.token_times),
+                           think_tokens=b.think_tokens, ignored=b.ignored, parent=parent, checkpoint=checkpoint)
+            out.append(probe)
+            rows.append(_Row(list(row.history), fed=row.fed))
+            cache.move_row(live.index(parent), len(live), row.fed - cache.prompt_len)  # K/V written so far
+            live.append(probe.index)
+            append.force_answer(probe.index, "checkpoint", at)
 
     def _forcing(self, budget: BudgetForcing) -> _Forcing:
         """Token-level budget forcing: the ignore/answer texts tokenized, the thinking-end token found."""
@@ -331,9 +365,22 @@ class _Appender:
     """Adds each step's tokens to the branches and applies finishing and budget-forcing rules."""
 
     def __init__(self, engine: Engine, out: list[Branch], rows: list[_Row], max_new_tokens: int,
-                 stops: tuple[str, ...], eos: frozenset[int], forcing: _Forcing | None) -> None:
+                 stops: tuple[str, ...], eos: frozenset[int], forcing: _Forcing | None,
+                 checkpoints: frozenset[int] = frozenset()) -> None:
         self.engine, self.out, self.rows = engine, out, rows
         self.max_new_tokens, self.stops, self.eos, self.forcing = max_new_tokens, stops, eos, forcing
+        self.checkpoints = checkpoints
+        self._forks: list[tuple[int, int]] = []  # (branch, checkpoint) reached this step, still thinking
+
+    def take_forks(self) -> list[tuple[int, int]]:
+        """(branch, checkpoint) pairs reached this step, each to be copied into a probe; clears the list."""
+        forks, self._forks = self._forks, []
+        return forks
+
+    def _note_checkpoints(self, i: int, before: int) -> None:
+        """Queue a probe of branch ``i`` for every checkpoint its thinking count just passed."""
+        now = self.out[i].think_tokens
+        self._forks.extend((i, c) for c in sorted(self.checkpoints) if before < c <= now)
 
     def __call__(self, live: list[int], new_tokens: list[list[int]], at: float) -> list[int]:
         """Append ``new_tokens[slot]`` to branch ``live[slot]``; per row, how many of them were kept."""
@@ -364,6 +411,7 @@ class _Appender:
                     self._push(i, f.ignore, at)
                     b.think_tokens += len(f.ignore)
                     b.ignored += 1
+                    self._note_checkpoints(i, b.think_tokens - len(f.ignore))
                     self._check_think_limit(i, at)
                     return kept
                 if tok == f.think_end:
@@ -381,6 +429,7 @@ class _Appender:
                 b.finish_reason = "length"
             elif row.phase == "think" and f is not None:
                 b.think_tokens += 1
+                self._note_checkpoints(i, b.think_tokens - 1)
                 if self._check_think_limit(i, at):
                     return kept + 1
             if b.finish_reason:
