@@ -144,14 +144,17 @@ def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict
 def evaluate(
     solver: Solver,
     problems: list[Problem],
-    configs: list[Config],
+    configs: list[Any],
     seeds: list[int],
     out: Path,
     progress: Callable[[int, int, dict[str, Any] | None], None] | None = None,
+    runner: Callable[[Solver, Problem, Any, int], dict[str, Any]] = run_one,
 ) -> list[dict[str, Any]]:
     """Run every (problem, config, seed) not yet in ``out``; all records of this task's grid.
 
     ``progress(done, total, record)`` is called once at the start (record None) and after each run.
+    ``runner(solver, problem, config, seed)`` makes one record (default :func:`run_one`; any config
+    with a ``key()`` works, e.g. the accuracy surface's wide runs).
     """
     recorder = Recorder(out)
     try:
@@ -164,7 +167,7 @@ def evaluate(
         if progress is not None:
             progress(done, total, None)
         for problem, config, seed in todo:
-            record = run_one(solver, problem, config, seed)
+            record = runner(solver, problem, config, seed)
             recorder.write(record)
             done += 1
             if progress is not None:

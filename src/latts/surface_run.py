@@ -1,0 +1,91 @@
+"""The wide runs behind the accuracy surface: B_max branches, answers forced at every checkpoint L.
+
+``latts eval --surface`` runs each problem once with ``B_max`` branches and the largest thinking
+budget; at every smaller budget L the engine copies each still-thinking branch into a probe that is
+forced to answer right there (``Engine.generate(checkpoints=...)``), so a single run yields, per
+branch, the answer it would have given with budget L. A branch that ended by itself before L answers
+with its own text. Records go to the same resumable JSONL as ``latts eval``; :func:`surface_from_records`
+turns them into accuracy(B, L) with bootstrap intervals (see :mod:`latts.surface`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from latts.config import BudgetForcing, SamplingParams
+from latts.errors import LattsError
+from latts.solver import Solver
+from latts.surface import Estimate, estimate_surface
+from latts.tasks import Problem, Task
+
+
+@dataclass(frozen=True, slots=True)
+class WideRun:
+    """One surface configuration: ``branches`` (B_max) branches, answers at every budget in ``thinks``."""
+
+    branches: int
+    thinks: tuple[int, ...]
+    temperature: float = 0.7
+    answer_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.branches < 1:
+            raise LattsError(f"branches must be >= 1, got {self.branches}")
+        if not self.thinks or min(self.thinks) < 1 or len(set(self.thinks)) != len(self.thinks):
+            raise LattsError(f"thinking budgets must be distinct and >= 1, got {list(self.thinks)}")
+        SamplingParams(self.temperature)  # validates
+
+    def key(self) -> str:
+        """The resume key (with problem and seed)."""
+        return f"surface-B{self.branches}-L{','.join(map(str, sorted(self.thinks)))}-T{self.temperature:g}"
+
+
+def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[str, Any]:
+    """One wide run of ``problem``: the record with every branch's answer at every budget."""
+    task: Task = solver.task
+    thinks = sorted(run.thinks)
+    budget = BudgetForcing(0, thinks[-1], answer_prompt=task.answer_prompt, answer_tokens=run.answer_tokens)
+    gen = solver.engine.generate(task.prompt(problem), branches=run.branches, budget=budget,
+                                 sampling=SamplingParams(run.temperature, seed=seed), checkpoints=thinks[:-1])
+    own = [task.extract(b.text) for b in gen.branches]
+    answers: dict[str, list[str | None]] = {str(thinks[-1]): own}
+    for L in thinks[:-1]:
+        column = list(own)
+        for p in gen.probes:
+            if p.checkpoint == L:
+                column[p.parent] = task.extract(p.text)
+        answers[str(L)] = column
+    return {
+        "task": task.name,
+        "problem_id": problem.id,
+        "config_key": run.key(),
+        "kind": "surface",
+        "config": {"B": run.branches, "thinks": thinks, "temperature": run.temperature,
+                   "answer_tokens": run.answer_tokens},
+        "seed": seed,
+        "gold": problem.gold,
+        "answers": answers,
+        "correct": {L: [task.grade(problem.gold, a) if a is not None else False for a in col]
+                    for L, col in answers.items()},
+        "latency_s": round(gen.latency_s, 4),
+        "tokens": gen.total_tokens + sum(p.n_tokens for p in gen.probes),
+        "steps": gen.steps,
+    }
+
+
+def surface_from_records(records: Sequence[dict[str, Any]], task: Task, branch_counts: Sequence[int],
+                         seed: int = 0) -> list[Estimate]:
+    """accuracy(B, L) for every B in ``branch_counts`` and every L of the wide runs in ``records``.
+
+    Each (problem, seed) run is one sample of the bootstrap; every run must have the same budgets.
+    """
+    wide = [r for r in records if r.get("kind") == "surface"]
+    if not wide:
+        raise LattsError("no surface records (run latts eval --surface first)")
+    thinks = {tuple(r["config"]["thinks"]) for r in wide}
+    if len(thinks) != 1:
+        raise LattsError(f"surface records with different thinking budgets: {sorted(thinks)}")
+    runs = [{int(L): col for L, col in r["answers"].items()} for r in wide]
+    return estimate_surface(runs, [r["gold"] for r in wide], task.grade, task.same, branch_counts, seed=seed)
