@@ -116,3 +116,19 @@ def test_optimizer_picks_the_known_best_plan() -> None:
 def test_ties_go_to_the_faster_plan() -> None:
     cands = [Candidate(4, 0, 100, 0.5, 3.0), Candidate(4, 2, 100, 0.5, 2.0), Candidate(1, 0, 100, 0.3, 1.0)]
     assert best_plan(cands, 5.0) == cands[1]
+
+
+def test_fit_recovers_two_weight_formats() -> None:
+    """Forwards of <= switch_rows tokens run another weight format: their own memory term and slope."""
+    true = LatencyModel(overhead=0.016, w_token=0.0013, w_attn=0.00002, w_row=0.0002, prefill_base=0.0,
+                        prefill_per_token=0.0, small_overhead=0.008, small_w_token=0.004, switch_rows=6)
+    assert true.step(1, 1, 512) < true.step(2, 4, 512)  # int4 cheap at 1 row, dense at 8
+    assert true.step(6, 1, 0) == pytest.approx(0.008 + 6 * 0.004 + 6 * 0.0002)
+    assert true.step(7, 1, 0) == pytest.approx(0.016 + 7 * 0.0013 + 7 * 0.0002)
+    fitted = LatencyModel.fit(_profile(true, 0.0), switch_rows=6)
+    for name in ("overhead", "w_token", "w_attn", "w_row", "small_overhead", "small_w_token"):
+        assert getattr(fitted, name) == pytest.approx(getattr(true, name), rel=1e-6), name
+    # one format only: the same data fitted without the switch predicts worse
+    blind = LatencyModel.fit(_profile(true, 0.0))
+    held = [StepSample(b, k, 700, true.step(b, k, 700)) for b, k in ((3, 1), (1, 3), (12, 3), (24, 1))]
+    assert fitted.median_error(held) < 1e-6 < blind.median_error(held)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -83,6 +85,7 @@ def generate(
         doc = {
             "model": loaded.name,
             "dtype": str(loaded.dtype).removeprefix("torch."),
+            "weights": loaded.weights,
             "load_s": round(loaded.load_s, 3),
             "warmup_s": round(engine.warmup_s, 3),
             "prompt": prompt,
@@ -163,7 +166,7 @@ def _engine(model: str, dtype: str, announce: bool = True):
     engine = Engine(loaded)
     engine.warmup()
     if announce:
-        err.print(f"[dim]{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}) loaded in {loaded.load_s:.1f} s, "
+        err.print(f"[dim]{loaded.name} ({loaded.weights}) loaded in {loaded.load_s:.1f} s, "
                   f"warm-up {engine.warmup_s:.1f} s (not counted in any deadline)[/]")
     return loaded, engine
 
@@ -173,7 +176,7 @@ def solve(
     question: Annotated[str, typer.Argument(help="the question")],
     deadline: Annotated[Optional[float], typer.Option("--deadline", help="seconds to answer in")] = None,
     branches: Annotated[Optional[int], typer.Option("--branches", "-B", help="voting branches")] = None,
-    gamma: Annotated[int, typer.Option("--gamma", help="draft tokens per branch and step")] = 0,
+    gamma: Annotated[Optional[int], typer.Option("--gamma", help="draft tokens per branch and step")] = None,
     drafter: Annotated[str, typer.Option("--drafter", help="ngram, or model:PATH")] = "ngram",
     max_think: Annotated[Optional[int], typer.Option("--max-think", help="thinking tokens before the answer is forced")] = None,
     min_think: Annotated[int, typer.Option("--min-think", help="stops before this many tokens are suppressed")] = 0,
@@ -181,12 +184,21 @@ def solve(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     task: Annotated[str, typer.Option("--task", help="prompt template and answer format")] = "math500",
     early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="stop once the vote is decided")] = True,
+    plans: Annotated[Optional[str], typer.Option("--plans", help="plans file (default: this machine's cache)")]
+    = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the Solution as one JSON object")] = False,
 ) -> None:
-    """Answer one question by voting over B branches, within a deadline if given."""
+    """Answer one question by voting over B branches, within a deadline if given.
+
+    With a deadline and none of -B, --gamma, --max-think, the plan ``latts optimize`` saved for this
+    model and task (if any) is used: the latency-optimal (B, γ, L) predicted to fit the deadline.
+    """
     try:
+        from dataclasses import replace
+
+        from latts.planning import plan_for_deadline, plans_path
         from latts.solver import Plan, Solver, default_plan
         from latts.tasks import get_task
 
@@ -196,13 +208,20 @@ def solve(
             raise LattsError("empty question")
         check_deadline(deadline)
         base = default_plan(deadline)
-        plan = Plan(branches=branches if branches is not None else base.branches, gamma=gamma, drafter=drafter,
+        plan = Plan(branches=branches if branches is not None else base.branches, gamma=gamma or 0, drafter=drafter,
                     max_think=max_think if max_think is not None else base.max_think, min_think=min_think,
                     temperature=temperature, seed=seed, early_stop=early_stop)
         the_task = get_task(task)
         loaded, engine = _engine(model, dtype, announce=not as_json)
+        if deadline is not None and branches is None and gamma is None and max_think is None:
+            saved = plan_for_deadline(Path(plans) if plans else plans_path(loaded.name, task), deadline)
+            if saved is not None:
+                plan = replace(plan, branches=saved.branches, gamma=saved.gamma, max_think=saved.think)
+                if not as_json:
+                    err.print(f"[dim]latency-optimal plan for {deadline:g} s (latts optimize): B={saved.branches}, "
+                              f"γ={saved.gamma}, L={saved.think}, predicted {saved.latency_s:.1f} s[/]")
         draft = None
-        if gamma > 0:
+        if plan.gamma > 0:
             from latts.engine.drafters import make_drafter
 
             draft = make_drafter(drafter, loaded)
@@ -241,12 +260,13 @@ def evaluate_cmd(
     min_think: Annotated[int, typer.Option("--min-think")] = 0,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.7,
     drafter: Annotated[str, typer.Option("--drafter", help="ngram (model drafters: use the Python API)")] = "ngram",
+    surface: Annotated[bool, typer.Option(
+        "--surface", help="one wide run of max(B) branches per problem, answers forced at every --max-think: "
+                          "accuracy of every (B, L) with 95% bootstrap intervals")] = False,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Evaluate a task over a grid of (B, γ, L, deadline) × seeds; one JSONL record per run, resumable."""
-    from pathlib import Path
-
     try:
         from latts.config import check_deadline
         from latts.evaluate import evaluate, grid, summarize
@@ -261,22 +281,18 @@ def evaluate_cmd(
             check_deadline(d)
         if drafter != "ngram":
             raise LattsError("latts eval drafts with ngram; model drafters are available from the Python API")
+        if surface:
+            _surface_eval(task, the_task, out_path, limit, data, _numbers(branches, "--branches"),
+                          _numbers(max_think, "--max-think"), _numbers(seeds, "--seeds"), gamma, deadline,
+                          min_think, temperature, model, dtype)
+            return
         configs = grid(_numbers(branches, "--branches"), _numbers(gamma, "--gamma"), _numbers(max_think, "--max-think"),
                        deadlines, drafter=drafter, min_think=min_think, temperature=temperature)
         for c in configs:
             c.plan(0)  # validates B, L, temperature before the model loads
         problems = the_task.load(limit=limit, data=Path(data) if data else None)
         _, engine = _engine(model, dtype)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.fields[last]}"), console=err) as bar:
-            job = bar.add_task(f"eval {task}", total=None, last="")
-
-            def progress(done: int, total: int, record) -> None:
-                last = "" if record is None else f"{record['config_key']} {'✓' if record['correct'] else '✗'}"
-                bar.update(job, completed=done, total=total, last=last)
-
+        with _progress_bar(task) as progress:
             records = evaluate(Solver(engine, the_task), problems, configs, _numbers(seeds, "--seeds"),
                                Path(out_path), progress)
     except LattsError as exc:
@@ -294,6 +310,51 @@ def evaluate_cmd(
     out.print(table)
 
 
+def _surface_eval(task: str, the_task, out_path: str, limit: int | None, data: str | None, branches: list[int],
+                  thinks: list[int], seeds: list[int], gamma: str, deadline: str | None, min_think: int,
+                  temperature: float, model: str, dtype: str) -> None:
+    """``latts eval --surface``: the wide runs, then the accuracy surface as a table."""
+    from rich.table import Table
+
+    from latts.evaluate import evaluate
+    from latts.solver import Solver
+    from latts.surface_run import WideRun, run_wide, surface_from_records
+
+    if set(_numbers(gamma, "--gamma")) != {0} or deadline is not None or min_think:
+        raise LattsError("--surface measures accuracy only: no --gamma (speculation is lossless), "
+                         "--deadline or --min-think")
+    if min(branches) < 1:
+        raise LattsError("--branches must be >= 1")
+    run = WideRun(max(branches), tuple(thinks), temperature)
+    problems = the_task.load(limit=limit, data=Path(data) if data else None)
+    _, engine = _engine(model, dtype)
+    with _progress_bar(task) as progress:
+        records = evaluate(Solver(engine, the_task), problems, [run], seeds, Path(out_path), progress, runner=run_wide)
+    estimates = surface_from_records(records, the_task, sorted(set(branches)))
+    table = Table("B", "L", "accuracy", "95% interval", title=f"{task} accuracy surface ({len(records)} wide runs of "
+                  f"B={run.branches}): {out_path}")
+    for e in estimates:
+        table.add_row(str(e.branches), str(e.think), f"{e.accuracy:.1%}", f"[{e.low:.1%}, {e.high:.1%}]")
+    out.print(table)
+
+
+@contextmanager
+def _progress_bar(task: str):
+    """A rich progress bar on stderr; yields the ``progress`` callback of :func:`latts.evaluate.evaluate`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[last]}"), console=err) as bar:
+        job = bar.add_task(f"eval {task}", total=None, last="")
+
+        def progress(done: int, total: int, record) -> None:
+            verdict = record.get("correct") if record else None  # a surface record has one per (branch, L)
+            mark = (" ✓" if verdict else " ✗") if isinstance(verdict, bool) else ""
+            bar.update(job, completed=done, total=total, last="" if record is None else record["config_key"] + mark)
+
+        yield progress
+
+
 @app.command()
 def profile(
     out_path: Annotated[str, typer.Option("--out", help="where to write the profile (JSON)")] = "profile.json",
@@ -304,8 +365,6 @@ def profile(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Measure prefill and decode-forward times on this machine and fit the latency model."""
-    from pathlib import Path
-
     try:
         from latts.profiler import profile as run_profile
 
@@ -322,6 +381,132 @@ def profile(
     out.print(f"profile of {prof.model} ({prof.dtype}) on {prof.machine['cpu']} written to {out_path}")
     out.print("latency model: " + ", ".join(f"{k_}={v:.3g}" for k_, v in fitted.to_dict().items()))
     out.print(f"median error on the profile itself: {fitted.median_error(prof.steps):.1%}")
+
+
+@app.command()
+def optimize(
+    task: Annotated[str, typer.Option("--task", help="the task whose accuracy surface is used")] = "arith",
+    deadlines: Annotated[str, typer.Option("--deadline", help="comma-separated deadlines in seconds")] = "2,5,10,20",
+    profile_path: Annotated[str, typer.Option("--profile", help="latts profile JSON (measured now if missing)")]
+    = "profile.json",
+    surface_path: Annotated[str, typer.Option(
+        "--surface", help="records of latts eval --surface (made now, resumably, if the file has none)")]
+    = "runs/surface.jsonl",
+    thinks: Annotated[str, typer.Option("--max-think", help="thinking budgets of a new wide run")] = "16,32,64,128",
+    surface_limit: Annotated[int, typer.Option("--surface-problems", help="problems of a new wide run")] = 30,
+    branches: Annotated[str, typer.Option("--branches", "-B", help="B values to consider (<= the wide run's)")]
+    = "1,2,4,8,16",
+    gammas: Annotated[str, typer.Option("--gamma", help="γ values to consider (n-gram drafter)")] = "0,1,2,3,4",
+    validate_limit: Annotated[int, typer.Option("--validate", help="run the plans on the first N problems (0: no)")]
+    = 0,
+    seeds: Annotated[str, typer.Option("--seeds", help="seeds of the validation runs")] = "1",
+    validate_out: Annotated[str, typer.Option("--validate-out", help="JSON Lines of the validation runs")]
+    = "runs/validate.jsonl",
+    data: Annotated[Optional[str], typer.Option("--data", help="dataset file (required for gpqa_diamond)")] = None,
+    plans: Annotated[Optional[str], typer.Option("--plans", help="plans file (default: this machine's cache)")]
+    = None,
+    model: ModelOpt = "smollm2-135m-instruct",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """The latency-optimal (B, γ, L) per deadline and the Pareto frontier; optionally validated for real."""
+    from rich.table import Table
+
+    try:
+        from latts.config import check_deadline
+        from latts.evaluate import evaluate, read_records
+        from latts.planning import Planner, measure_alpha, plans_path, prompt_length, save_plans, validate
+        from latts.profiler import Profile
+        from latts.profiler import profile as run_profile
+        from latts.solver import Solver
+        from latts.surface_run import WideRun, run_wide, surface_from_records
+        from latts.tasks import get_task
+
+        the_task = get_task(task)
+        ds = _numbers(deadlines, "--deadline", float)
+        for d in ds:
+            check_deadline(d)
+        gs = _numbers(gammas, "--gamma")
+        if min(gs) < 0:
+            raise LattsError("--gamma values must be >= 0")
+        bs = _numbers(branches, "--branches")
+        wide = WideRun(max(bs), tuple(_numbers(thinks, "--max-think")))
+        problems = the_task.load(data=Path(data) if data else None)
+        records = [r for r in read_records(Path(surface_path)) if r["task"] == task and r.get("kind") == "surface"]
+        loaded, engine = _engine(model, dtype)
+        solver = Solver(engine, the_task)
+        if not records:
+            err.print(f"[dim]no {task} surface records in {escape(surface_path)}: one wide run of B={wide.branches} "
+                      f"per problem on {surface_limit} problems[/]")
+            with _progress_bar(f"surface {task}") as progress:
+                records = evaluate(solver, problems[:surface_limit], [wide], [100], Path(surface_path), progress,
+                                   runner=run_wide)
+        b_max = max(r["config"]["B"] for r in records)
+        surface = surface_from_records(records, the_task, [b for b in bs if b <= b_max] or [1])
+        if Path(profile_path).is_file():
+            prof = Profile.load(Path(profile_path))
+            if prof.model != loaded.name:
+                raise LattsError(f"{profile_path} profiles {prof.model}, not {loaded.name}")
+        else:
+            err.print(f"[dim]no profile at {escape(profile_path)}: measuring this machine (a few minutes)[/]")
+            prof = run_profile(engine, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
+            prof.save(Path(profile_path))
+        temperature = records[0]["config"]["temperature"]
+        alphas = measure_alpha(solver, problems[:2], gs, temperature)
+        planner = Planner(prof.fit(), surface, alphas, prompt_length(solver, problems[:16]))
+        recs = planner.recommend(ds)
+        plans_file = Path(plans) if plans else plans_path(loaded.name, task)
+        save_plans(planner, plans_file, loaded.name, task)
+        validated = []
+        if validate_limit > 0:
+            with _progress_bar(f"validate {task}") as progress:
+                validated = validate(solver, problems[:validate_limit], recs, _numbers(seeds, "--seeds"),
+                                     Path(validate_out), temperature, progress)
+    except LattsError as exc:
+        _fail(str(exc))
+        return
+    out.print("α per γ (n-gram, measured here): " + ", ".join(f"γ={g}: {a:.2f}" for g, a in alphas.items()))
+    table = Table("deadline s", "B", "γ", "L", "accuracy (surface)", "95% interval", "predicted s",
+                  *(["measured accuracy", "measured s"] if validated else []), title=f"latency-optimal plans: {task}")
+    from latts.evaluate import summarize
+
+    measured = {(row.config["B"], row.config["gamma"], row.config["max_think"]): row for row in summarize(validated)}
+    for r in recs:
+        if r.plan is None:
+            continue
+        c = r.plan
+        cells = [f"{r.deadline_s:g}", str(c.branches), str(c.gamma), str(c.think), f"{c.accuracy:.1%}",
+                 f"[{r.low:.1%}, {r.high:.1%}]", f"{c.latency_s:.2f}"]
+        if validated:
+            m = measured.get((c.branches, c.gamma, c.think))
+            cells += [f"{m.accuracy:.1%} ({m.runs} runs)", f"{m.latency_s:.2f} ± {m.latency_std:.2f}"] if m else ["—"] * 2
+        table.add_row(*cells)
+    out.print(table)
+    for r in recs:
+        if r.plan is None:
+            out.print(f"no plan is predicted to fit {r.deadline_s:g} s")
+    front = planner.frontier()
+    out.print("Pareto frontier (predicted s → accuracy): " + ", ".join(
+        f"{c.latency_s:.1f}s B={c.branches} γ={c.gamma} L={c.think} {c.accuracy:.0%}" for c in front))
+    out.print(f"plans saved to {plans_file} (latts solve --task {task} --deadline T uses them)")
+
+
+@app.command()
+def report(
+    records: Annotated[list[str], typer.Argument(help="JSON Lines files written by latts eval / optimize")],
+    out_dir: Annotated[str, typer.Option("--out", help="folder for table1.md and the PNGs")] = "report",
+    profile_path: Annotated[Optional[str], typer.Option("--profile", help="a latts profile (tokens/s vs B plot)")]
+    = None,
+) -> None:
+    """Paper-style Table 1 (markdown) and accuracy/latency plots (PNG) from evaluation records."""
+    try:
+        from latts.report import write_report
+
+        paths = write_report([Path(r) for r in records], Path(out_dir), Path(profile_path) if profile_path else None)
+    except LattsError as exc:
+        _fail(str(exc))
+        return
+    for p in paths:
+        typer.echo(str(p))  # one path a line, never wrapped
 
 
 @app.command()

@@ -9,6 +9,11 @@ One decode forward over ``B`` rows of ``k`` tokens each (``n = B·k`` tokens) at
 - ``w_attn · n · c``: attention over the context;
 - ``w_row · B``: per-row bookkeeping (sampling, cache writes).
 
+The engine switches weight format at ``switch_rows`` (exact int4 weights up to that many rows per
+forward, pre-packed dense above: see :mod:`latts.engine.linear`). The two formats read different
+bytes and spend different compute per token, so forwards of ``n <= switch_rows`` tokens get their own
+memory term and slope (``small_overhead``, ``small_w_token``): two rooflines, one per weight format.
+
 A prefill of ``P`` tokens costs ``p0 + p1 · P``. A whole run with thinking budget ``L``, draft length ``γ``
 and acceptance rate ``α`` takes ``L / E`` verify rounds, where ``E = (1 − α^(γ+1)) / (1 − α)`` tokens are
 gained per round (Leviathan et al.), each round a forward of ``k = γ + 1`` tokens per row plus the
@@ -58,9 +63,10 @@ def expected_tokens_per_round(alpha: float, gamma: int) -> float:
     return (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def _step_features(branches: int, k: int, context: float) -> list[float]:
+def _step_features(branches: int, k: int, context: float, switch_rows: int = 0) -> list[float]:
     n = branches * k
-    return [1.0, n, n * context / 1000.0, branches]
+    small = 1.0 if n <= switch_rows else 0.0
+    return [1.0 - small, n * (1.0 - small), n * context / 1000.0, branches, small, n * small]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,9 @@ class LatencyModel:
     prefill_base: float
     prefill_per_token: float
     draft_per_row: float = 0.0  # drafter cost per row and round (per drafted token: × γ)
+    small_overhead: float = 0.0  # the memory term and slope of forwards of <= switch_rows tokens
+    small_w_token: float = 0.0
+    switch_rows: int = 0
 
     @classmethod
     def fit(
@@ -81,23 +90,31 @@ class LatencyModel:
         steps: Sequence[StepSample],
         prefills: Sequence[PrefillSample] = (),
         draft_per_row: float = 0.0,
+        switch_rows: int = 0,
     ) -> LatencyModel:
-        """Least-squares fit (relative error weighted, coefficients clipped at zero) to measured forwards."""
+        """Least-squares fit (relative error weighted, coefficients clipped at zero) to measured forwards.
+
+        ``switch_rows``: the engine's weight-format switch (``LoadedModel.int4_max_rows``; 0 = one format).
+        """
         if len(steps) < 4:
             raise LattsError(f"a latency fit needs at least 4 step measurements, got {len(steps)}")
-        coef = _nonneg_lstsq([_step_features(s.branches, s.k, s.context) for s in steps], [s.seconds for s in steps])
+        feats = [_step_features(s.branches, s.k, s.context, switch_rows) for s in steps]
+        coef = _nonneg_lstsq(feats, [s.seconds for s in steps])
         if len(prefills) >= 2:
             p0, p1 = _nonneg_lstsq([[1.0, p.tokens] for p in prefills], [p.seconds for p in prefills])
         elif prefills:
             p0, p1 = 0.0, prefills[0].seconds / prefills[0].tokens
         else:
             p0, p1 = 0.0, 0.0
-        return cls(*coef, prefill_base=p0, prefill_per_token=p1, draft_per_row=draft_per_row)
+        overhead, w_token, w_attn, w_row, small_overhead, small_w_token = coef
+        return cls(overhead, w_token, w_attn, w_row, prefill_base=p0, prefill_per_token=p1,
+                   draft_per_row=draft_per_row, small_overhead=small_overhead, small_w_token=small_w_token,
+                   switch_rows=switch_rows)
 
     def step(self, branches: int, k: int = 1, context: float = 512) -> float:
         """Seconds for one forward of ``branches`` rows × ``k`` tokens at ``context``."""
-        w = (self.overhead, self.w_token, self.w_attn, self.w_row)
-        return float(sum(a * b for a, b in zip(w, _step_features(branches, k, context))))
+        w = (self.overhead, self.w_token, self.w_attn, self.w_row, self.small_overhead, self.small_w_token)
+        return float(sum(a * b for a, b in zip(w, _step_features(branches, k, context, self.switch_rows))))
 
     def prefill(self, tokens: int) -> float:
         """Seconds to prefill ``tokens`` prompt tokens."""
@@ -146,7 +163,7 @@ def _nonneg_lstsq(rows: list[list[float]], target: list[float]) -> list[float]:
     if np.any(y <= 0):
         raise LattsError("measured times must be > 0")
     scale = 1.0 / y  # weight each sample by 1/measured: fit relative, not absolute, error
-    active = list(range(a.shape[1]))
+    active = [j for j in range(a.shape[1]) if np.any(a[:, j])]  # a feature no sample has stays 0
     coef = np.zeros(a.shape[1])
     while active:
         sol, *_ = np.linalg.lstsq(a[:, active] * scale[:, None], y * scale, rcond=None)

@@ -43,16 +43,18 @@ class Profile:
     steps: list[StepSample] = field(default_factory=list)
     prefills: list[PrefillSample] = field(default_factory=list)
     ngram_per_row_s: float = 0.0
+    switch_rows: int = 0  # the engine's int4/dense weight-format switch when profiled
 
     def fit(self) -> LatencyModel:
         """The latency model fitted to this profile."""
-        return LatencyModel.fit(self.steps, self.prefills, draft_per_row=self.ngram_per_row_s)
+        return LatencyModel.fit(self.steps, self.prefills, draft_per_row=self.ngram_per_row_s,
+                                switch_rows=self.switch_rows)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
         return {"model": self.model, "dtype": self.dtype, "machine": self.machine,
                 "steps": [asdict(s) for s in self.steps], "prefills": [asdict(p) for p in self.prefills],
-                "ngram_per_row_s": self.ngram_per_row_s}
+                "ngram_per_row_s": self.ngram_per_row_s, "switch_rows": self.switch_rows}
 
     def save(self, path: Path) -> None:
         """Write as JSON."""
@@ -65,7 +67,8 @@ class Profile:
         try:
             d = json.loads(Path(path).read_text())
             return cls(d["model"], d["dtype"], d["machine"], [StepSample(**s) for s in d["steps"]],
-                       [PrefillSample(**p) for p in d["prefills"]], d.get("ngram_per_row_s", 0.0))
+                       [PrefillSample(**p) for p in d["prefills"]], d.get("ngram_per_row_s", 0.0),
+                       int(d.get("switch_rows", 0)))
         except OSError as e:
             raise LattsError(f"cannot read profile {path}: {e.strerror}") from None
         except (ValueError, KeyError, TypeError) as e:
@@ -142,7 +145,7 @@ def profile(
 ) -> Profile:
     """Measure every (B, k, context) forward and every prefill length on ``engine``."""
     loaded = engine.loaded
-    prof = Profile(loaded.name, str(loaded.dtype).removeprefix("torch."), describe_machine())
+    prof = Profile(loaded.name, loaded.weights, describe_machine(), switch_rows=loaded.int4_max_rows)
     engine.warmup()
     for p in prefills:
         prof.prefills.append(PrefillSample(p, measure_prefill(engine, p)))

@@ -1,0 +1,150 @@
+"""The whole latency-optimal pipeline on the default model and ``arith``: the paper's Table 1 for this machine.
+
+profile -> accuracy surface (one wide run per problem) -> α per γ -> optimizer -> validation runs ->
+report. For every thinking length L in --table-thinks the optimizer picks, with L fixed, the most
+accurate (B*, γ*) predicted to be no slower than the baseline (B=1, γ=0, L); the validation runs
+Baseline (1, 0), Branch-wise (B*, 0), Seq-wise (1, γ_s: the fastest γ at B=1) and Latency-optimal
+(B*, γ*) for real over --seeds, and ``latts.report`` writes ``table1.md`` and the PNGs to --out.
+
+Targets (exit 1 when one is missed): the pipeline takes < 60 minutes; the surface's estimate of
+every validated (B, γ=0, L) lies within its 95% interval of the direct run's accuracy (>= 3 points);
+and per L the latency-optimal plan is at least as accurate as Baseline and Seq-wise while no
+slower than Baseline (measured). Misses are printed with their numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from latts.engine.engine import Engine
+from latts.evaluate import Config, evaluate, run_one, summarize
+from latts.models import DEFAULT_MODEL, load
+from latts.planning import Planner, measure_alpha, prompt_length
+from latts.profiler import profile
+from latts.report import write_report
+from latts.solver import Solver
+from latts.surface_run import WideRun, run_wide, surface_from_records
+from latts.tasks import get_task
+
+BUDGET_S = 3600
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", type=int, default=24)
+    ap.add_argument("--branches", type=int, default=16, help="B_max of the wide run")
+    ap.add_argument("--thinks", default="8,16,32,64", help="checkpoints of the wide run")
+    ap.add_argument("--table-thinks", default="16,64", help="thinking lengths of Table 1")
+    ap.add_argument("--gammas", default="0,1,2,3,4")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--out", type=Path, default=Path("report"))
+    args = ap.parse_args()
+    t_start = time.monotonic()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    thinks = tuple(int(x) for x in args.thinks.split(","))
+    table_thinks = [int(x) for x in args.table_thinks.split(",")]
+    gammas = [int(x) for x in args.gammas.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    branch_counts = [b for b in (1, 2, 4, 8, 16, 32) if b <= args.branches]
+
+    task = get_task("arith")
+    problems = task.load(limit=args.problems)
+    engine = Engine(load(DEFAULT_MODEL, "auto"))
+    engine.warmup()
+    solver = Solver(engine, task)
+
+    def stage(name: str) -> None:
+        print(f"[{time.monotonic() - t_start:7.1f} s] {name}", flush=True)
+
+    stage("profile")
+    prof_path = out / "profile.json"
+    prof = profile(engine, branches=branch_counts, ks=(1, 2, 3, 5), contexts=(96, 256), prefills=(32, 96, 256),
+                   repeats=3)
+    prof.save(prof_path)
+    latency = prof.fit()
+
+    stage(f"surface: {len(problems)} wide runs of B={args.branches}, L={list(thinks)}")
+    wide = evaluate(solver, problems, [WideRun(args.branches, thinks, args.temperature)], [100],
+                    out / "surface.jsonl", runner=run_wide)
+    surface = surface_from_records(wide, task, branch_counts)
+    est = {(e.branches, e.think): e for e in surface}
+
+    stage("acceptance rate per γ")
+    alphas = measure_alpha(solver, problems[:3], gammas, args.temperature)
+    print("  α:", {g: round(a, 3) for g, a in alphas.items()})
+    planner = Planner(latency, surface, alphas, prompt_length(solver, problems))
+
+    configs, optimal = [], {}
+    for L in table_thinks:
+        base_s = planner.predict_latency(1, 0, L)
+        at_l = [c for c in planner.candidates() if c.think == L and c.latency_s <= base_s]
+        best = max(at_l, key=lambda c: (c.accuracy, -c.latency_s))
+        seq_gamma = min(gammas, key=lambda g: planner.predict_latency(1, g, L))
+        print(f"  L={L}: baseline predicted {base_s:.2f} s; optimizer B*={best.branches} γ*={best.gamma} "
+              f"({best.accuracy:.1%}, {best.latency_s:.2f} s); seq-wise γ={seq_gamma}")
+        optimal[L] = Config(best.branches, best.gamma, "ngram", 0, L, args.temperature, None)
+        for b, g in ((1, 0), (best.branches, 0), (1, seq_gamma)):
+            c = Config(b, g, "ngram", 0, L, args.temperature, None)
+            if c not in configs and c != optimal[L]:
+                configs.append(c)
+
+    stage(f"validation: {len(configs) + len(optimal)} configurations x {len(seeds)} seeds x {len(problems)} problems")
+    runs_path = out / "table1-runs.jsonl"
+    records = evaluate(solver, problems, configs, seeds, runs_path)
+    records += evaluate(solver, problems, list(optimal.values()), seeds, runs_path,
+                        runner=lambda *a: run_one(*a) | {"source": "optimizer"})
+
+    stage("report")
+    paths = write_report([runs_path], out, prof_path)
+    rows = {(r.config["B"], r.config["gamma"], r.config["max_think"]): r for r in summarize(records)}
+    lines = ["", "## Surface estimate vs direct runs (γ = 0)", "",
+             "| B | L | surface accuracy | 95% interval | direct accuracy (mean over seeds) | within |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    failures, checked = [], 0
+    for (b, g, L), row in sorted(rows.items()):
+        e = est.get((b, L))
+        if g != 0 or e is None:
+            continue
+        ok = e.low <= row.accuracy <= e.high
+        checked += 1
+        lines.append(f"| {b} | {L} | {e.accuracy:.1%} | [{e.low:.1%}, {e.high:.1%}] | {row.accuracy:.1%} | "
+                     f"{'yes' if ok else 'NO'} |")
+        if not ok:
+            failures.append(f"surface B={b} L={L}: {e.accuracy:.1%} [{e.low:.1%}, {e.high:.1%}], direct {row.accuracy:.1%}")
+    if checked < 3:
+        failures.append(f"only {checked} surface points checked against direct runs (need >= 3)")
+    lines += ["", "## Predicted vs measured latency", "", "| B | γ | L | predicted s | measured s | error |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for (b, g, L), row in sorted(rows.items()):
+        pred = planner.predict_latency(b, g, L)
+        lines.append(f"| {b} | {g} | {L} | {pred:.2f} | {row.latency_s:.2f} ± {row.latency_std:.2f} | "
+                     f"{abs(pred - row.latency_s) / row.latency_s:.0%} |")
+    for L, c in optimal.items():
+        opt, base = rows[(c.branches, c.gamma, L)], rows[(1, 0, L)]
+        seq = min((r for (b, g, l_), r in rows.items() if b == 1 and g > 0 and l_ == L), key=lambda r: r.latency_s,
+                  default=None)
+        if opt.accuracy < base.accuracy or (seq is not None and opt.accuracy < seq.accuracy):
+            failures.append(f"L={L}: latency-optimal accuracy {opt.accuracy:.1%} < baseline {base.accuracy:.1%}"
+                            + (f" or seq-wise {seq.accuracy:.1%}" if seq else ""))
+        if opt.latency_s > base.latency_s:
+            failures.append(f"L={L}: latency-optimal {opt.latency_s:.2f} s slower than baseline {base.latency_s:.2f} s")
+    elapsed = time.monotonic() - t_start
+    lines += ["", f"Pipeline wall time: {elapsed / 60:.1f} min (target < 60 min)."]
+    if elapsed > BUDGET_S:
+        failures.append(f"pipeline took {elapsed / 60:.1f} min")
+    with open(out / "table1.md", "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print((out / "table1.md").read_text())
+    print("written:", ", ".join(str(p) for p in paths))
+    for f in failures:
+        print("FAILED:", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Latency-optimal plans for a model, a task and this machine: profile + accuracy surface + acceptance.
+
+The pieces: the latency model fitted to a profile (:mod:`latts.profiler`), the accuracy surface of one
+wide run (:mod:`latts.surface_run`), and the drafter's acceptance rate α per γ, measured here on a few
+of the task's own prompts (α depends on the text, the drafter and the temperature). Every (B, γ, L) of
+the surface crossed with the γ values gets a predicted latency and the surface's accuracy; the best
+plan per deadline is Eq. 1 of the paper (:func:`latts.optimizer.best_plan`). :func:`validate` then runs
+the chosen plans for real and records them (``source: optimizer``) beside their predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from latts.config import SamplingParams
+from latts.engine.drafters import NGramDrafter
+from latts.errors import LattsError
+from latts.evaluate import Config, evaluate, run_one
+from latts.latency_model import LatencyModel
+from latts.optimizer import Candidate, best_plan, candidates, pareto_frontier
+from latts.solver import Solver
+from latts.surface import Estimate
+from latts.tasks import Problem
+
+
+def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[int], temperature: float,
+                  tokens: int = 96, seed: int = 0) -> dict[int, float]:
+    """Acceptance rate α of the n-gram drafter per γ (> 0) on ``problems``' prompts, at ``temperature``."""
+    alphas = {}
+    for g in sorted({g for g in gammas if g > 0}):
+        proposed = accepted = 0
+        for p in problems:
+            gen = solver.engine.generate(solver.task.prompt(p), branches=1, max_new_tokens=tokens,
+                                         sampling=SamplingParams(temperature, seed=seed), gamma=g,
+                                         drafter=NGramDrafter(), ignore_eos=True)
+            proposed += gen.spec.proposed
+            accepted += gen.spec.accepted
+        alphas[g] = accepted / proposed if proposed else 0.0
+    return alphas
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """The best plan for one deadline (None when no plan is predicted to fit)."""
+
+    deadline_s: float
+    plan: Candidate | None
+    low: float | None = None  # the surface's confidence interval of the plan's accuracy
+    high: float | None = None
+
+
+@dataclass(slots=True)
+class Planner:
+    """Predicted latency and estimated accuracy of every (B, γ, L); best plans and the Pareto frontier."""
+
+    latency: LatencyModel
+    surface: list[Estimate]
+    alphas: dict[int, float]  # γ -> α (γ = 0 needs none)
+    prompt_len: int
+    answer_tokens: int = 16
+    answer_prompt_tokens: int = 8
+
+    def predict_latency(self, branches: int, gamma: int, think: int) -> float:
+        """Seconds for a run of B branches, γ drafts, L thinking tokens (the latency model, α of this γ)."""
+        return self.latency.predict(branches, gamma, think, alpha=self.alphas.get(gamma, 0.0),
+                                    prompt_len=self.prompt_len, answer_tokens=self.answer_tokens,
+                                    answer_prompt_tokens=self.answer_prompt_tokens)
+
+    def candidates(self) -> list[Candidate]:
+        """Every (B, L) of the surface with every γ of ``alphas`` (and 0)."""
+        acc = {(e.branches, e.think): e.accuracy for e in self.surface}
+        return candidates(acc, self.predict_latency, sorted({0, *self.alphas}))
+
+    def recommend(self, deadlines: Sequence[float]) -> list[Recommendation]:
+        """The latency-optimal plan per deadline (Eq. 1), with the surface's interval for its accuracy."""
+        cands = self.candidates()
+        ci = {(e.branches, e.think): (e.low, e.high) for e in self.surface}
+        out = []
+        for d in deadlines:
+            best = best_plan(cands, d)
+            low, high = ci[(best.branches, best.think)] if best else (None, None)
+            out.append(Recommendation(d, best, low, high))
+        return out
+
+    def frontier(self) -> list[Candidate]:
+        """Plans no other plan beats on both accuracy and predicted latency."""
+        return pareto_frontier(self.candidates())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the latency model, α per γ and the frontier (what ``solve`` needs to pick a plan)."""
+        return {"latency_model": self.latency.to_dict(), "alphas": {str(g): a for g, a in self.alphas.items()},
+                "prompt_len": self.prompt_len, "answer_tokens": self.answer_tokens,
+                "frontier": [asdict(c) for c in self.frontier()]}
+
+
+def plans_path(model: str, task: str) -> Path:
+    """Where the plans of ``model`` on ``task`` for this machine are kept (beside the model cache)."""
+    from latts.models import cache_root
+
+    return cache_root().parent / "plans" / f"{model}--{task}.json"
+
+
+def save_plans(planner: Planner, path: Path, model: str, task: str) -> None:
+    """Write the frontier for ``model`` and ``task`` where :func:`plan_for_deadline` finds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"model": model, "task": task, **planner.to_dict()}, indent=1))
+
+
+def plan_for_deadline(path: Path, deadline_s: float) -> Candidate | None:
+    """The best saved plan predicted to fit ``deadline_s`` (None without a plans file or a fitting plan)."""
+    try:
+        doc = json.loads(path.read_text())
+        frontier = [Candidate(**c) for c in doc["frontier"]]
+    except OSError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:
+        raise LattsError(f"{path} is not a latts plans file ({e})") from None
+    return best_plan(frontier, deadline_s)
+
+
+def validate(solver: Solver, problems: Sequence[Problem], recs: Sequence[Recommendation], seeds: Sequence[int],
+             out: Path, temperature: float,
+             progress: Callable[[int, int, dict[str, Any] | None], None] | None = None) -> list[dict[str, Any]]:
+    """Run each recommended plan for real on ``problems`` × ``seeds`` (resumable JSONL, ``source: optimizer``).
+
+    The run gets the plan's own B, γ and L and no deadline, so the measured latency is comparable
+    with the prediction (a deadline would cut the run at the deadline instead).
+    """
+    configs = {}
+    for r in recs:
+        if r.plan is not None:
+            c = Config(r.plan.branches, r.plan.gamma, "ngram", 0, r.plan.think, temperature, None)
+            configs[c.key()] = c
+    return evaluate(solver, list(problems), list(configs.values()), list(seeds), out, progress,
+                    runner=lambda *args: run_one(*args) | {"source": "optimizer"})
+
+
+def prompt_length(solver: Solver, problems: Sequence[Problem]) -> int:
+    """Median prompt length in tokens of the task's prompts for ``problems``."""
+    return int(statistics.median(len(solver.engine.encode(solver.task.prompt(p))) for p in problems))
+

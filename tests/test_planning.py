@@ -1,0 +1,85 @@
+"""Plans from a latency model, an accuracy surface and acceptance rates: synthetic inputs, known answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from latts.errors import LattsError
+from latts.latency_model import LatencyModel
+from latts.planning import Planner, plan_for_deadline, save_plans
+from latts.surface import Estimate
+
+# 10 ms per step whatever B and k; prefill and answer free: a run costs rounds x 10 ms
+FLAT = LatencyModel(overhead=0.010, w_token=0.0, w_attn=0.0, w_row=0.0, prefill_base=0.0, prefill_per_token=0.0)
+# accuracy grows with B and with L
+SURFACE = [Estimate(b, L, acc, acc - 0.05, acc + 0.05)
+           for (b, L), acc in {(1, 100): 0.30, (4, 100): 0.45, (1, 400): 0.40, (4, 400): 0.60}.items()]
+
+
+def _planner(alphas: dict[int, float]) -> Planner:
+    return Planner(FLAT, SURFACE, alphas, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
+
+
+def test_latency_uses_the_acceptance_of_each_gamma() -> None:
+    p = _planner({3: 1.0})
+    assert p.predict_latency(4, 0, 400) == pytest.approx(4.0)  # 400 rounds of 10 ms
+    assert p.predict_latency(4, 3, 400) == pytest.approx(1.0)  # α = 1: 4 tokens a round
+
+
+def test_recommend_is_eq1_with_speculation_buying_time() -> None:
+    without = _planner({}).recommend([1.5, 5.0, 0.5])
+    assert [(r.plan.branches, r.plan.gamma, r.plan.think) for r in without[:2]] == [(4, 0, 100), (4, 0, 400)]
+    assert without[2].plan is None  # nothing fits in 0.5 s
+    assert (without[0].low, without[0].high) == pytest.approx((0.40, 0.50))
+    fast = _planner({3: 1.0}).recommend([1.5])[0].plan
+    assert (fast.branches, fast.gamma, fast.think, fast.latency_s) == (4, 3, 400, pytest.approx(1.0))
+
+
+def test_frontier_and_saved_plans_round_trip(tmp_path) -> None:
+    p = _planner({3: 1.0})
+    front = p.frontier()
+    assert [(c.accuracy, c.latency_s) for c in front] == [(0.45, pytest.approx(0.25)), (0.60, pytest.approx(1.0))]
+    path = tmp_path / "plans" / "m--arith.json"
+    save_plans(p, path, "m", "arith")
+    got = plan_for_deadline(path, 2.0)
+    assert (got.branches, got.gamma, got.think) == (4, 3, 400)
+    assert plan_for_deadline(path, 0.5).think == 100
+    assert plan_for_deadline(path, 0.1) is None
+    assert plan_for_deadline(tmp_path / "none.json", 2.0) is None
+    path.write_text("{not json")
+    with pytest.raises(LattsError, match="not a latts plans file"):
+        plan_for_deadline(path, 2.0)
+
+
+def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
+    """Real model, small sizes: profile -> wide run -> α -> plans -> validation; then solve picks the plan."""
+    import json
+
+    from test_cli import run_latts
+
+    prof = tmp_path / "profile.json"
+    proc = run_latts("profile", "-B", "1,2", "--k", "1,3", "--contexts", "64,128", "--out", str(prof), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    plans, runs = tmp_path / "plans.json", tmp_path / "validate.jsonl"
+    proc = run_latts("optimize", "--task", "arith", "--deadline", "0.001,60", "--profile", str(prof),
+                     "--surface", str(tmp_path / "surface.jsonl"), "--surface-problems", "3", "--max-think", "4,8",
+                     "-B", "1,2", "--gamma", "0,2", "--validate", "2", "--validate-out", str(runs),
+                     "--plans", str(plans), timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "no plan is predicted to fit 0.001 s" in proc.stdout  # nothing runs in a millisecond
+    doc = json.loads(plans.read_text())
+    assert doc["task"] == "arith" and set(doc["alphas"]) == {"2"} and 0 <= doc["alphas"]["2"] <= 1
+    frontier = doc["frontier"]
+    assert frontier and all(c["branches"] in (1, 2) and c["gamma"] in (0, 2) and c["think"] in (4, 8)
+                            for c in frontier)
+    assert [c["latency_s"] for c in frontier] == sorted(c["latency_s"] for c in frontier)
+    best = plan_for_deadline(plans, 60)
+    records = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert len(records) == 2 and all(r["source"] == "optimizer" for r in records)  # one plan x 2 problems
+    assert {(r["config"]["B"], r["config"]["gamma"], r["config"]["max_think"]) for r in records} == {
+        (best.branches, best.gamma, best.think)}
+    proc = run_latts("solve", "What is 2 + 3? Answer with just the number.", "--task", "arith", "--deadline", "60",
+                     "--plans", str(plans), "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)["plan"]
+    assert (plan["branches"], plan["gamma"], plan["max_think"]) == (best.branches, best.gamma, best.think)
