@@ -63,8 +63,9 @@ def main() -> int:
                               ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None)
         alpha = gen.spec.acceptance_rate if gen.spec else 0.0
         # the run decodes `tokens` per row and forces no answer: predict exactly that
+        per_round = gen.spec.mean_accepted_length if gen.spec else None
         pred = model.predict(b, gamma, tokens - 1, alpha=alpha, prompt_len=ctx, answer_tokens=0,
-                             answer_prompt_tokens=0)
+                             answer_prompt_tokens=0, tokens_per_round=per_round)
         err = abs(pred - gen.latency_s) / gen.latency_s
         run_errs.append(err)
         print(f"| B={b} γ={gamma} {tokens} tokens ctx={ctx} | {alpha:.2f} | {gen.latency_s:.2f} | {pred:.2f} | {err:.1%} |")

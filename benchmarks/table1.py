@@ -76,7 +76,7 @@ def main() -> int:
 
     stage("acceptance rate per γ")
     alphas = measure_alpha(solver, problems[:3], gammas, args.temperature)
-    print("  α:", {g: round(a, 3) for g, a in alphas.items()})
+    print("  α, tokens per round:", {g: (round(a, 3), round(e, 2)) for g, (a, e) in alphas.items()})
     planner = Planner(latency, surface, alphas, prompt_length(solver, problems))
 
     configs, optimal = [], {}

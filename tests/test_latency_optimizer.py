@@ -132,3 +132,22 @@ def test_fit_recovers_two_weight_formats() -> None:
     blind = LatencyModel.fit(_profile(true, 0.0))
     held = [StepSample(b, k, 700, true.step(b, k, 700)) for b, k in ((3, 1), (1, 3), (12, 3), (24, 1))]
     assert fitted.median_error(held) < 1e-6 < blind.median_error(held)
+
+
+
+def test_run_prediction_includes_the_engine_loop() -> None:
+    from dataclasses import replace
+
+    from latts.latency_model import LoopSample
+
+    loops = [LoopSample(b, 0, 0.002 + 0.001 * b) for b in (1, 4, 16)] + [LoopSample(b, 3, 0.005 + 0.002 * b)
+                                                                      for b in (1, 4, 16)]
+    m = LatencyModel.fit(_profile(TRUE, 0.0), loops=loops)
+    assert (m.loop_base, m.loop_per_row, m.spec_base, m.spec_per_row) == pytest.approx((0.002, 0.001, 0.005, 0.002))
+    assert m.loop(4) == pytest.approx(0.006) and m.loop(4, 3) == pytest.approx(0.013)
+    bare = replace(m, loop_base=0.0, loop_per_row=0.0, spec_base=0.0, spec_per_row=0.0)
+    # γ = 0: 100 thinking steps, the answer prompt's forward and 16 answer steps each pay the loop
+    assert m.predict(4, 0, 100, prompt_len=64) == pytest.approx(bare.predict(4, 0, 100, prompt_len=64) + 117 * 0.006)
+    # γ = 3, α = 1: 25 rounds pay the speculative loop, the answer the plain one
+    assert m.predict(4, 3, 100, alpha=1.0, prompt_len=64) == pytest.approx(
+        bare.predict(4, 3, 100, alpha=1.0, prompt_len=64) + 25 * 0.013 + 17 * 0.006)

@@ -16,14 +16,16 @@ SURFACE = [Estimate(b, L, acc, acc - 0.05, acc + 0.05)
            for (b, L), acc in {(1, 100): 0.30, (4, 100): 0.45, (1, 400): 0.40, (4, 400): 0.60}.items()]
 
 
-def _planner(alphas: dict[int, float]) -> Planner:
+def _planner(alphas: dict[int, tuple[float, float]]) -> Planner:
     return Planner(FLAT, SURFACE, alphas, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
 
 
 def test_latency_uses_the_acceptance_of_each_gamma() -> None:
-    p = _planner({3: 1.0})
+    p = _planner({3: (1.0, 4.0)})
     assert p.predict_latency(4, 0, 400) == pytest.approx(4.0)  # 400 rounds of 10 ms
     assert p.predict_latency(4, 3, 400) == pytest.approx(1.0)  # α = 1: 4 tokens a round
+    # a drafter that often proposes fewer than γ tokens gains less per round: the measured rate rules
+    assert _planner({3: (1.0, 2.0)}).predict_latency(4, 3, 400) == pytest.approx(2.0)
 
 
 def test_recommend_is_eq1_with_speculation_buying_time() -> None:
@@ -31,12 +33,12 @@ def test_recommend_is_eq1_with_speculation_buying_time() -> None:
     assert [(r.plan.branches, r.plan.gamma, r.plan.think) for r in without[:2]] == [(4, 0, 100), (4, 0, 400)]
     assert without[2].plan is None  # nothing fits in 0.5 s
     assert (without[0].low, without[0].high) == pytest.approx((0.40, 0.50))
-    fast = _planner({3: 1.0}).recommend([1.5])[0].plan
+    fast = _planner({3: (1.0, 4.0)}).recommend([1.5])[0].plan
     assert (fast.branches, fast.gamma, fast.think, fast.latency_s) == (4, 3, 400, pytest.approx(1.0))
 
 
 def test_frontier_and_saved_plans_round_trip(tmp_path) -> None:
-    p = _planner({3: 1.0})
+    p = _planner({3: (1.0, 4.0)})
     front = p.frontier()
     assert [(c.accuracy, c.latency_s) for c in front] == [(0.45, pytest.approx(0.25)), (0.60, pytest.approx(1.0))]
     path = tmp_path / "plans" / "m--arith.json"

@@ -464,7 +464,8 @@ def optimize(
     except LattsError as exc:
         _fail(str(exc))
         return
-    out.print("α per γ (n-gram, measured here): " + ", ".join(f"γ={g}: {a:.2f}" for g, a in alphas.items()))
+    out.print("n-gram drafting measured here: " + ", ".join(
+        f"γ={g}: α={a:.2f}, {e:.2f} tokens/round" for g, (a, e) in alphas.items()))
     table = Table("deadline s", "B", "γ", "L", "accuracy (surface)", "95% interval", "predicted s",
                   *(["measured accuracy", "measured s"] if validated else []), title=f"latency-optimal plans: {task}")
     from latts.evaluate import summarize

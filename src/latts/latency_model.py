@@ -45,6 +45,15 @@ class StepSample:
 
 
 @dataclass(frozen=True, slots=True)
+class LoopSample:
+    """What one engine step (γ = 0) or speculative round (γ > 0) of B rows costs beyond its forward."""
+
+    branches: int
+    gamma: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class PrefillSample:
     """One measured prefill of ``tokens`` prompt tokens."""
 
@@ -83,6 +92,10 @@ class LatencyModel:
     small_overhead: float = 0.0  # the memory term and slope of forwards of <= switch_rows tokens
     small_w_token: float = 0.0
     switch_rows: int = 0
+    loop_base: float = 0.0  # engine loop beyond the forward, per step: loop_base + loop_per_row · B
+    loop_per_row: float = 0.0
+    spec_base: float = 0.0  # the same per speculative round (drafting and acceptance included)
+    spec_per_row: float = 0.0
 
     @classmethod
     def fit(
@@ -91,10 +104,12 @@ class LatencyModel:
         prefills: Sequence[PrefillSample] = (),
         draft_per_row: float = 0.0,
         switch_rows: int = 0,
+        loops: Sequence[LoopSample] = (),
     ) -> LatencyModel:
         """Least-squares fit (relative error weighted, coefficients clipped at zero) to measured forwards.
 
         ``switch_rows``: the engine's weight-format switch (``LoadedModel.int4_max_rows``; 0 = one format).
+        ``loops``: the engine loop's own cost per step and per speculative round (fitted linear in B).
         """
         if len(steps) < 4:
             raise LattsError(f"a latency fit needs at least 4 step measurements, got {len(steps)}")
@@ -107,9 +122,20 @@ class LatencyModel:
         else:
             p0, p1 = 0.0, 0.0
         overhead, w_token, w_attn, w_row, small_overhead, small_w_token = coef
+        loop = _linear_in_b([x for x in loops if x.gamma == 0])
+        spec = _linear_in_b([x for x in loops if x.gamma > 0])
         return cls(overhead, w_token, w_attn, w_row, prefill_base=p0, prefill_per_token=p1,
                    draft_per_row=draft_per_row, small_overhead=small_overhead, small_w_token=small_w_token,
-                   switch_rows=switch_rows)
+                   switch_rows=switch_rows, loop_base=loop[0], loop_per_row=loop[1], spec_base=spec[0],
+                   spec_per_row=spec[1])
+
+    def loop(self, branches: int, gamma: int = 0) -> float:
+        """Seconds the engine spends per step (γ = 0) or round (γ > 0) beyond the forward."""
+        if gamma == 0:
+            return self.loop_base + self.loop_per_row * branches
+        if self.spec_base or self.spec_per_row:
+            return self.spec_base + self.spec_per_row * branches
+        return self.loop_base + self.loop_per_row * branches + self.draft_per_row * branches * gamma
 
     def step(self, branches: int, k: int = 1, context: float = 512) -> float:
         """Seconds for one forward of ``branches`` rows × ``k`` tokens at ``context``."""
@@ -129,17 +155,23 @@ class LatencyModel:
         prompt_len: int = 64,
         answer_tokens: int = 16,
         answer_prompt_tokens: int = 8,
+        tokens_per_round: float | None = None,
     ) -> float:
-        """Wall time of a whole run: prefill, ``think`` tokens of (speculative) decoding, a forced answer."""
-        per_round = expected_tokens_per_round(alpha, gamma)
+        """Wall time of a whole run: prefill, ``think`` tokens of (speculative) decoding, a forced answer.
+
+        ``tokens_per_round``: measured tokens a row gains per round (the mean accepted length, bonus
+        included). It overrides the i.i.d. formula from ``alpha``, which assumes γ proposals every
+        round: a drafter that often proposes fewer (an n-gram without a match) gains less.
+        """
+        per_round = tokens_per_round if gamma and tokens_per_round else expected_tokens_per_round(alpha, gamma)
         rounds = think / per_round
         mid_context = prompt_len + think / 2
-        decode = rounds * (self.step(branches, gamma + 1, mid_context) + self.draft_per_row * branches * gamma)
+        decode = rounds * (self.step(branches, gamma + 1, mid_context) + self.loop(branches, gamma))
         end_context = prompt_len + think
         answer = 0.0
         if answer_prompt_tokens:  # the forced answer's prompt, fed in one forward
-            answer += self.step(branches, answer_prompt_tokens, end_context)
-        answer += answer_tokens * self.step(branches, 1, end_context)
+            answer += self.step(branches, answer_prompt_tokens, end_context) + self.loop(branches)
+        answer += answer_tokens * (self.step(branches, 1, end_context) + self.loop(branches))
         return self.prefill(prompt_len) + decode + answer
 
     def errors(self, steps: Iterable[StepSample]) -> list[float]:
@@ -154,6 +186,16 @@ class LatencyModel:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready coefficients."""
         return asdict(self)
+
+
+def _linear_in_b(samples: Sequence[LoopSample]) -> tuple[float, float]:
+    """(base, per_row) of seconds = base + per_row · B, both >= 0; zeros without samples."""
+    if not samples:
+        return 0.0, 0.0
+    if len({x.branches for x in samples}) < 2 or all(x.seconds <= 0 for x in samples):
+        return statistics.fmean(x.seconds for x in samples), 0.0
+    base, per_row = _nonneg_lstsq([[1.0, x.branches] for x in samples], [max(x.seconds, 1e-6) for x in samples])
+    return base, per_row
 
 
 def _nonneg_lstsq(rows: list[list[float]], target: list[float]) -> list[float]:

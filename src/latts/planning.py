@@ -29,19 +29,21 @@ from latts.tasks import Problem
 
 
 def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[int], temperature: float,
-                  tokens: int = 96, seed: int = 0) -> dict[int, float]:
-    """Acceptance rate α of the n-gram drafter per γ (> 0) on ``problems``' prompts, at ``temperature``."""
-    alphas = {}
+                  tokens: int = 96, seed: int = 0) -> dict[int, tuple[float, float]]:
+    """Per γ (> 0): the n-gram drafter's acceptance rate α and tokens gained per round (bonus included),
+    on ``problems``' prompts at ``temperature``. Both: the drafter does not always propose γ tokens."""
+    out = {}
     for g in sorted({g for g in gammas if g > 0}):
-        proposed = accepted = 0
+        proposed = accepted = rounds = 0
         for p in problems:
             gen = solver.engine.generate(solver.task.prompt(p), branches=1, max_new_tokens=tokens,
                                          sampling=SamplingParams(temperature, seed=seed), gamma=g,
                                          drafter=NGramDrafter(), ignore_eos=True)
             proposed += gen.spec.proposed
             accepted += gen.spec.accepted
-        alphas[g] = accepted / proposed if proposed else 0.0
-    return alphas
+            rounds += gen.spec.rounds
+        out[g] = (accepted / proposed if proposed else 0.0, (accepted + rounds) / rounds if rounds else 1.0)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +62,17 @@ class Planner:
 
     latency: LatencyModel
     surface: list[Estimate]
-    alphas: dict[int, float]  # γ -> α (γ = 0 needs none)
+    alphas: dict[int, tuple[float, float]]  # γ -> (α, tokens per round); γ = 0 needs none
     prompt_len: int
     answer_tokens: int = 16
     answer_prompt_tokens: int = 8
 
     def predict_latency(self, branches: int, gamma: int, think: int) -> float:
         """Seconds for a run of B branches, γ drafts, L thinking tokens (the latency model, α of this γ)."""
-        return self.latency.predict(branches, gamma, think, alpha=self.alphas.get(gamma, 0.0),
-                                    prompt_len=self.prompt_len, answer_tokens=self.answer_tokens,
-                                    answer_prompt_tokens=self.answer_prompt_tokens)
+        alpha, per_round = self.alphas.get(gamma, (0.0, 1.0))
+        return self.latency.predict(branches, gamma, think, alpha=alpha, prompt_len=self.prompt_len,
+                                    answer_tokens=self.answer_tokens, answer_prompt_tokens=self.answer_prompt_tokens,
+                                    tokens_per_round=per_round)
 
     def candidates(self) -> list[Candidate]:
         """Every (B, L) of the surface with every γ of ``alphas`` (and 0)."""
@@ -93,7 +96,8 @@ class Planner:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the latency model, α per γ and the frontier (what ``solve`` needs to pick a plan)."""
-        return {"latency_model": self.latency.to_dict(), "alphas": {str(g): a for g, a in self.alphas.items()},
+        return {"latency_model": self.latency.to_dict(), "alphas": {str(g): a for g, (a, _) in self.alphas.items()},
+                "tokens_per_round": {str(g): e for g, (_, e) in self.alphas.items()},
                 "prompt_len": self.prompt_len, "answer_tokens": self.answer_tokens,
                 "frontier": [asdict(c) for c in self.frontier()]}
 

@@ -25,7 +25,7 @@ from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.kv_cache import KVCache
 from latts.errors import LattsError
-from latts.latency_model import LatencyModel, PrefillSample, StepSample
+from latts.latency_model import LatencyModel, LoopSample, PrefillSample, StepSample
 
 DEFAULT_BRANCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_K = (1, 2, 4, 8)
@@ -44,17 +44,19 @@ class Profile:
     prefills: list[PrefillSample] = field(default_factory=list)
     ngram_per_row_s: float = 0.0
     switch_rows: int = 0  # the engine's int4/dense weight-format switch when profiled
+    loops: list[LoopSample] = field(default_factory=list)
 
     def fit(self) -> LatencyModel:
         """The latency model fitted to this profile."""
         return LatencyModel.fit(self.steps, self.prefills, draft_per_row=self.ngram_per_row_s,
-                                switch_rows=self.switch_rows)
+                                switch_rows=self.switch_rows, loops=self.loops)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
         return {"model": self.model, "dtype": self.dtype, "machine": self.machine,
                 "steps": [asdict(s) for s in self.steps], "prefills": [asdict(p) for p in self.prefills],
-                "ngram_per_row_s": self.ngram_per_row_s, "switch_rows": self.switch_rows}
+                "ngram_per_row_s": self.ngram_per_row_s, "switch_rows": self.switch_rows,
+                "loops": [asdict(x) for x in self.loops]}
 
     def save(self, path: Path) -> None:
         """Write as JSON."""
@@ -68,7 +70,7 @@ class Profile:
             d = json.loads(Path(path).read_text())
             return cls(d["model"], d["dtype"], d["machine"], [StepSample(**s) for s in d["steps"]],
                        [PrefillSample(**p) for p in d["prefills"]], d.get("ngram_per_row_s", 0.0),
-                       int(d.get("switch_rows", 0)))
+                       int(d.get("switch_rows", 0)), [LoopSample(**x) for x in d.get("loops", [])])
         except OSError as e:
             raise LattsError(f"cannot read profile {path}: {e.strerror}") from None
         except (ValueError, KeyError, TypeError) as e:
@@ -100,15 +102,37 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def measure_step(engine: Engine, branches: int, k: int, context: int, repeats: int = 5) -> float:
-    """Median seconds of one decode forward: ``branches`` rows × ``k`` tokens after a ``context``-token prompt."""
+    """Median seconds of one decode forward: ``branches`` rows × ``k`` tokens after a ``context``-token prompt.
+
+    Forwards of several tokens per row are speculative verifies, whose rows have advanced by different
+    amounts: they are measured ragged (masked attention, scattered cache writes), as they run.
+    """
     m = engine.model
     s = m.shape
-    cache = KVCache(s.n_layers, branches, s.n_kv_heads, context, k + 8, s.head_dim, m.dtype)
+    cache = KVCache(s.n_layers, branches, s.n_kv_heads, context, 2 * k + 8, s.head_dim, m.dtype)
     g = torch.Generator().manual_seed(context)
     m.prefill(torch.randint(100, 20000, (1, context), generator=g), cache)
     tokens = torch.randint(100, 20000, (branches, k), generator=g)
     start = torch.full((branches,), context)
+    if k > 1 and branches > 1:
+        start = start + torch.arange(branches) % k
     return _median_time(lambda: m.decode(tokens, start, cache), repeats)
+
+
+def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps: int = 24) -> LoopSample:
+    """What a decode step (γ = 0) or speculative round costs in ``Engine.generate`` beyond its forward.
+
+    Sampling or acceptance, drafting, bookkeeping: timed as a whole run's seconds per step (or round)
+    minus the forward of the same shape. Plain steps sample at temperature 0.7; speculative rounds run
+    greedy, where the model soon repeats itself and the n-gram drafter proposes all γ tokens, so the
+    round has the shape of the forward it is compared with.
+    """
+    ids = torch.randint(100, 20000, (context,), generator=torch.Generator().manual_seed(7)).tolist()
+    sampling = SamplingParams(0.0 if gamma else 0.7, seed=0)
+    gen = engine.generate(ids, branches=branches, max_new_tokens=steps * (gamma + 1), sampling=sampling,
+                          ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None)
+    forward = measure_step(engine, branches, gamma + 1, context)  # every step of the run is one round
+    return LoopSample(branches, gamma, max(0.0, gen.decode_s / max(1, gen.steps) - forward))
 
 
 def measure_prefill(engine: Engine, tokens: int, repeats: int = 3) -> float:
@@ -158,4 +182,10 @@ def profile(
                 if progress:
                     progress(f"forward B={b} k={k} context={c}: {prof.steps[-1].seconds * 1e3:.1f} ms")
     prof.ngram_per_row_s = measure_ngram()
+    loop_branches = sorted({branches[0], branches[len(branches) // 2], branches[-1]})
+    for gamma in (0, 3):
+        for b in loop_branches:
+            prof.loops.append(measure_loop(engine, b, gamma, contexts[0]))
+            if progress:
+                progress(f"engine loop B={b} γ={gamma}: {prof.loops[-1].seconds * 1e3:.1f} ms beyond the forward")
     return prof
