@@ -27,7 +27,7 @@ from latts.planning import Planner, measure_alpha, prompt_length
 from latts.profiler import profile
 from latts.report import write_report
 from latts.solver import Solver
-from latts.surface_run import WideRun, run_wide, surface_from_records
+from latts.surface_run import WideRun, expected_thinking, run_wide, surface_from_records
 from latts.tasks import get_task
 
 BUDGET_S = 3600
@@ -80,7 +80,8 @@ def main() -> int:
     stage("acceptance rate per γ")
     alphas = measure_alpha(solver, problems[:3], gammas, args.temperature)
     print("  α, tokens per round:", {g: (round(a, 3), round(e, 2)) for g, (a, e) in alphas.items()})
-    planner = Planner(latency, surface, alphas, prompt_length(solver, problems))
+    planner = Planner(latency, surface, alphas, prompt_length(solver, problems),
+                      thinking=lambda b, L: expected_thinking(wide, b, L))
 
     configs, optimal, free = [], {}, {}
     for L in table_thinks:

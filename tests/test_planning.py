@@ -85,3 +85,21 @@ def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)["plan"]
     assert (plan["branches"], plan["gamma"], plan["max_think"]) == (best.branches, best.gamma, best.think)
+
+
+def test_expected_thinking_from_wide_runs() -> None:
+    """Branches that stop by themselves shorten the run: order statistics over B-subsets, checked by hand."""
+    from itertools import combinations
+
+    from latts.surface_run import expected_thinking
+
+    records = [{"think_tokens": [2, 4, None, 8]}, {"think_tokens": [1, 1, 1, 1]}]
+    steps, forced = expected_thinking(records[:1], 2, 6)  # lengths capped at L: [2, 4, 6, 6]
+    assert steps == pytest.approx(sum(max(p) for p in combinations([2, 4, 6, 6], 2)) / 6)  # 34/6
+    assert forced == pytest.approx(5 / 6)  # only the pair (2, 4) finishes before L
+    assert expected_thinking(records[:1], 4, 6) == (pytest.approx(6.0), pytest.approx(1.0))
+    assert expected_thinking(records, 1, 6) == (pytest.approx((4.5 + 1.0) / 2), pytest.approx((0.5 + 0.0) / 2))
+    assert expected_thinking([], 2, 6) == (6.0, 1.0)  # no wide runs: the whole budget, always forced
+    p = Planner(FLAT, SURFACE, {}, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0,
+                thinking=lambda b, L: expected_thinking(records[:1], b, L))
+    assert p.predict_latency(2, 0, 6) == pytest.approx(34 / 6 * 0.010)

@@ -26,6 +26,8 @@ def test_greedy_wide_run_answers_like_direct_runs(solver) -> None:
     records = [run_wide(solver, p, run, seed=0) for p in problems]
     for problem, record in zip(problems, records):
         assert set(record["answers"]) == {"6", "24"}
+        lengths = record["think_tokens"]  # None: the largest budget cut the branch
+        assert len(lengths) == 3 and all(t is None or 0 < t < 24 for t in lengths)
         for L in (6, 24):
             col = record["answers"][str(L)]
             assert len(col) == 3 and len(set(col)) == 1  # greedy: identical branches

@@ -418,7 +418,7 @@ def optimize(
         from latts.profiler import Profile
         from latts.profiler import profile as run_profile
         from latts.solver import Solver
-        from latts.surface_run import WideRun, run_wide, surface_from_records
+        from latts.surface_run import WideRun, expected_thinking, run_wide, surface_from_records
         from latts.tasks import get_task
 
         the_task = get_task(task)
@@ -452,7 +452,8 @@ def optimize(
             prof.save(Path(profile_path))
         temperature = records[0]["config"]["temperature"]
         alphas = measure_alpha(solver, problems[:2], gs, temperature)
-        planner = Planner(prof.fit(), surface, alphas, prompt_length(solver, problems[:16]))
+        planner = Planner(prof.fit(), surface, alphas, prompt_length(solver, problems[:16]),
+                          thinking=lambda b_, L: expected_thinking(records, b_, L))
         recs = planner.recommend(ds)
         plans_file = Path(plans) if plans else plans_path(loaded.name, task)
         save_plans(planner, plans_file, loaded.name, task)

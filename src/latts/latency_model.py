@@ -156,12 +156,15 @@ class LatencyModel:
         answer_tokens: int = 16,
         answer_prompt_tokens: int = 8,
         tokens_per_round: float | None = None,
+        forced_share: float = 1.0,
     ) -> float:
         """Wall time of a whole run: prefill, ``think`` tokens of (speculative) decoding, a forced answer.
 
         ``tokens_per_round``: measured tokens a row gains per round (the mean accepted length, bonus
         included). It overrides the i.i.d. formula from ``alpha``, which assumes γ proposals every
         round: a drafter that often proposes fewer (an n-gram without a match) gains less.
+        ``forced_share``: the chance that the run ends with a forced answer (branches that stop by
+        themselves before the budget need none).
         """
         per_round = tokens_per_round if gamma and tokens_per_round else expected_tokens_per_round(alpha, gamma)
         rounds = think / per_round
@@ -172,7 +175,7 @@ class LatencyModel:
         if answer_prompt_tokens:  # the forced answer's prompt, fed in one forward
             answer += self.step(branches, answer_prompt_tokens, end_context) + self.loop(branches)
         answer += answer_tokens * (self.step(branches, 1, end_context) + self.loop(branches))
-        return self.prefill(prompt_len) + decode + answer
+        return self.prefill(prompt_len) + decode + forced_share * answer
 
     def errors(self, steps: Iterable[StepSample]) -> list[float]:
         """Relative errors |predicted − measured| / measured of single forwards (held-out checks)."""

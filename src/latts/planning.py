@@ -66,13 +66,16 @@ class Planner:
     prompt_len: int
     answer_tokens: int = 16
     answer_prompt_tokens: int = 8
+    # (B, L) -> (expected thinking steps, P[forced answer]) from the wide runs; None: every branch thinks L
+    thinking: Callable[[int, int], tuple[float, float]] | None = None
 
     def predict_latency(self, branches: int, gamma: int, think: int) -> float:
         """Seconds for a run of B branches, γ drafts, L thinking tokens (the latency model, α of this γ)."""
         alpha, per_round = self.alphas.get(gamma, (0.0, 1.0))
-        return self.latency.predict(branches, gamma, think, alpha=alpha, prompt_len=self.prompt_len,
+        steps, forced = self.thinking(branches, think) if self.thinking else (float(think), 1.0)
+        return self.latency.predict(branches, gamma, steps, alpha=alpha, prompt_len=self.prompt_len,
                                     answer_tokens=self.answer_tokens, answer_prompt_tokens=self.answer_prompt_tokens,
-                                    tokens_per_round=per_round)
+                                    tokens_per_round=per_round, forced_share=forced)
 
     def candidates(self) -> list[Candidate]:
         """Every (B, L) of the surface with every γ of ``alphas`` (and 0)."""

@@ -10,6 +10,8 @@ turns them into accuracy(B, L) with bootstrap intervals (see :mod:`latts.surface
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,10 +71,37 @@ def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[
         "answers": answers,
         "correct": {L: [task.grade(problem.gold, a) if a is not None else False for a in col]
                     for L, col in answers.items()},
+        # how long each branch thought; None where the largest budget cut it (it would have gone on)
+        "think_tokens": [None if b.forced else b.think_tokens for b in gen.branches],
         "latency_s": round(gen.latency_s, 4),
         "tokens": gen.total_tokens + sum(p.n_tokens for p in gen.probes),
         "steps": gen.steps,
     }
+
+
+def expected_thinking(records: Sequence[dict[str, Any]], branches: int, think: int) -> tuple[float, float]:
+    """(E[steps of thinking], P[some branch is forced]) of a run of B branches with budget L, from wide runs.
+
+    A run lasts as long as its longest branch: each branch thinks min(its own length, L) tokens, and
+    the run needs a forced answer when any branch reaches L. Both are averaged over problems, exactly
+    over the B-subsets of each wide run's branches (order statistics), so plans whose branches stop
+    early by themselves are not predicted to think for their whole budget.
+    """
+    steps, forced = [], []
+    for r in records:
+        lengths = [think if t is None else min(int(t), think) for t in r.get("think_tokens") or []]
+        n = len(lengths)
+        if n < branches:
+            continue
+        lengths.sort()
+        total = math.comb(n, branches)
+        # P(the subset's maximum is the j-th smallest) = C(j, B-1) / C(n, B), j = 0..n-1
+        steps.append(sum(x * math.comb(j, branches - 1) for j, x in enumerate(lengths)) / total)
+        short = sum(1 for x in lengths if x < think)
+        forced.append(1 - math.comb(short, branches) / total)
+    if not steps:
+        return float(think), 1.0
+    return statistics.fmean(steps), statistics.fmean(forced)
 
 
 def surface_from_records(records: Sequence[dict[str, Any]], task: Task, branch_counts: Sequence[int],
