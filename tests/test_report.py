@@ -258,3 +258,17 @@ def test_cli_report_writes_table_and_figures(tmp_path: Path) -> None:
     written = {Path(line).name for line in proc.stdout.split()}
     assert {"table1.md", "accuracy_vs_latency.png", "speedup_vs_gamma.png"} <= written
     assert_one_line_error(run_latts("report", str(tmp_path / "missing.jsonl")), "missing.jsonl")
+
+
+def test_parallel_series_needs_two_branch_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With only B=1 at γ=0 there is no parallel-scaling line to draw (nor to put in the legend)."""
+    import latts.report as report
+
+    records = make_records(1, 0, 16, 0, [T, F], 1.0) + make_records(1, 0, 64, 0, [T, T], 2.0)
+    figures = []
+    save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    assert plot_accuracy_vs_latency(records, tmp_path / "a.png") is not None
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    assert not any(label.startswith("parallel scaling") for label in labels), labels
+    assert any(label.startswith("sequential scaling") for label in labels)

@@ -309,6 +309,8 @@ def plot_accuracy_vs_latency(records: list[dict[str, Any]], out: Path) -> Path |
     for p in reps.values():
         if p.gamma == 0:
             parallel[p.think].append(p)
+    # a "varying B" line needs two B values: a lone B=1 point is the red line's already
+    parallel = {L: pts for L, pts in parallel.items() if len({p.branches for p in pts}) >= 2}
     frontier = frontier_points(list(reps.values()))
 
     fig = _new_figure()
