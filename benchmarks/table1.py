@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from latts.engine.engine import Engine
-from latts.evaluate import Config, evaluate, run_one, summarize
+from latts.evaluate import Config, evaluate, summarize
 from latts.models import DEFAULT_MODEL, load
-from latts.planning import Planner, measure_alpha, prompt_length
+from latts.planning import Planner, measure_alpha, prompt_length, run_as_optimizer
 from latts.profiler import profile
 from latts.report import write_report
 from latts.solver import Solver
@@ -111,7 +111,7 @@ def main() -> int:
     free_path = out / "eq1-runs.jsonl"  # kept apart: these plans have another L than the block they answer
     free_records = evaluate(solver, problems, list(dict.fromkeys(free.values())), seeds, free_path)
     records += evaluate(solver, problems, list(optimal.values()), seeds, runs_path,
-                        runner=lambda *a: run_one(*a) | {"source": "optimizer"})
+                        runner=run_as_optimizer)
 
     stage("report")
     paths = write_report([runs_path], out, prof_path)

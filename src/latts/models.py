@@ -246,7 +246,7 @@ def _tuned_int4_rows(transformer: "Transformer") -> int:  # noqa: F821 - importe
     if not any(p.int4 for p in projections):
         return 0
     s = transformer.shape
-    key = "|".join([_cpu_name(), torch.__version__, str(torch.get_num_threads()), str(transformer.dtype),
+    key = "|".join([cpu_name(), torch.__version__, str(torch.get_num_threads()), str(transformer.dtype),
                     f"{s.n_layers}x{s.hidden}x{s.n_heads}x{s.n_kv_heads}"])
     path = cache_root() / "int4-rows.json"
     try:
@@ -269,8 +269,8 @@ def _tuned_int4_rows(transformer: "Transformer") -> int:  # noqa: F821 - importe
     return rows
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (tuned formats are kept per CPU)."""
+def cpu_name() -> str:
+    """The CPU's model name: tuned weight formats and profiles hold for one CPU."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -26,6 +26,7 @@ from latts.engine.engine import Engine
 from latts.engine.kv_cache import KVCache
 from latts.errors import LattsError
 from latts.latency_model import LatencyModel, LoopSample, PrefillSample, StepSample
+from latts.models import cpu_name
 
 DEFAULT_BRANCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_K = (1, 2, 4, 8)
@@ -79,15 +80,7 @@ class Profile:
 
 def describe_machine() -> dict[str, Any]:
     """CPU model, cores, threads and library versions: what a profile is valid for."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "system": platform.platform()}
 
 
