@@ -27,6 +27,21 @@ ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="bundled model name, HF folder or GGUF file")
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32 or bfloat16")]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", help="embedded (latts' engine on this CPU) or openai (a vLLM / SGLang / llama.cpp server; "
+                      "--model is then the name the server serves)")]
+BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai backend: the server's URL, e.g. "
+                                                                      "http://127.0.0.1:8000/v1")]
+ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="openai backend: API key")]
+TokenizerOpt = Annotated[Optional[str], typer.Option(
+    "--tokenizer", help="openai backend: the served model's tokenizer (latts model name, HF folder or GGUF) for "
+                        "its chat template; default --model")]
+BranchModeOpt = Annotated[str, typer.Option(
+    "--branch-mode", help="openai backend: n (one request with n=B), requests (B concurrent requests) or auto")]
+ServerGammaOpt = Annotated[int, typer.Option(
+    "--server-gamma", help="openai backend: draft tokens per step the server runs (its speculative config)")]
+SlotsOpt = Annotated[Optional[int], typer.Option(
+    "--slots", help="openai backend: requests the server decodes at once (llama.cpp --parallel)")]
 
 
 def _fail(message: str) -> None:
@@ -159,16 +174,35 @@ def _numbers(text: str, option: str, kind: type = int) -> list:
 
 def _engine(model: str, dtype: str, announce: bool = True):
     """Load the model and warm the engine up, reporting both on stderr: neither counts against a deadline."""
-    from latts.engine.engine import Engine
-    from latts.models import load
+    opened = _open("embedded", model, dtype, None, announce)
+    return opened.loaded, opened.backend
 
-    loaded = load(model, dtype)
-    engine = Engine(loaded)
-    engine.warmup()
-    if announce:
+
+def _open(backend: str, model: str, dtype: str, remote, announce: bool = True):
+    """The embedded engine or a remote server, ready and warmed up, reported on stderr."""
+    from latts.backends import open_backend
+
+    opened = open_backend(backend, model, dtype, remote)
+    if announce and opened.loaded is not None:
+        loaded = opened.loaded
         err.print(f"[dim]{loaded.name} ({loaded.weights}) loaded in {loaded.load_s:.1f} s, "
-                  f"warm-up {engine.warmup_s:.1f} s (not counted in any deadline)[/]")
-    return loaded, engine
+                  f"warm-up {opened.backend.warmup_s:.1f} s (not counted in any deadline)[/]")
+    elif announce:
+        b = opened.backend
+        err.print(f"[dim]{b.model} at {b.base_url} ({b.branch_mode} branches, server γ={b.server_gamma}), "
+                  f"warm-up {b.warmup_s:.1f} s (not counted in any deadline)[/]")
+    return opened
+
+
+def _remote(backend: str, base_url, api_key, tokenizer, branch_mode: str, server_gamma: int, slots):
+    """The remote options, or None for the embedded engine (where giving them is a mistake worth naming)."""
+    from latts.backends import RemoteOptions
+
+    if backend != "openai":
+        if base_url or tokenizer or slots or server_gamma or branch_mode != "auto":
+            raise LattsError("--base-url, --tokenizer, --branch-mode, --server-gamma and --slots need --backend openai")
+        return None
+    return RemoteOptions(base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
 
 
 @app.command()
@@ -186,6 +220,13 @@ def solve(
     early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="stop once the vote is decided")] = True,
     plans: Annotated[Optional[str], typer.Option("--plans", help="plans file (default: this machine's cache)")]
     = None,
+    backend: BackendOpt = "embedded",
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    tokenizer: TokenizerOpt = None,
+    branch_mode: BranchModeOpt = "auto",
+    server_gamma: ServerGammaOpt = 0,
+    slots: SlotsOpt = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the Solution as one JSON object")] = False,
@@ -208,20 +249,23 @@ def solve(
             raise LattsError("empty question")
         check_deadline(deadline)
         base = default_plan(deadline)
-        plan = Plan(branches=branches if branches is not None else base.branches, gamma=gamma or 0, drafter=drafter,
+        remote = _remote(backend, base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
+        gamma = gamma if gamma is not None else server_gamma
+        plan = Plan(branches=branches if branches is not None else base.branches, gamma=gamma, drafter=drafter,
                     max_think=max_think if max_think is not None else base.max_think, min_think=min_think,
                     temperature=temperature, seed=seed, early_stop=early_stop)
         the_task = get_task(task)
-        loaded, engine = _engine(model, dtype, announce=not as_json)
-        if deadline is not None and branches is None and gamma is None and max_think is None:
-            saved = plan_for_deadline(Path(plans) if plans else plans_path(loaded.name, task), deadline)
+        opened = _open(backend, model, dtype, remote, announce=not as_json)
+        loaded, engine = opened.loaded, opened.backend
+        if deadline is not None and branches is None and gamma == server_gamma and max_think is None:
+            saved = plan_for_deadline(Path(plans) if plans else plans_path(opened.name, task), deadline)
             if saved is not None:
                 plan = replace(plan, branches=saved.branches, gamma=saved.gamma, max_think=saved.think)
                 if not as_json:
                     err.print(f"[dim]latency-optimal plan for {deadline:g} s (latts optimize): B={saved.branches}, "
                               f"γ={saved.gamma}, L={saved.think}, predicted {saved.latency_s:.1f} s[/]")
         draft = None
-        if plan.gamma > 0:
+        if plan.gamma > 0 and loaded is not None:  # a server drafts for itself
             from latts.engine.drafters import make_drafter
 
             draft = make_drafter(drafter, loaded)
@@ -237,7 +281,8 @@ def solve(
         _fail(str(exc))
         return
     if as_json:
-        doc = {"model": loaded.name, "load_s": round(loaded.load_s, 3), "warmup_s": round(engine.warmup_s, 3),
+        doc = {"model": opened.name, "load_s": round(loaded.load_s, 3) if loaded else 0.0,
+               "warmup_s": round(engine.warmup_s, 3),
                **sol.to_dict()}
         sys.stdout.write(json.dumps(doc) + "\n")
         return
@@ -263,6 +308,14 @@ def evaluate_cmd(
     surface: Annotated[bool, typer.Option(
         "--surface", help="one wide run of max(B) branches per problem, answers forced at every --max-think: "
                           "accuracy of every (B, L) with 95% bootstrap intervals")] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="problems run at once (openai backend)")] = 1,
+    backend: BackendOpt = "embedded",
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    tokenizer: TokenizerOpt = None,
+    branch_mode: BranchModeOpt = "auto",
+    server_gamma: ServerGammaOpt = 0,
+    slots: SlotsOpt = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
 ) -> None:
@@ -281,6 +334,10 @@ def evaluate_cmd(
             check_deadline(d)
         if drafter != "ngram":
             raise LattsError("latts eval drafts with ngram; model drafters are available from the Python API")
+        if surface and backend != "embedded":
+            raise LattsError("--surface needs the embedded engine: it forces answers from snapshots of each row")
+        if backend == "openai" and gamma == "0":
+            gamma = str(server_gamma)  # what the server runs, recorded in every record
         if surface:
             _surface_eval(task, the_task, out_path, limit, data, _numbers(branches, "--branches"),
                           _numbers(max_think, "--max-think"), _numbers(seeds, "--seeds"), gamma, deadline,
@@ -290,11 +347,16 @@ def evaluate_cmd(
                        deadlines, drafter=drafter, min_think=min_think, temperature=temperature)
         for c in configs:
             c.plan(0)  # validates B, L, temperature before the model loads
+        remote = _remote(backend, base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
+        if concurrency < 1:
+            raise LattsError(f"--concurrency must be >= 1, got {concurrency}")
+        if concurrency > 1 and remote is None:
+            raise LattsError("--concurrency > 1 needs --backend openai: the embedded engine runs one request at a time")
         problems = the_task.load(limit=limit, data=Path(data) if data else None)
-        _, engine = _engine(model, dtype)
+        engine = _open(backend, model, dtype, remote).backend
         with _progress_bar(task) as progress:
             records = evaluate(Solver(engine, the_task), problems, configs, _numbers(seeds, "--seeds"),
-                               Path(out_path), progress)
+                               Path(out_path), progress, concurrency=concurrency)
     except LattsError as exc:
         _fail(str(exc))
         return
@@ -363,16 +425,30 @@ def profile(
     contexts: Annotated[str, typer.Option("--contexts", help="comma-separated context lengths")] = "256,1024",
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
+    backend: BackendOpt = "embedded",
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    tokenizer: TokenizerOpt = None,
+    branch_mode: BranchModeOpt = "auto",
+    server_gamma: ServerGammaOpt = 0,
+    slots: SlotsOpt = None,
 ) -> None:
-    """Measure prefill and decode-forward times on this machine and fit the latency model."""
+    """Measure prefill and decode-forward times on this machine (or a server's latency vs B) and fit the
+    latency model."""
     try:
         from latts.profiler import profile as run_profile
+        from latts.remote_profiler import profile_remote
 
         bs, ks, cs = _numbers(branches, "--branches"), _numbers(k, "--k"), _numbers(contexts, "--contexts")
         if min(bs) < 1 or min(ks) < 1 or min(cs) < 1:
             raise LattsError("--branches, --k and --contexts must be >= 1")
-        loaded, engine = _engine(model, dtype)
-        prof = run_profile(engine, bs, ks, cs, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
+        remote = _remote(backend, base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
+        opened = _open(backend, model, dtype, remote)
+        say = lambda msg: err.print(f"[dim]{escape(msg)}[/]")  # noqa: E731
+        if opened.remote:  # a server: latency vs B end to end (its own speculation included), no k sweep
+            prof = profile_remote(opened.backend, bs, cs, progress=say)
+        else:
+            prof = run_profile(opened.backend, bs, ks, cs, progress=say)
         prof.save(Path(out_path))
         fitted = prof.fit()
     except LattsError as exc:
@@ -552,6 +628,65 @@ def demo(
     table.add_row("tokens", *[str(sol.tokens) for _, sol in runs])
     table.add_row("finish", *[", ".join(sorted({str(r) for r in sol.finish_reasons})) for _, sol in runs])
     out.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
+    task: Annotated[str, typer.Option("--task", help="prompt template and answer format of the questions")] = "math500",
+    default_budget: Annotated[float, typer.Option("--default-budget", help="seconds, for requests without "
+                                                  "latency_budget")] = 10.0,
+    max_budget: Annotated[float, typer.Option("--max-budget", help="largest latency_budget accepted")] = 120.0,
+    max_branches: Annotated[int, typer.Option("--max-branches", help="largest branches override accepted")] = 64,
+    plans: Annotated[Optional[str], typer.Option("--plans", help="plans file (default: this machine's cache, "
+                                                 "if `latts optimize` wrote one)")] = None,
+    model: ModelOpt = "smollm2-135m-instruct",
+    dtype: DtypeOpt = "auto",
+    backend: BackendOpt = "embedded",
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    tokenizer: TokenizerOpt = None,
+    branch_mode: BranchModeOpt = "auto",
+    server_gamma: ServerGammaOpt = 0,
+    slots: SlotsOpt = None,
+) -> None:
+    """Serve voted answers within a latency budget behind an OpenAI-compatible API (POST /v1/chat/completions)."""
+    try:
+        try:
+            import uvicorn
+
+            from latts.serve.app import MinService, ServeConfig, create_app
+        except ImportError:
+            raise LattsError("latts serve needs fastapi and uvicorn: pip install 'latts[serve]'") from None
+        from latts.config import MAX_BRANCHES, check_deadline
+        from latts.planning import plans_path
+        from latts.solver import Solver, default_plan
+        from latts.tasks import get_task
+
+        check_deadline(default_budget)
+        if max_budget < default_budget:
+            raise LattsError(f"--max-budget ({max_budget:g}) must be >= --default-budget ({default_budget:g})")
+        if not 1 <= max_branches <= MAX_BRANCHES:
+            raise LattsError(f"--max-branches must be between 1 and {MAX_BRANCHES}, got {max_branches}")
+        if not 0 < port < 65536:
+            raise LattsError(f"--port must be between 1 and 65535, got {port}")
+        the_task = get_task(task)
+        remote = _remote(backend, base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
+        opened = _open(backend, model, dtype, remote)
+        solver = Solver(opened.backend, the_task)
+        min_service = MinService.measure(solver, default_plan(default_budget))
+        plans_file = Path(plans) if plans else plans_path(opened.name, task)
+        config = ServeConfig(opened.name, default_budget, max_budget, max_branches,
+                             plans_file=str(plans_file) if plans_file.is_file() else None)
+        application = create_app(solver, config, min_service)
+    except LattsError as exc:
+        _fail(str(exc))
+        return
+    err.print(f"[dim]serving {opened.name} on http://{host}:{port}/v1 · an answer needs >= {min_service.base_s:.2f} s "
+              f"+ {min_service.per_branch_s:.3f} s per branch · "
+              f"plans: {config.plans_file or 'default (no latts optimize plans)'}[/]")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 def main() -> None:

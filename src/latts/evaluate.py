@@ -149,13 +149,22 @@ def evaluate(
     out: Path,
     progress: Callable[[int, int, dict[str, Any] | None], None] | None = None,
     runner: Callable[[Solver, Problem, Any, int], dict[str, Any]] = run_one,
+    concurrency: int = 1,
 ) -> list[dict[str, Any]]:
     """Run every (problem, config, seed) not yet in ``out``; all records of this task's grid.
 
     ``progress(done, total, record)`` is called once at the start (record None) and after each run.
     ``runner(solver, problem, config, seed)`` makes one record (default :func:`run_one`; any config
-    with a ``key()`` works, e.g. the accuracy surface's wide runs).
+    with a ``key()`` works, e.g. the accuracy surface's wide runs). ``concurrency`` > 1 runs that many
+    problems at once, for backends that serve concurrent requests (a remote server); each record is
+    written as it finishes, and when a run fails the ones already under way are still written, so a
+    rerun resumes from where the failure left off.
     """
+    if concurrency < 1:
+        raise LattsError(f"concurrency must be >= 1, got {concurrency}")
+    if concurrency > 1 and not getattr(solver.engine, "concurrent", False):
+        raise LattsError("--concurrency > 1 needs a backend that serves concurrent requests (--backend openai); "
+                         "the embedded engine runs one request at a time")
     recorder = Recorder(out)
     try:
         todo = [
@@ -166,12 +175,19 @@ def evaluate(
         done = total - len(todo)
         if progress is not None:
             progress(done, total, None)
-        for problem, config, seed in todo:
-            record = runner(solver, problem, config, seed)
+
+        def finished(record: dict[str, Any]) -> None:
+            nonlocal done
             recorder.write(record)
             done += 1
             if progress is not None:
                 progress(done, total, record)
+
+        if concurrency == 1:
+            for problem, config, seed in todo:
+                finished(runner(solver, problem, config, seed))
+        else:
+            _run_concurrently(solver, todo, runner, concurrency, finished)
         wanted = {(solver.task.name, p.id, c.key(), s) for p in problems for c in configs for s in seeds}
         return [r for r in recorder.records if record_key(r) in wanted]
     finally:
@@ -212,3 +228,35 @@ def summarize(records: list[dict[str, Any]]) -> list[SummaryRow]:
             per_sample_accuracy=sum(samples) / len(samples) if samples else float("nan"),
         ))
     return rows
+
+
+def _run_concurrently(solver: Solver, todo: list[tuple[Problem, Any, int]],
+                      runner: Callable[[Solver, Problem, Any, int], dict[str, Any]], concurrency: int,
+                      finished: Callable[[dict[str, Any]], None]) -> None:
+    """Keep ``concurrency`` runs in flight; hand each record to ``finished`` (on this thread) as it completes.
+
+    The first failure stops new runs from starting; the runs already in flight are awaited and their
+    records kept; then the failure is raised.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    queue = list(reversed(todo))
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        running = set()
+        while queue or running:
+            while queue and failure is None and len(running) < concurrency:
+                running.add(pool.submit(runner, solver, *queue.pop()))
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                if fut.exception() is not None:
+                    failure = failure or fut.exception()
+                else:
+                    finished(fut.result())
+            if failure is not None:
+                queue.clear()
+    if failure is not None:
+        raise failure
+

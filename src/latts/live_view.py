@@ -47,7 +47,8 @@ class BranchView:
         self._last = now
         table = Table("#", "tokens", "state", "latest text", expand=True)
         for b in branches:
-            text = self.tokenizer.decode(b.token_ids[-40:], skip_special_tokens=True)
+            # a remote backend's branches carry their text as it streams; the engine's carry token ids
+            text = b.text[-300:] if b.text else self.tokenizer.decode(b.token_ids[-40:], skip_special_tokens=True)
             table.add_row(str(b.index), str(b.n_tokens), b.finish_reason or "…", _tail(text))
         self.live.update(table, refresh=True)
 

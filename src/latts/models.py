@@ -308,3 +308,15 @@ def list_models() -> list[dict[str, str]]:
             if (folder / "config.json").is_file():
                 rows.append({"name": folder.name, "kind": "converted cache", "path": str(folder)})
     return rows
+
+
+def load_tokenizer(model: str) -> object:
+    """Only the tokenizer (with its chat template) of ``model``: what a remote backend needs to format
+    prompts exactly as the server's model expects, without loading any weights."""
+    from transformers import AutoTokenizer
+
+    folder = hf_folder(model)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:
+        raise LattsError(f"cannot load the tokenizer of {model} ({type(exc).__name__}: {exc})") from None

@@ -82,6 +82,7 @@ class Solution:
     steps: int
     spec: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens: int = 0
 
     @property
     def finish_reasons(self) -> list[str | None]:
@@ -206,6 +207,7 @@ class Solver:
             early_stopped=early[0],
             steps=gen.steps,
             spec=gen.spec.to_dict() if gen.spec is not None else None,
+            prompt_tokens=gen.prompt_tokens,
         )
 
     def _vote(self, answers: list[str | None], weights: list[float] | None = None) -> Vote:

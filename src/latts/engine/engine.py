@@ -32,6 +32,8 @@ _STEP_EMA = 0.3  # weight of the newest step in the step-time estimate used agai
 class Engine:
     """Batched branch decoding on a loaded model. Not thread-safe: one request at a time."""
 
+    concurrent = False  # one request at a time (the Backend protocol's flag)
+
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.model = loaded.model

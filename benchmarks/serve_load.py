@@ -1,0 +1,160 @@
+"""Load test of ``latts serve``: N concurrent OpenAI clients for a fixed time, with mixed latency budgets.
+
+Starts ``latts serve`` on 127.0.0.1 (or uses ``--url``), then each client sends chat completions back
+to back, each with a budget drawn uniformly from [--min-budget, --max-budget] seconds. Prints requests
+served, deliberate 503s (cannot be answered in time), other errors, and percentiles of latency ÷
+budget. Exits non-zero on any 5xx other than the deliberate 503, or on any answer that came later
+than its budget + 5%.
+
+    python benchmarks/serve_load.py                 # 8 clients, 60 s, budgets 2-10 s, arith questions
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000 --clients 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from servers import free_port, latts_cmd, running  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+LATE = 1.05
+
+
+@dataclass
+class Result:
+    """One request as the client saw it."""
+
+    status: int
+    budget: float
+    latency: float
+    answer: str | None = None
+    branches: int = 0
+    error: str = ""
+
+
+def client_loop(base: str, questions: list[str], stop_at: float, seed: int, lo: float, hi: float,
+                out: list[Result], lock: threading.Lock) -> None:
+    """Send requests back to back until ``stop_at``; append what happened to ``out``."""
+    import openai
+
+    client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=hi * 3 + 30)
+    rng = random.Random(seed)
+    while time.monotonic() < stop_at:
+        budget = round(rng.uniform(lo, hi), 2)
+        q = rng.choice(questions)
+        t0 = time.monotonic()
+        try:
+            r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}],
+                                               extra_body={"latency_budget": budget})
+            extra = r.model_extra["latts"]
+            res = Result(200, budget, time.monotonic() - t0, extra["answer"], extra["plan"]["branches"])
+        except openai.APIStatusError as exc:
+            res = Result(exc.status_code, budget, time.monotonic() - t0, error=str(exc)[:200])
+        except openai.APIConnectionError as exc:
+            res = Result(0, budget, time.monotonic() - t0, error=f"connection: {exc}"[:200])
+        with lock:
+            out.append(res)
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank)."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+
+
+def run(base: str, args: argparse.Namespace) -> int:
+    """Drive the load against ``base``; print the table; the exit code."""
+    from latts.tasks import get_task
+
+    questions = [p.question for p in get_task("arith").load(limit=50)]
+    results: list[Result] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + args.duration
+    threads = [threading.Thread(target=client_loop, args=(base, questions, stop_at, i, args.min_budget,
+                                                          args.max_budget, results, lock))
+               for i in range(args.clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    served = [r for r in results if r.status == 200]
+    refused = [r for r in results if r.status == 503]
+    other = [r for r in results if r.status not in (200, 503)]
+    late = [r for r in served if r.latency > r.budget * LATE]
+    late_503 = [r for r in refused if r.latency > r.budget * LATE]
+    ratio = [r.latency / r.budget for r in served]
+    print(f"latts serve load: {args.clients} clients, {wall:.0f} s, budgets {args.min_budget:g}-{args.max_budget:g} s")
+    print()
+    print("| requests | served (200) | 503 (cannot be answered in time) | other errors | answers late (> budget + 5%) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| {len(results)} | {len(served)} | {len(refused)} | {len(other)} | {len(late)} |")
+    print()
+    if served:
+        print("| served: latency ÷ budget | p50 | p95 | p99 | max |")
+        print("| --- | --- | --- | --- | --- |")
+        print(f"| | {pct(ratio, 50):.3f} | {pct(ratio, 95):.3f} | {pct(ratio, 99):.3f} | {max(ratio):.3f} |")
+        print()
+        by_budget = {}
+        for r in results:
+            by_budget.setdefault(min(int(r.budget // 2) * 2, int(args.max_budget) - 2), []).append(r)
+        print("| budget s | requests | served | 503 | mean branches | mean latency s (served) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for lo in sorted(by_budget):
+            rs = by_budget[lo]
+            ok = [r for r in rs if r.status == 200]
+            print(f"| {lo}-{lo + 2} | {len(rs)} | {len(ok)} | {sum(r.status == 503 for r in rs)} | "
+                  f"{statistics.mean([r.branches for r in ok]) if ok else 0:.1f} | "
+                  f"{statistics.mean([r.latency for r in ok]) if ok else 0:.2f} |")
+        print()
+    if refused:
+        print(f"503s came after {pct([r.latency / r.budget for r in refused], 50):.2f} of their budget (median); "
+              f"{len(late_503)} came later than budget + 5%")
+        print(f"example 503: {refused[0].error}")
+    failed = []
+    if other:
+        failed.append(f"{len(other)} responses other than 200/503, e.g. {other[0].status}: {other[0].error}")
+    if late:
+        failed.append(f"{len(late)} answers later than budget + 5% (worst {max(r.latency / r.budget for r in late):.3f}x)")
+    if late_503:
+        failed.append(f"{len(late_503)} refusals later than budget + 5%")
+    if not served:
+        failed.append("no request was served")
+    for f in failed:
+        print(f"FAILED: {f}")
+    if not failed:
+        print("ok: no 5xx but deliberate 503s, no answer later than its budget + 5%")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    """Parse arguments, start the server unless --url, run the load."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="an already running latts serve (default: start one)")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--min-budget", type=float, default=2.0)
+    ap.add_argument("--max-budget", type=float, default=10.0)
+    args = ap.parse_args()
+    if args.url:
+        return run(args.url.rstrip("/"), args)
+    port = free_port()
+    log = Path("/tmp") / f"latts-serve-load-{port}.log"
+    cmd = latts_cmd("serve", "--port", str(port), "--task", "arith", "--max-budget", str(max(args.max_budget, 10)))
+    with running(cmd, f"http://127.0.0.1:{port}/health", log):
+        print(log.read_text().strip().splitlines()[-1] if log.read_text().strip() else "")
+        return run(f"http://127.0.0.1:{port}", args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Backends: who decodes. ``embedded`` is latts' own engine on this machine's CPU; ``openai`` is any
+OpenAI-compatible server (vLLM, SGLang, llama.cpp) that latts drives over HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from latts.errors import LattsError
+
+BACKENDS = ("embedded", "openai")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteOptions:
+    """Where and how to reach an OpenAI-compatible server (see :class:`~latts.backends.openai_backend.OpenAIBackend`)."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    tokenizer: str | None = None
+    branch_mode: str = "auto"
+    server_gamma: int = 0
+    slots: int | None = None
+    timeout_s: float = 60.0
+
+
+@dataclass(slots=True)
+class Opened:
+    """A ready backend: its name for plans and records, the backend itself, and the loaded model if embedded."""
+
+    name: str
+    backend: Any
+    loaded: Any = None  # latts.models.LoadedModel for the embedded engine
+
+    @property
+    def remote(self) -> bool:
+        """True when a server decodes."""
+        return self.loaded is None
+
+
+def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptions | None = None) -> Opened:
+    """Load the embedded engine or connect to a server, then warm it up (never inside a deadline)."""
+    if kind not in BACKENDS:
+        raise LattsError(f"unknown backend '{kind}': use {' or '.join(BACKENDS)}")
+    if kind == "openai":
+        from latts.backends.openai_backend import OpenAIBackend
+
+        r = remote or RemoteOptions()
+        if not r.base_url:
+            raise LattsError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        backend = OpenAIBackend(r.base_url, model, api_key=r.api_key, tokenizer=r.tokenizer,
+                                branch_mode=r.branch_mode, server_gamma=r.server_gamma, slots=r.slots,
+                                timeout_s=r.timeout_s)
+        backend.warmup()
+        return Opened(model, backend)
+    from latts.engine.engine import Engine
+    from latts.models import load
+
+    loaded = load(model, dtype)
+    engine = Engine(loaded)
+    engine.warmup()
+    return Opened(loaded.name, engine, loaded)

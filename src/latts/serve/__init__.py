@@ -1,0 +1,1 @@
+"""``latts serve``: the controller behind an OpenAI-compatible HTTP API (FastAPI + uvicorn)."""
