@@ -39,6 +39,8 @@ class Result:
     answer: str | None = None
     branches: int = 0
     error: str = ""
+    server_s: float = 0.0  # the server's own arrival-to-response time
+    solve_s: float = 0.0  # of which the solve itself
 
 
 def client_loop(base: str, questions: list[str], stop_at: float, seed: int, lo: float, hi: float,
@@ -56,7 +58,8 @@ def client_loop(base: str, questions: list[str], stop_at: float, seed: int, lo: 
             r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}],
                                                extra_body={"latency_budget": budget})
             extra = r.model_extra["latts"]
-            res = Result(200, budget, time.monotonic() - t0, extra["answer"], extra["plan"]["branches"])
+            res = Result(200, budget, time.monotonic() - t0, extra["answer"], extra["plan"]["branches"],
+                         server_s=extra["latency_s"], solve_s=extra["solve_s"])
         except openai.APIStatusError as exc:
             res = Result(exc.status_code, budget, time.monotonic() - t0, error=str(exc)[:200])
         except openai.APIConnectionError as exc:
@@ -124,6 +127,9 @@ def run(base: str, args: argparse.Namespace) -> int:
     failed = []
     if other:
         failed.append(f"{len(other)} responses other than 200/503, e.g. {other[0].status}: {other[0].error}")
+    for r in late:
+        print(f"late: budget {r.budget:.2f} s, client saw {r.latency:.3f} s, server {r.server_s:.3f} s "
+              f"(solve {r.solve_s:.3f} s)")
     if late:
         failed.append(f"{len(late)} answers later than budget + 5% (worst {max(r.latency / r.budget for r in late):.3f}x)")
     if late_503:

@@ -174,7 +174,7 @@ def create_app(solver: Solver, config: ServeConfig, min_service: MinService) -> 
             plan = _plan(body, budget, config)
             solution = await run_in_threadpool(
                 scheduler.run, arrival, budget, min_service(plan.branches),
-                lambda end: solver.solve(question, plan, deadline_s=end - time.monotonic()))
+                lambda end: solver.solve(question, plan, deadline_s=_solve_time(end, budget)))
         except Unservable as exc:
             return _error(503, str(exc), kind="deadline_unservable")
         except LattsError as exc:
@@ -182,6 +182,13 @@ def create_app(solver: Solver, config: ServeConfig, min_service: MinService) -> 
         return _completion(solution, solver, config, budget, time.monotonic() - arrival)
 
     return app
+
+
+def _solve_time(end: float, budget_s: float) -> float:
+    """Seconds the solve may take to finish by ``end``, less what building and sending the response needs
+    (under load that competes for the interpreter with the next request's decoding; serve_load.py measures it)."""
+    left = end - time.monotonic()
+    return left - min(0.02 * budget_s + 0.03, 0.25 * left)
 
 
 def _plan(body: ChatRequest, budget: float, config: ServeConfig) -> Plan:
