@@ -137,3 +137,22 @@ def test_generate_json_end_to_end() -> None:
     assert branches[0]["token_ids"] == branches[1]["token_ids"]
     assert branches[0]["text"] == branches[1]["text"]
     assert doc["total_tokens"] == sum(len(b["token_ids"]) for b in branches)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["solve", "hi", "--base-url", "http://127.0.0.1:1/v1"], ("need --backend openai",)),
+        (["eval", "--backend", "nope"], ("unknown backend 'nope'",)),
+        (["profile", "--backend", "openai"], ("needs --base-url",)),
+        (["serve", "--backend", "openai", "--base-url", "ftp://x"], ("must start with http",)),
+        (["solve", "hi", "--backend", "openai", "--base-url", "http://127.0.0.1:1/v1"], ("cannot reach the server",)),
+        (["eval", "--concurrency", "4"], ("--concurrency > 1 needs --backend openai",)),
+        (["eval", "--surface", "--backend", "openai", "--base-url", "http://127.0.0.1:1/v1"], ("--surface needs",)),
+        (["serve", "--default-budget", "0"], ("deadline must be > 0",)),
+        (["serve", "--max-budget", "1", "--default-budget", "5"], ("--max-budget",)),
+        (["serve", "--port", "70000"], ("--port",)),
+    ],
+)
+def test_backend_and_serve_options_are_checked(argv: list[str], words: tuple[str, ...]) -> None:
+    assert_one_line_error(run_latts(*argv), *words)

@@ -6,12 +6,15 @@ Every problem the user can fix ends as one line ``error: ...`` on stderr and exi
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -194,18 +197,66 @@ def _open(backend: str, model: str, dtype: str, remote, announce: bool = True):
     return opened
 
 
-def _remote(backend: str, base_url, api_key, tokenizer, branch_mode: str, server_gamma: int, slots):
-    """The remote options, or None for the embedded engine (where giving them is a mistake worth naming)."""
-    from latts.backends import RemoteOptions
+@dataclass(frozen=True)
+class _Backend:
+    """The --backend choice with its remote-server options (None for the embedded engine)."""
 
+    kind: str
+    remote: Any = None  # latts.backends.RemoteOptions
+
+    @property
+    def server_gamma(self) -> int:
+        """γ the remote server runs (0 for the embedded engine, which speculates per plan)."""
+        return self.remote.server_gamma if self.remote is not None else 0
+
+
+_BACKEND_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "backend": (BackendOpt, "embedded"), "base_url": (BaseUrlOpt, None), "api_key": (ApiKeyOpt, None),
+    "tokenizer": (TokenizerOpt, None), "branch_mode": (BranchModeOpt, "auto"), "server_gamma": (ServerGammaOpt, 0),
+    "slots": (SlotsOpt, None),
+}
+
+
+def _backend_options(command):
+    """Give ``command`` the options --backend, --base-url, --api-key, --tokenizer, --branch-mode,
+    --server-gamma and --slots; it receives them, checked, as one ``backend: _Backend`` argument."""
+    sig = inspect.signature(command)
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+             for name, (kind, default) in _BACKEND_OPTIONS.items()]
+    params = [p for p in sig.parameters.values() if p.name != "backend"] + added
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        opts = {name: kwargs.pop(name) for name in _BACKEND_OPTIONS}
+        try:
+            choice = _choose_backend(**opts)
+        except LattsError as exc:
+            _fail(str(exc))
+            return
+        command(**kwargs, backend=choice)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "backend"},
+                               **{p.name: p.annotation for p in added}}
+    return wrapper
+
+
+def _choose_backend(backend: str, base_url: str | None, api_key: str | None, tokenizer: str | None,
+                    branch_mode: str, server_gamma: int, slots: int | None) -> _Backend:
+    """The --backend choice; remote options without --backend openai are a mistake worth naming."""
+    from latts.backends import BACKENDS, RemoteOptions
+
+    if backend not in BACKENDS:
+        raise LattsError(f"unknown backend '{backend}': use {' or '.join(BACKENDS)}")
     if backend != "openai":
         if base_url or tokenizer or slots or server_gamma or branch_mode != "auto":
             raise LattsError("--base-url, --tokenizer, --branch-mode, --server-gamma and --slots need --backend openai")
-        return None
-    return RemoteOptions(base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
+        return _Backend(backend)
+    return _Backend(backend, RemoteOptions(base_url, api_key, tokenizer, branch_mode, server_gamma, slots))
 
 
 @app.command()
+@_backend_options
 def solve(
     question: Annotated[str, typer.Argument(help="the question")],
     deadline: Annotated[Optional[float], typer.Option("--deadline", help="seconds to answer in")] = None,
@@ -220,13 +271,7 @@ def solve(
     early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="stop once the vote is decided")] = True,
     plans: Annotated[Optional[str], typer.Option("--plans", help="plans file (default: this machine's cache)")]
     = None,
-    backend: BackendOpt = "embedded",
-    base_url: BaseUrlOpt = None,
-    api_key: ApiKeyOpt = None,
-    tokenizer: TokenizerOpt = None,
-    branch_mode: BranchModeOpt = "auto",
-    server_gamma: ServerGammaOpt = 0,
-    slots: SlotsOpt = None,
+    backend: _Backend = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the Solution as one JSON object")] = False,
@@ -249,13 +294,13 @@ def solve(
             raise LattsError("empty question")
         check_deadline(deadline)
         base = default_plan(deadline)
-        remote = _remote(backend, base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
+        server_gamma = backend.server_gamma
         gamma = gamma if gamma is not None else server_gamma
         plan = Plan(branches=branches if branches is not None else base.branches, gamma=gamma, drafter=drafter,
                     max_think=max_think if max_think is not None else base.max_think, min_think=min_think,
                     temperature=temperature, seed=seed, early_stop=early_stop)
         the_task = get_task(task)
-        opened = _open(backend, model, dtype, remote, announce=not as_json)
+        opened = _open(backend.kind, model, dtype, backend.remote, announce=not as_json)
         loaded, engine = opened.loaded, opened.backend
         if deadline is not None and branches is None and gamma == server_gamma and max_think is None:
             saved = plan_for_deadline(Path(plans) if plans else plans_path(opened.name, task), deadline)
@@ -292,6 +337,7 @@ def solve(
 
 
 @app.command(name="eval")
+@_backend_options
 def evaluate_cmd(
     task: Annotated[str, typer.Option("--task", help="math500, aime24, aime25, gpqa_diamond or arith")] = "math500",
     out_path: Annotated[str, typer.Option("--out", help="JSON Lines of results; an existing file is resumed")] = "runs/eval.jsonl",
@@ -309,13 +355,7 @@ def evaluate_cmd(
         "--surface", help="one wide run of max(B) branches per problem, answers forced at every --max-think: "
                           "accuracy of every (B, L) with 95% bootstrap intervals")] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", help="problems run at once (openai backend)")] = 1,
-    backend: BackendOpt = "embedded",
-    base_url: BaseUrlOpt = None,
-    api_key: ApiKeyOpt = None,
-    tokenizer: TokenizerOpt = None,
-    branch_mode: BranchModeOpt = "auto",
-    server_gamma: ServerGammaOpt = 0,
-    slots: SlotsOpt = None,
+    backend: _Backend = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
 ) -> None:
@@ -334,10 +374,10 @@ def evaluate_cmd(
             check_deadline(d)
         if drafter != "ngram":
             raise LattsError("latts eval drafts with ngram; model drafters are available from the Python API")
-        if surface and backend != "embedded":
+        if surface and backend.kind != "embedded":
             raise LattsError("--surface needs the embedded engine: it forces answers from snapshots of each row")
-        if backend == "openai" and gamma == "0":
-            gamma = str(server_gamma)  # what the server runs, recorded in every record
+        if backend.remote is not None and gamma == "0":
+            gamma = str(backend.server_gamma)  # what the server runs, recorded in every record
         if surface:
             _surface_eval(task, the_task, out_path, limit, data, _numbers(branches, "--branches"),
                           _numbers(max_think, "--max-think"), _numbers(seeds, "--seeds"), gamma, deadline,
@@ -347,13 +387,12 @@ def evaluate_cmd(
                        deadlines, drafter=drafter, min_think=min_think, temperature=temperature)
         for c in configs:
             c.plan(0)  # validates B, L, temperature before the model loads
-        remote = _remote(backend, base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
         if concurrency < 1:
             raise LattsError(f"--concurrency must be >= 1, got {concurrency}")
-        if concurrency > 1 and remote is None:
+        if concurrency > 1 and backend.remote is None:
             raise LattsError("--concurrency > 1 needs --backend openai: the embedded engine runs one request at a time")
         problems = the_task.load(limit=limit, data=Path(data) if data else None)
-        engine = _open(backend, model, dtype, remote).backend
+        engine = _open(backend.kind, model, dtype, backend.remote).backend
         with _progress_bar(task) as progress:
             records = evaluate(Solver(engine, the_task), problems, configs, _numbers(seeds, "--seeds"),
                                Path(out_path), progress, concurrency=concurrency)
@@ -418,6 +457,7 @@ def _progress_bar(task: str):
 
 
 @app.command()
+@_backend_options
 def profile(
     out_path: Annotated[str, typer.Option("--out", help="where to write the profile (JSON)")] = "profile.json",
     branches: Annotated[str, typer.Option("--branches", "-B", help="comma-separated B values")] = "1,2,4,8,16,32",
@@ -425,13 +465,7 @@ def profile(
     contexts: Annotated[str, typer.Option("--contexts", help="comma-separated context lengths")] = "256,1024",
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
-    backend: BackendOpt = "embedded",
-    base_url: BaseUrlOpt = None,
-    api_key: ApiKeyOpt = None,
-    tokenizer: TokenizerOpt = None,
-    branch_mode: BranchModeOpt = "auto",
-    server_gamma: ServerGammaOpt = 0,
-    slots: SlotsOpt = None,
+    backend: _Backend = None,
 ) -> None:
     """Measure prefill and decode-forward times on this machine (or a server's latency vs B) and fit the
     latency model."""
@@ -442,8 +476,7 @@ def profile(
         bs, ks, cs = _numbers(branches, "--branches"), _numbers(k, "--k"), _numbers(contexts, "--contexts")
         if min(bs) < 1 or min(ks) < 1 or min(cs) < 1:
             raise LattsError("--branches, --k and --contexts must be >= 1")
-        remote = _remote(backend, base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
-        opened = _open(backend, model, dtype, remote)
+        opened = _open(backend.kind, model, dtype, backend.remote)
         say = lambda msg: err.print(f"[dim]{escape(msg)}[/]")  # noqa: E731
         if opened.remote:  # a server: latency vs B end to end (its own speculation included), no k sweep
             prof = profile_remote(opened.backend, bs, cs, progress=say)
@@ -631,6 +664,7 @@ def demo(
 
 
 @app.command()
+@_backend_options
 def serve(
     host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
@@ -643,13 +677,7 @@ def serve(
                                                  "if `latts optimize` wrote one)")] = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
-    backend: BackendOpt = "embedded",
-    base_url: BaseUrlOpt = None,
-    api_key: ApiKeyOpt = None,
-    tokenizer: TokenizerOpt = None,
-    branch_mode: BranchModeOpt = "auto",
-    server_gamma: ServerGammaOpt = 0,
-    slots: SlotsOpt = None,
+    backend: _Backend = None,
 ) -> None:
     """Serve voted answers within a latency budget behind an OpenAI-compatible API (POST /v1/chat/completions)."""
     try:
@@ -672,8 +700,7 @@ def serve(
         if not 0 < port < 65536:
             raise LattsError(f"--port must be between 1 and 65535, got {port}")
         the_task = get_task(task)
-        remote = _remote(backend, base_url, api_key, tokenizer, branch_mode, server_gamma, slots)
-        opened = _open(backend, model, dtype, remote)
+        opened = _open(backend.kind, model, dtype, backend.remote)
         solver = Solver(opened.backend, the_task)
         min_service = MinService.measure(solver, default_plan(default_budget))
         plans_file = Path(plans) if plans else plans_path(opened.name, task)

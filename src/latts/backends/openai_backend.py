@@ -245,15 +245,13 @@ class _Run:
         self.stops, self.deadline, self.budget, self.max_new_tokens = stops, deadline, budget, max_new_tokens
         self.on_step, self.t0 = on_step, t0
         self.pieces = [0] * len(out)
-        self.extra: dict[str, Any] = {}
-        if ignore_eos and backend.eos_token_ids:
-            self.extra["logit_bias"] = {str(t): -100 for t in backend.eos_token_ids}
+        # fixed-length runs (profiling): end-of-sequence banned
+        self.logit_bias = {str(t): -100 for t in backend.eos_token_ids} if ignore_eos else None
         # thinking ends here so that the forced answers still fit before the deadline
         self.force_at = None
         if deadline is not None and budget is not None:
             self.force_at = deadline - backend.answer_time_s(len(out), budget.answer_tokens)
         self._first: asyncio.Task | None = None
-        self._first_segments: list[_Segment] = []
 
     def _count(self, text: str) -> int:
         return len(self.be.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
@@ -352,7 +350,7 @@ class _Run:
                 stream = await client.completions.create(
                     model=self.be.model, prompt=self.prompt + self.out[rows[0]].text, max_tokens=max_tokens,
                     n=len(rows), temperature=self.sampling.temperature, top_p=self.sampling.top_p, seed=seed,
-                    stream=True, **({"logit_bias": self.extra["logit_bias"]} if "logit_bias" in self.extra else {}))
+                    stream=True, **({"logit_bias": self.logit_bias} if self.logit_bias else {}))
                 last = [None] * len(rows)
                 async for chunk in stream:
                     now = time.monotonic()
