@@ -10,6 +10,11 @@ At B=1 (greedy) it also times HF assisted generation with the same drafters
 Targets (exit 1 when one is missed): the best drafter reaches >= 1.3x at B=1 (greedy) and
 >= 1.15x at B=8 (greedy); latts at B=1 is at least as fast as HF assisted generation with the same
 drafter (best γ of each side).
+
+The full grid takes hours on a 2-core CPU, so every measured configuration is appended to
+--results (JSON Lines) as it finishes, keyed by CPU, dtype, prompts and tokens: a rerun skips what
+that machine already measured, and speedups are only ever taken against the γ=0 row of the same
+mode and B measured on the same CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from latts.config import SamplingParams
 from latts.engine.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer
 from latts.engine.engine import Engine
-from latts.models import DEFAULT_MODEL, cache_root, hf_folder, load
+from latts.models import DEFAULT_MODEL, cache_root, cpu_name, hf_folder, load
 
 MODES = {"greedy": SamplingParams(temperature=0.0), "sampled": SamplingParams(temperature=0.7, seed=0)}
 
@@ -50,6 +55,38 @@ def draft_folder(layers: int) -> Path:
         hf.save_pretrained(folder)
         AutoTokenizer.from_pretrained(src).save_pretrained(folder)
     return folder
+
+
+class Results:
+    """Measured configurations of this benchmark, appended to a JSON Lines file as they finish.
+
+    Only rows taken with the same ``key`` (CPU, weights, prompts, tokens, draft) are reused.
+    """
+
+    def __init__(self, path: Path, key: dict) -> None:
+        self.path, self.key = path, key
+        self.rows: dict[tuple, dict] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from an interrupted run
+                if all(r.get(k) == v for k, v in key.items()):
+                    self.rows[(r["mode"], r["drafter"], r["B"], r["gamma"])] = r
+
+    def get(self, mode: str, drafter: str, B: int, gamma: int) -> dict | None:
+        """The stored row, if this machine measured it already."""
+        return self.rows.get((mode, drafter, B, gamma))
+
+    def put(self, row: dict) -> dict:
+        """Store a new measurement (appended and flushed at once); returns it."""
+        row = {**self.key, **row}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        self.rows[(row["mode"], row["drafter"], row["B"], row["gamma"])] = row
+        return row
 
 
 def run_latts(engine: Engine, prompts: list[list[int]], B: int, gamma: int, drafter, params, tokens: int) -> dict:
@@ -93,6 +130,8 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF assisted-generation comparison")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--results", type=Path, default=Path("runs/spec_decode.jsonl"),
+                    help="measurements so far (JSON Lines); a rerun resumes from them")
     args = ap.parse_args()
     batches = [int(x) for x in args.batches.split(",")]
     gammas = sorted({0, *(int(x) for x in args.gammas.split(","))})
@@ -114,32 +153,41 @@ def main() -> int:
     print(f"{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}), {len(prompts)} MATH-500 prompts, "
           f"{args.tokens} new tokens, draft = first {args.draft_layers} layers", flush=True)
 
+    key = {"cpu": cpu_name(), "dtype": loaded.weights, "prompts": len(prompts), "tokens": args.tokens,
+           "draft_layers": args.draft_layers}
+    store = Results(args.results, key)
     rows = []
     for mode in modes:
         for B in batches:
-            base = run_latts(engine, prompts, B, 0, None, MODES[mode], args.tokens)
-            rows.append({"mode": mode, "drafter": "-", "B": B, "gamma": 0, **base, "speedup": 1.0})
+            base = store.get(mode, "-", B, 0) or store.put(
+                {"mode": mode, "drafter": "-", "B": B, "gamma": 0,
+                 **run_latts(engine, prompts, B, 0, None, MODES[mode], args.tokens)})
+            rows.append({**base, "speedup": 1.0})
             print(f"  {mode} B={B} γ=0: {base['tps_row']:.1f} tok/s/row", flush=True)
             for name, drafter in drafters.items():
                 for gamma in gammas[1:]:
-                    r = run_latts(engine, prompts, B, gamma, drafter, MODES[mode], args.tokens)
-                    r["speedup"] = r["tps_row"] / base["tps_row"]
-                    rows.append({"mode": mode, "drafter": name, "B": B, "gamma": gamma, **r})
+                    r = store.get(mode, name, B, gamma) or store.put(
+                        {"mode": mode, "drafter": name, "B": B, "gamma": gamma,
+                         **run_latts(engine, prompts, B, gamma, drafter, MODES[mode], args.tokens)})
+                    rows.append({**r, "speedup": r["tps_row"] / base["tps_row"]})
                     print(f"  {mode} B={B} {name} γ={gamma}: {r['tps_row']:.1f} tok/s/row, "
-                          f"{r['speedup']:.2f}x, α={r['alpha']:.2f}", flush=True)
+                          f"{rows[-1]['speedup']:.2f}x, α={r['alpha']:.2f}", flush=True)
 
     hf_rows = {}
     if not args.no_hf and "greedy" in modes and 1 in batches:
         from transformers import AutoModelForCausalLM
 
         hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32).eval()
-        hf_rows["HF greedy"] = run_hf(hf, prompts, args.tokens)
+        wanted = {"HF greedy": {}}
         if "ngram" in drafters:
-            for g in (3, 8):
-                hf_rows[f"HF prompt lookup γ={g}"] = run_hf(hf, prompts, args.tokens, prompt_lookup_num_tokens=g)
+            wanted.update({f"HF prompt lookup γ={g}": {"prompt_lookup_num_tokens": g} for g in (3, 8)})
         if "model" in drafters:
-            assistant = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-            hf_rows["HF assistant model"] = run_hf(hf, prompts, args.tokens, assistant_model=assistant)
+            wanted["HF assistant model"] = {
+                "assistant_model": AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()}
+        for name, kwargs in wanted.items():
+            got = store.get("hf", name, 1, 0) or store.put(
+                {"mode": "hf", "drafter": name, "B": 1, "gamma": 0, "tps": run_hf(hf, prompts, args.tokens, **kwargs)})
+            hf_rows[name] = got["tps"]
 
     print()
     print("| mode | drafter | B | γ | tok/s per row | speedup vs γ=0 | α | mean accepted length |")
