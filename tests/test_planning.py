@@ -37,6 +37,17 @@ def test_recommend_is_eq1_with_speculation_buying_time() -> None:
     assert (fast.branches, fast.gamma, fast.think, fast.latency_s) == (4, 3, 400, pytest.approx(1.0))
 
 
+def test_speculation_must_be_predicted_faster_than_the_models_error() -> None:
+    # γ=1 at α 0.1 gains 1.1 tokens a round: 9% faster, inside the 10% margin -> plain decoding is kept
+    small = _planner({1: (0.1, 1.1)})
+    assert {c.gamma for c in small.candidates()} == {0}
+    assert small.recommend([5.0])[0].plan.gamma == 0
+    # the same with no margin, or a gain well past it, picks speculation
+    assert {c.gamma for c in Planner(FLAT, SURFACE, {1: (0.1, 1.1)}, prompt_len=50, answer_tokens=0,
+                                     answer_prompt_tokens=0, spec_margin=0.0).candidates()} == {0, 1}
+    assert _planner({1: (0.5, 1.5)}).recommend([5.0])[0].plan.gamma == 1
+
+
 def test_frontier_and_saved_plans_round_trip(tmp_path) -> None:
     p = _planner({3: (1.0, 4.0)})
     front = p.frontier()
