@@ -220,7 +220,7 @@ _BACKEND_OPTIONS: dict[str, tuple[Any, Any]] = {
 def _backend_options(command):
     """Give ``command`` the options --backend, --base-url, --api-key, --tokenizer, --branch-mode,
     --server-gamma and --slots; it receives them, checked, as one ``backend: _Backend`` argument."""
-    sig = inspect.signature(command)
+    sig = inspect.signature(command, eval_str=True)  # typer reads a given __signature__ as it stands
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
              for name, (kind, default) in _BACKEND_OPTIONS.items()]
     params = [p for p in sig.parameters.values() if p.name != "backend"] + added
@@ -236,8 +236,7 @@ def _backend_options(command):
         command(**kwargs, backend=choice)
 
     wrapper.__signature__ = sig.replace(parameters=params)
-    wrapper.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "backend"},
-                               **{p.name: p.annotation for p in added}}
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
     return wrapper
 
 
