@@ -16,6 +16,7 @@ from typing import Any
 
 from latts.config import BudgetForcing, SamplingParams, check_deadline
 from latts.engine.drafters import Drafter
+from latts.backends.base import Backend
 from latts.engine.engine import Engine
 from latts.errors import LattsError
 from latts.tasks import Problem, Task, get_task
@@ -121,9 +122,11 @@ class Solution:
 
 
 class Solver:
-    """Answers questions of one task (prompt template, answer extraction, equivalence) on one engine."""
+    """Answers questions of one task (prompt template, answer extraction, equivalence) on one backend:
+    the embedded :class:`~latts.engine.engine.Engine` or a remote server
+    (:class:`~latts.backends.openai_backend.OpenAIBackend`); see :class:`~latts.backends.base.Backend`."""
 
-    def __init__(self, engine: Engine, task: Task | str = "math500", drafter: Drafter | None = None) -> None:
+    def __init__(self, engine: Engine | Backend, task: Task | str = "math500", drafter: Drafter | None = None) -> None:
         self.engine = engine
         self.task = get_task(task) if isinstance(task, str) else task
         self.drafter = drafter
