@@ -361,7 +361,7 @@ def evaluate_cmd(
     """Evaluate a task over a grid of (B, γ, L, deadline) × seeds; one JSONL record per run, resumable."""
     try:
         from latts.config import check_deadline
-        from latts.evaluate import evaluate, grid, summarize
+        from latts.evaluate import check_concurrency, evaluate, grid, summarize
         from latts.solver import Solver
         from latts.tasks import get_task
 
@@ -386,10 +386,7 @@ def evaluate_cmd(
                        deadlines, drafter=drafter, min_think=min_think, temperature=temperature)
         for c in configs:
             c.plan(0)  # validates B, L, temperature before the model loads
-        if concurrency < 1:
-            raise LattsError(f"--concurrency must be >= 1, got {concurrency}")
-        if concurrency > 1 and backend.remote is None:
-            raise LattsError("--concurrency > 1 needs --backend openai: the embedded engine runs one request at a time")
+        check_concurrency(concurrency, backend.remote is not None)
         problems = the_task.load(limit=limit, data=Path(data) if data else None)
         engine = _open(backend.kind, model, dtype, backend.remote).backend
         with _progress_bar(task) as progress:

@@ -141,6 +141,14 @@ def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict
     }
 
 
+def check_concurrency(concurrency: int, backend_concurrent: bool) -> None:
+    """Reject a concurrency the backend cannot serve (checked by the CLI before any model loads, too)."""
+    if concurrency < 1:
+        raise LattsError(f"--concurrency must be >= 1, got {concurrency}")
+    if concurrency > 1 and not backend_concurrent:
+        raise LattsError("--concurrency > 1 needs --backend openai: the embedded engine runs one request at a time")
+
+
 def evaluate(
     solver: Solver,
     problems: list[Problem],
@@ -160,11 +168,7 @@ def evaluate(
     written as it finishes, and when a run fails the ones already under way are still written, so a
     rerun resumes from where the failure left off.
     """
-    if concurrency < 1:
-        raise LattsError(f"concurrency must be >= 1, got {concurrency}")
-    if concurrency > 1 and not getattr(solver.engine, "concurrent", False):
-        raise LattsError("--concurrency > 1 needs a backend that serves concurrent requests (--backend openai); "
-                         "the embedded engine runs one request at a time")
+    check_concurrency(concurrency, getattr(solver.engine, "concurrent", False))
     recorder = Recorder(out)
     try:
         todo = [

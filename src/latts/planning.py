@@ -126,16 +126,21 @@ def save_plans(planner: Planner, path: Path, model: str, task: str) -> None:
     path.write_text(json.dumps({"model": model, "task": task, **planner.to_dict()}, indent=1))
 
 
-def plan_for_deadline(path: Path, deadline_s: float) -> Candidate | None:
-    """The best saved plan predicted to fit ``deadline_s`` (None without a plans file or a fitting plan)."""
+def load_frontier(path: Path) -> list[Candidate] | None:
+    """The saved frontier of ``latts optimize`` (None without a plans file)."""
     try:
         doc = json.loads(path.read_text())
-        frontier = [Candidate(**c) for c in doc["frontier"]]
+        return [Candidate(**c) for c in doc["frontier"]]
     except OSError:
         return None
     except (ValueError, KeyError, TypeError) as e:
         raise LattsError(f"{path} is not a latts plans file ({e})") from None
-    return best_plan(frontier, deadline_s)
+
+
+def plan_for_deadline(path: Path, deadline_s: float) -> Candidate | None:
+    """The best saved plan predicted to fit ``deadline_s`` (None without a plans file or a fitting plan)."""
+    frontier = load_frontier(path)
+    return best_plan(frontier, deadline_s) if frontier is not None else None
 
 
 def validate(solver: Solver, problems: Sequence[Problem], recs: Sequence[Recommendation], seeds: Sequence[int],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from latts.config import MAX_GAMMA
 from latts.errors import LattsError
+from latts.optimizer import Candidate, best_plan
+from latts.planning import load_frontier
 from latts.serve.scheduler import Scheduler, Unservable
 from latts.solver import Plan, Solution, Solver, default_plan
 
@@ -123,6 +126,8 @@ def create_app(solver: Solver, config: ServeConfig, min_service: MinService) -> 
     app = FastAPI(title="latts", description="latency-aware test-time scaling, OpenAI-compatible")
     capacity = 4 if getattr(solver.engine, "concurrent", False) else 1
     scheduler = Scheduler(capacity)
+    # the saved plans are read once here, not on every request
+    frontier = load_frontier(Path(config.plans_file)) if config.plans_file else None
     app.state.scheduler = scheduler
     created = int(time.time())
 
@@ -171,7 +176,7 @@ def create_app(solver: Solver, config: ServeConfig, min_service: MinService) -> 
             return _error(400, f"max_think must be <= {config.max_think} on this server, got {body.max_think}",
                           param="max_think")
         try:
-            plan = _plan(body, budget, config)
+            plan = _plan(body, budget, frontier)
             solution = await run_in_threadpool(
                 scheduler.run, arrival, budget, min_service(plan.branches),
                 lambda end: solver.solve(question, plan, deadline_s=_solve_time(end, budget)))
@@ -191,15 +196,11 @@ def _solve_time(end: float, budget_s: float) -> float:
     return left - min(0.02 * budget_s + 0.03, 0.25 * left)
 
 
-def _plan(body: ChatRequest, budget: float, config: ServeConfig) -> Plan:
+def _plan(body: ChatRequest, budget: float, frontier: list[Candidate] | None) -> Plan:
     """The request's plan: the saved latency-optimal one for its budget if any, else the default; then overrides."""
     plan = default_plan(budget)
-    if config.plans_file and body.branches is None and body.gamma is None and body.max_think is None:
-        from pathlib import Path
-
-        from latts.planning import plan_for_deadline
-
-        saved = plan_for_deadline(Path(config.plans_file), budget)
+    if frontier and body.branches is None and body.gamma is None and body.max_think is None:
+        saved = best_plan(frontier, budget)
         if saved is not None:
             plan = replace(plan, branches=saved.branches, gamma=saved.gamma, max_think=saved.think)
     overrides = {k: v for k, v in {"branches": body.branches, "gamma": body.gamma, "max_think": body.max_think,
