@@ -95,7 +95,7 @@ def test_weighted_vote_uses_branch_log_probabilities(solver) -> None:
 
 
 def test_logprobs_are_the_models_own(engine, hf_model) -> None:
-    """Each branch's summed log-probability equals HF's teacher-forced one (tokens after the first)."""
+    """Each branch's summed log-probability equals HF's teacher-forced one, its first token included."""
     ids = engine.encode(QUESTION)
     gen = engine.generate(ids, branches=2, max_new_tokens=12, sampling=SamplingParams(temperature=0.9, seed=4),
                           logprobs=True, ignore_eos=True)
@@ -103,7 +103,7 @@ def test_logprobs_are_the_models_own(engine, hf_model) -> None:
         seq = torch.tensor([ids + b.token_ids])
         with torch.inference_mode():
             logp = torch.log_softmax(hf_model(seq).logits[0].float(), -1)
-        positions = range(len(ids), len(ids) + b.n_tokens - 1)  # predicts token j + 1 of the branch
+        positions = range(len(ids) - 1, len(ids) + b.n_tokens - 1)  # position p predicts token p + 1
         expected = sum(float(logp[p, seq[0, p + 1]]) for p in positions)
-        assert b.logprob_count == b.n_tokens - 1
+        assert b.logprob_count == b.n_tokens
         assert b.logprob_sum == pytest.approx(expected, abs=1e-3)

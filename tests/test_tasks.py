@@ -202,3 +202,19 @@ def test_arith_rejects_bad_level_data_and_limit() -> None:
         get_task("arith").load(data=Path("x.jsonl"))
     with pytest.raises(LattsError, match="limit"):
         get_task("arith").load(limit=-1)
+
+
+def test_sampling_seeds_differ_per_problem_and_are_stable_across_processes() -> None:
+    """Runs of different problems under one evaluation seed must not share their random numbers."""
+    import subprocess
+    import sys
+
+    problems = get_task("arith").load(limit=50)
+    seeds = [p.sampling_seed(0) for p in problems]
+    assert len(set(seeds)) == len(problems)
+    assert problems[0].sampling_seed(0) != problems[0].sampling_seed(1)
+    assert all(0 <= s < 2**63 for s in seeds)
+    code = "from latts.tasks import get_task; print(get_task('arith').load(limit=1)[0].sampling_seed(3))"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": h}).stdout.strip() for h in ("1", "2")}
+    assert outs == {str(problems[0].sampling_seed(3))}

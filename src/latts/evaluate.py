@@ -118,7 +118,7 @@ class Recorder:
 
 def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict[str, Any]:
     """Solve one problem with one configuration and seed; the graded record."""
-    sol = solver.solve(problem, plan=config.plan(seed), deadline_s=config.deadline_s)
+    sol = solver.solve(problem, plan=config.plan(problem.sampling_seed(seed)), deadline_s=config.deadline_s)
     task = solver.task
     return {
         "task": task.name,

@@ -158,7 +158,9 @@ class Engine:
         rows = [_Row(list(ids), fed=P) for _ in range(branches)]  # per branch: history and K/V progress
         live = list(range(branches))  # live[slot] = branch index; live rows are cache rows 0..n-1
         append = _Appender(self, out, rows, max_new_tokens, stops, eos, forcing, frozenset(checkpoints))
-        append(live, [[t] for t in first], t_prefill - t0)
+        kept = append(live, [[t] for t in first], t_prefill - t0)
+        if logprobs:
+            _add_logprobs(out, live, [[t] for t in first], kept, logits.expand(branches, -1)[:, None])
         self._fork_probes(out, rows, live, cache, append, t_prefill - t0)
 
         # until a step has been timed, the prefill (which costs at least a step) stands in for one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,17 @@ class Problem:
     question: str  # for gpqa: the question followed by the lettered, shuffled choices
     gold: str  # for gpqa: the correct letter after the seeded shuffle
     meta: dict = field(default_factory=dict)  # e.g. level, subject, choices
+
+    def sampling_seed(self, seed: int) -> int:
+        """The sampler's seed for this problem under evaluation seed ``seed``.
+
+        Distinct per problem: with one seed for every problem, all problems draw the same uniform
+        numbers, so their runs' correctness is correlated and a one-seed run (like the accuracy
+        surface's wide run) can be lucky or unlucky on every problem at once, far outside a bootstrap
+        interval that treats problems as independent. Stable across processes (not Python's ``hash``).
+        """
+        digest = hashlib.blake2b(f"{self.id}\0{seed}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1  # non-negative, fits torch's manual_seed
 
 
 @runtime_checkable
