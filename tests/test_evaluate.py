@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from latts.errors import LattsError
-from latts.evaluate import Config, grid, read_records, summarize
+from latts.evaluate import Config, accuracy_difference, grid, read_records, summarize
 
 EVAL = [sys.executable, "-m", "latts.cli", "eval", "--task", "arith", "--limit", "5", "--branches", "1,2",
         "--max-think", "24", "--seeds", "0,1", "--dtype", "float32"]
@@ -89,3 +89,35 @@ def test_grid_and_summary() -> None:
     assert row.accuracy_std == pytest.approx(0.25)
     assert row.latency_s == pytest.approx(2.0)
     assert row.per_sample_accuracy == pytest.approx(3 / 8)
+
+
+def _paired(outcomes_a: list[list[bool]], outcomes_b: list[list[bool]]) -> list[dict]:
+    """Records of configurations a and b: outcomes_x[problem][seed]."""
+    return [{"config_key": key, "problem_id": f"p{i}", "seed": s, "correct": c}
+            for key, outcomes in (("a", outcomes_a), ("b", outcomes_b))
+            for i, row in enumerate(outcomes) for s, c in enumerate(row)]
+
+
+def test_accuracy_difference_separates_noise_from_a_real_shortfall() -> None:
+    same = [[True, False, True]] * 12 + [[False, False, False]] * 12
+    d = accuracy_difference(_paired(same, same), "a", "b")
+    assert d.mean == 0 and d.p_worse == 1.0 and not d.worse() and d.problems == 24
+    # four problems a third lower, the rest equal: an exact sign-flip test gives p = 1/16, not significant
+    a = [[False, False, True]] * 4 + same[4:]
+    d = accuracy_difference(_paired(a, same), "a", "b")
+    assert d.mean == pytest.approx(-4 / 3 / 24)
+    assert d.p_worse == pytest.approx(1 / 16, abs=0.01) and not d.worse()
+    # twenty problems a whole point lower: p = 2^-20, worse
+    a = [[False, False, False]] * 20 + same[20:]
+    b = [[True, True, True]] * 20 + same[20:]
+    d = accuracy_difference(_paired(a, b), "a", "b")
+    assert d.worse() and d.p_worse < 0.001 and d.mean == pytest.approx(-20 / 24)
+    # better is never worse
+    assert not accuracy_difference(_paired(b, a), "a", "b").worse()
+
+
+def test_accuracy_difference_needs_common_problems() -> None:
+    recs = [{"config_key": "a", "problem_id": "p0", "seed": 0, "correct": True},
+            {"config_key": "b", "problem_id": "p1", "seed": 0, "correct": True}]
+    with pytest.raises(LattsError, match="no problem was run by both a and b"):
+        accuracy_difference(recs, "a", "b")
