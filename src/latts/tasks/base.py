@@ -35,7 +35,8 @@ class Problem:
         interval that treats problems as independent. Stable across processes (not Python's ``hash``).
         """
         digest = hashlib.blake2b(f"{self.id}\0{seed}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") >> 1  # non-negative, fits torch's manual_seed
+        # 31 bits: a non-negative int32, which every server's seed field takes (llama.cpp's is 32-bit)
+        return int.from_bytes(digest, "little") >> 33
 
 
 @runtime_checkable
