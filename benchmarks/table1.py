@@ -96,7 +96,7 @@ def main() -> int:
         at_l = [c for c in planner.candidates() if c.think == L and c.latency_s <= base_s]
         best = max(at_l, key=lambda c: (c.accuracy, -c.latency_s))
         # the fastest speculative plan at B=1, even when speculation is predicted not to pay: the row shows it
-        seq_gamma = min((g for g in gammas if g > 0), key=lambda g: planner.predict_latency(1, g, L))
+        seq_gamma = min((g for g in gammas if g > 0), key=lambda g: planner.predict_latency(1, g, L), default=0)
         branchy = max((c for c in planner.candidates() if c.think == L and c.gamma == 0
                        and c.latency_s <= args.branch_budget * base_s), key=lambda c: (c.accuracy, -c.latency_s))
         print(f"  L={L}: baseline predicted {base_s:.2f} s; optimizer B*={best.branches} γ*={best.gamma} "
