@@ -127,6 +127,7 @@ def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict
         "config_key": config.key(),
         "config": config.to_dict(),
         "seed": seed,
+        "sampling_seed": problem.sampling_seed(seed),  # the seed the sampler used (Problem.sampling_seed)
         "answer": sol.answer,
         "gold": problem.gold,
         "correct": task.grade(problem.gold, sol.answer),

@@ -67,6 +67,7 @@ def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[
         "config": {"B": run.branches, "thinks": thinks, "temperature": run.temperature,
                    "answer_tokens": run.answer_tokens},
         "seed": seed,
+        "sampling_seed": problem.sampling_seed(seed),
         "gold": problem.gold,
         "answers": answers,
         "correct": {L: [task.grade(problem.gold, a) if a is not None else False for a in col]
