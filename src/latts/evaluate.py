@@ -242,9 +242,9 @@ class Difference:
 
     Paired over problems (each problem's accuracy averaged over its seeds), so problem difficulty,
     shared by both, drops out of the noise. ``p_worse`` is the one-sided p-value of a paired
-    sign-flip (permutation) test of "a is less accurate than b": exact under the null hypothesis
-    that the two configurations' runs of a problem are exchangeable — true of a plan with and
-    without lossless speculation. A bootstrap interval is too narrow here: most problems' differences
+    sign-flip (permutation) test of "a is less accurate than b", estimated from random sign patterns:
+    valid under the null hypothesis that the two configurations' runs of a problem are exchangeable
+    — true of a plan with and without lossless speculation. A bootstrap interval is too narrow here: most problems' differences
     are exactly zero (measured: it called four -1/3 differences out of 24 significant; the exact
     test gives p = 1/16).
     """

@@ -49,8 +49,9 @@ def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[
     task: Task = solver.task
     thinks = sorted(run.thinks)
     budget = BudgetForcing(0, thinks[-1], answer_prompt=task.answer_prompt, answer_tokens=run.answer_tokens)
-    gen = solver.engine.generate(task.prompt(problem), branches=run.branches, budget=budget,
-                                 sampling=SamplingParams(run.temperature, seed=problem.sampling_seed(seed)), checkpoints=thinks[:-1])
+    sampling = SamplingParams(run.temperature, seed=problem.sampling_seed(seed))
+    gen = solver.engine.generate(task.prompt(problem), branches=run.branches, budget=budget, sampling=sampling,
+                                 checkpoints=thinks[:-1])
     own = [task.extract(b.text) for b in gen.branches]
     answers: dict[str, list[str | None]] = {str(thinks[-1]): own}
     for L in thinks[:-1]:
