@@ -32,8 +32,9 @@ demo: setup
 
 # The llama.cpp build runs beside the rest of the suite, niced so that it takes only the CPU the tests leave
 # idle (their deadlines are real). The tests that time a server at its start-up (latts serve measures the
-# least time an answer needs) or need llama.cpp's server run after the build: a compile beside them slowed
-# that measurement tenfold even niced (it shares caches and memory bandwidth, which nice does not divide).
+# least time an answer needs) or need llama.cpp's server run after the build: with the compile beside it, niced,
+# that measurement once made the server refuse an 8 s budget as needing 10.05 s (nice does not divide caches
+# or memory bandwidth).
 LATE_TESTS := tests/test_openai_backend.py tests/test_serve.py
 test: setup
 	@nice -n 19 $(MAKE) --no-print-directory llamacpp > $(VENV)/llamacpp.log 2>&1 & build=$$!; \

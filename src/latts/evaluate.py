@@ -119,7 +119,8 @@ class Recorder:
 
 def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict[str, Any]:
     """Solve one problem with one configuration and seed; the graded record."""
-    sol = solver.solve(problem, plan=config.plan(problem.sampling_seed(seed)), deadline_s=config.deadline_s)
+    sampling_seed = problem.sampling_seed(seed)
+    sol = solver.solve(problem, plan=config.plan(sampling_seed), deadline_s=config.deadline_s)
     task = solver.task
     return {
         "task": task.name,
@@ -127,7 +128,7 @@ def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict
         "config_key": config.key(),
         "config": config.to_dict(),
         "seed": seed,
-        "sampling_seed": problem.sampling_seed(seed),  # the seed the sampler used (Problem.sampling_seed)
+        "sampling_seed": sampling_seed,  # the seed the sampler used (Problem.sampling_seed)
         "answer": sol.answer,
         "gold": problem.gold,
         "correct": task.grade(problem.gold, sol.answer),
@@ -244,9 +245,9 @@ class Difference:
     shared by both, drops out of the noise. ``p_worse`` is the one-sided p-value of a paired
     sign-flip (permutation) test of "a is less accurate than b", estimated from random sign patterns:
     valid under the null hypothesis that the two configurations' runs of a problem are exchangeable
-    — true of a plan with and without lossless speculation. A bootstrap interval is too narrow here: most problems' differences
-    are exactly zero (measured: it called four -1/3 differences out of 24 significant; the exact
-    test gives p = 1/16).
+    — true of a plan with and without lossless speculation. A bootstrap interval is too narrow here:
+    most problems' differences are exactly zero (measured: it called four -1/3 differences out of 24
+    significant; the exact test gives p = 1/16).
     """
 
     mean: float

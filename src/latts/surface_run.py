@@ -49,7 +49,8 @@ def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[
     task: Task = solver.task
     thinks = sorted(run.thinks)
     budget = BudgetForcing(0, thinks[-1], answer_prompt=task.answer_prompt, answer_tokens=run.answer_tokens)
-    sampling = SamplingParams(run.temperature, seed=problem.sampling_seed(seed))
+    sampling_seed = problem.sampling_seed(seed)
+    sampling = SamplingParams(run.temperature, seed=sampling_seed)
     gen = solver.engine.generate(task.prompt(problem), branches=run.branches, budget=budget, sampling=sampling,
                                  checkpoints=thinks[:-1])
     own = [task.extract(b.text) for b in gen.branches]
@@ -68,7 +69,7 @@ def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[
         "config": {"B": run.branches, "thinks": thinks, "temperature": run.temperature,
                    "answer_tokens": run.answer_tokens},
         "seed": seed,
-        "sampling_seed": problem.sampling_seed(seed),
+        "sampling_seed": sampling_seed,
         "gold": problem.gold,
         "answers": answers,
         "correct": {L: [task.grade(problem.gold, a) if a is not None else False for a in col]
