@@ -86,7 +86,8 @@ def main() -> int:
 
     stage("acceptance rate per γ")
     alphas = measure_alpha(solver, problems[:3], gammas, args.temperature)
-    print("  α, tokens per round:", {g: (round(a, 3), round(e, 2)) for g, (a, e) in alphas.items()})
+    print("  α, tokens per round, proposal rate:",
+          {g: tuple(round(x, 3) for x in a) for g, a in alphas.items()})
     planner = Planner(latency, surface, alphas, prompt_length(solver, problems),
                       thinking=lambda b, L: expected_thinking(wide, b, L))
 

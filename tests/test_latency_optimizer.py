@@ -7,7 +7,13 @@ import random
 import pytest
 
 from latts.errors import LattsError
-from latts.latency_model import LatencyModel, PrefillSample, StepSample, expected_tokens_per_round
+from latts.latency_model import (
+    LatencyModel,
+    PrefillSample,
+    StepSample,
+    expected_tokens_per_round,
+    expected_verify_width,
+)
 from latts.optimizer import Candidate, best_plan, candidates, pareto_frontier
 from latts.surface import estimate_surface, majority_class, vote_accuracy
 from latts.voting import answer_classes
@@ -56,6 +62,24 @@ def test_run_prediction_adds_up() -> None:
     # perfect acceptance at γ = 3: a quarter of the rounds, each a 4-token forward
     want = m.prefill(64) + 25 * m.step(4, 4, 114) + m.step(4, 8, 164) + 16 * m.step(4, 1, 164)
     assert m.predict(4, 3, 100, alpha=1.0, prompt_len=64) == pytest.approx(want)
+
+
+def test_expected_verify_width() -> None:
+    assert expected_verify_width(0, 0.3, 8) == 1.0
+    assert expected_verify_width(4, 1.0, 1) == 5.0
+    assert expected_verify_width(4, 0.0, 16) == 1.0
+    assert expected_verify_width(3, 0.25, 1) == pytest.approx(1.75)  # one row: 1 + γ·rate
+    assert expected_verify_width(3, 0.25, 2) == pytest.approx(1 + 3 * (1 - 0.75**2))  # the wider of two rows
+    with pytest.raises(LattsError, match="proposal rate"):
+        expected_verify_width(3, 1.5, 2)
+
+
+def test_narrower_verifies_cost_less() -> None:
+    # perfect acceptance per proposal, but the forwards are 2.5 tokens wide on average, not 4
+    want = TRUE.prefill(64) + 25 * TRUE.step(4, 2.5, 114)
+    got = TRUE.predict(4, 3, 100, alpha=1.0, prompt_len=64, answer_tokens=0, answer_prompt_tokens=0, verify_width=2.5)
+    assert got == pytest.approx(want)
+    assert got < TRUE.predict(4, 3, 100, alpha=1.0, prompt_len=64, answer_tokens=0, answer_prompt_tokens=0)
 
 
 def test_majority_and_classes() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from latts.errors import LattsError
 from latts.latency_model import LatencyModel
-from latts.planning import Planner, plan_for_deadline, save_plans
+from latts.planning import Acceptance, Planner, plan_for_deadline, save_plans
 from latts.surface import Estimate
 
 # 10 ms per step whatever B and k; prefill and answer free: a run costs rounds x 10 ms
@@ -16,7 +16,7 @@ SURFACE = [Estimate(b, L, acc, acc - 0.05, acc + 0.05)
            for (b, L), acc in {(1, 100): 0.30, (4, 100): 0.45, (1, 400): 0.40, (4, 400): 0.60}.items()]
 
 
-def _planner(alphas: dict[int, tuple[float, float]]) -> Planner:
+def _planner(alphas: dict[int, tuple[float, ...]]) -> Planner:
     return Planner(FLAT, SURFACE, alphas, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
 
 
@@ -26,6 +26,19 @@ def test_latency_uses_the_acceptance_of_each_gamma() -> None:
     assert p.predict_latency(4, 3, 400) == pytest.approx(1.0)  # α = 1: 4 tokens a round
     # a drafter that often proposes fewer than γ tokens gains less per round: the measured rate rules
     assert _planner({3: (1.0, 2.0)}).predict_latency(4, 3, 400) == pytest.approx(2.0)
+
+
+def test_latency_counts_the_width_of_the_verifies() -> None:
+    # 10 ms per step plus 1 ms per token in the forward: a row offered drafts half the time verifies
+    # 1 + 3·(1 − 0.5^B) tokens per row on average (the widest row of the step sets the forward's width)
+    per_token = LatencyModel(overhead=0.010, w_token=0.001, w_attn=0.0, w_row=0.0, prefill_base=0.0,
+                             prefill_per_token=0.0)
+    p = Planner(per_token, SURFACE, {3: Acceptance(1.0, 2.0, 0.5)}, prompt_len=50, answer_tokens=0,
+                answer_prompt_tokens=0)
+    assert p.predict_latency(1, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 2.5))
+    assert p.predict_latency(2, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 2 * (1 + 3 * 0.75)))
+    full = Planner(per_token, SURFACE, {3: (1.0, 2.0)}, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
+    assert full.predict_latency(1, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 4))  # no rate: all γ offered
 
 
 def test_recommend_is_eq1_with_speculation_buying_time() -> None:
@@ -82,6 +95,7 @@ def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
     assert "no plan is predicted to fit 0.001 s" in proc.stdout  # nothing runs in a millisecond
     doc = json.loads(plans.read_text())
     assert doc["task"] == "arith" and set(doc["alphas"]) == {"2"} and 0 <= doc["alphas"]["2"] <= 1
+    assert 0 <= doc["proposal_rate"]["2"] <= 1 and 1 <= doc["tokens_per_round"]["2"] <= 3
     frontier = doc["frontier"]
     assert frontier and all(c["branches"] in (1, 2) and c["gamma"] in (0, 2) and c["think"] in (4, 8)
                             for c in frontier)

@@ -34,6 +34,12 @@ def test_greedy_speculation_is_token_identical(engine, draft_folder, branches, k
     s = spec.spec
     assert s is not None and s.rounds > 0 and s.proposed > 0
     assert 0 <= s.acceptance_rate <= 1 and 1 <= s.mean_accepted_length <= gamma + 1
+    # one verify forward per step, as wide as the step's longest proposal (+1): at least the mean proposal
+    assert s.verifies == spec.steps and 1 <= s.mean_verify_width <= gamma + 1
+    assert s.mean_verify_width >= 1 + s.proposed / s.rounds - 1e-9
+    if branches == 1:
+        assert s.mean_verify_width == pytest.approx(1 + s.proposed / s.verifies)
+    assert s.proposal_rate == pytest.approx(s.proposed / (s.rounds * gamma))
     # fewer verify steps than tokens: speculation really advanced rows by more than one token
     if kind == "ngram":
         assert spec.steps < plain.steps

@@ -571,7 +571,8 @@ def optimize(
         _fail(str(exc))
         return
     out.print("n-gram drafting measured here: " + ", ".join(
-        f"γ={g}: α={a:.2f}, {e:.2f} tokens/round" for g, (a, e) in alphas.items()))
+        f"γ={g}: α={a.alpha:.2f}, {a.tokens_per_round:.2f} tokens/round, {a.proposal_rate:.0%} of drafts offered"
+        for g, a in alphas.items()))
     table = Table("deadline s", "B", "γ", "L", "accuracy (surface)", "95% interval", "predicted s",
                   *(["measured accuracy", "measured s"] if validated else []), title=f"latency-optimal plans: {task}")
     from latts.evaluate import summarize

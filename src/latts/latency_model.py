@@ -16,8 +16,8 @@ memory term and slope (``small_overhead``, ``small_w_token``): two rooflines, on
 
 A prefill of ``P`` tokens costs ``p0 + p1 · P``. A whole run with thinking budget ``L``, draft length ``γ``
 and acceptance rate ``α`` takes ``L / E`` verify rounds, where ``E = (1 − α^(γ+1)) / (1 − α)`` tokens are
-gained per round (Leviathan et al.), each round a forward of ``k = γ + 1`` tokens per row plus the
-drafter's cost; then a forced answer (one catch-up forward and ``answer_tokens`` plain steps). Every
+gained per round (Leviathan et al.), each round a forward of ``k = γ + 1`` tokens per row (fewer when
+no row was offered all γ drafts: the forward is as wide as the longest proposal) plus the drafter's cost; then a forced answer (one catch-up forward and ``answer_tokens`` plain steps). Every
 coefficient is fitted by least squares to a profile and clipped at zero, so each one reads as a cost.
 """
 
@@ -72,7 +72,21 @@ def expected_tokens_per_round(alpha: float, gamma: int) -> float:
     return (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def _step_features(branches: int, k: int, context: float, switch_rows: int = 0) -> list[float]:
+def expected_verify_width(gamma: int, proposal_rate: float, branches: int) -> float:
+    """Tokens per row of the average verify forward of ``branches`` rows (the longest proposal, plus one).
+
+    A row is offered all γ drafts with probability ``proposal_rate`` or none (an n-gram drafter finds a
+    match or not), independently of the other rows; the forward is as wide as the widest row. Exact in
+    expectation for one row; for rows that are copies of each other (greedy, one prompt) it overestimates.
+    """
+    if gamma == 0:
+        return 1.0
+    if not 0.0 <= proposal_rate <= 1.0:
+        raise LattsError(f"proposal rate must be in [0, 1], got {proposal_rate}")
+    return 1.0 + gamma * (1.0 - (1.0 - proposal_rate) ** branches)
+
+
+def _step_features(branches: int, k: float, context: float, switch_rows: int = 0) -> list[float]:
     n = branches * k
     small = 1.0 if n <= switch_rows else 0.0
     return [1.0 - small, n * (1.0 - small), n * context / 1000.0, branches, small, n * small]
@@ -137,8 +151,8 @@ class LatencyModel:
             return self.spec_base + self.spec_per_row * branches
         return self.loop_base + self.loop_per_row * branches + self.draft_per_row * branches * gamma
 
-    def step(self, branches: int, k: int = 1, context: float = 512) -> float:
-        """Seconds for one forward of ``branches`` rows × ``k`` tokens at ``context``."""
+    def step(self, branches: int, k: float = 1, context: float = 512) -> float:
+        """Seconds for one forward of ``branches`` rows × ``k`` tokens at ``context`` (k may be a mean)."""
         w = (self.overhead, self.w_token, self.w_attn, self.w_row, self.small_overhead, self.small_w_token)
         return float(sum(a * b for a, b in zip(w, _step_features(branches, k, context, self.switch_rows))))
 
@@ -157,6 +171,7 @@ class LatencyModel:
         answer_prompt_tokens: int = 8,
         tokens_per_round: float | None = None,
         forced_share: float = 1.0,
+        verify_width: float | None = None,
     ) -> float:
         """Wall time of a whole run: prefill, ``think`` tokens of (speculative) decoding, a forced answer.
 
@@ -165,11 +180,14 @@ class LatencyModel:
         round: a drafter that often proposes fewer (an n-gram without a match) gains less.
         ``forced_share``: the chance that the run ends with a forced answer (branches that stop by
         themselves before the budget need none).
+        ``verify_width``: tokens per row of the average verify forward (:func:`expected_verify_width`);
+        γ + 1, every row offered all γ drafts, when not given.
         """
         per_round = tokens_per_round if gamma and tokens_per_round else expected_tokens_per_round(alpha, gamma)
+        width = verify_width if gamma and verify_width else gamma + 1
         rounds = think / per_round
         mid_context = prompt_len + think / 2
-        decode = rounds * (self.step(branches, gamma + 1, mid_context) + self.loop(branches, gamma))
+        decode = rounds * (self.step(branches, width, mid_context) + self.loop(branches, gamma))
         end_context = prompt_len + think
         answer = 0.0
         if answer_prompt_tokens:  # the forced answer's prompt, fed in one forward

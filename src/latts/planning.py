@@ -15,23 +15,33 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from latts.config import SamplingParams
 from latts.engine.drafters import NGramDrafter
 from latts.errors import LattsError
 from latts.evaluate import Config, evaluate, run_one
-from latts.latency_model import LatencyModel
+from latts.latency_model import LatencyModel, expected_verify_width
 from latts.optimizer import Candidate, best_plan, candidates, pareto_frontier
 from latts.solver import Solver
 from latts.surface import Estimate
 from latts.tasks import Problem
 
 
+class Acceptance(NamedTuple):
+    """What speculation with one γ gains on a task, measured: the latency model's inputs for that γ."""
+
+    alpha: float  # accepted drafts over proposed drafts
+    tokens_per_round: float  # tokens a row gains per verify, bonus included
+    proposal_rate: float = 1.0  # fraction of the γ drafts a row is offered per round
+
+
 def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[int], temperature: float,
-                  tokens: int = 96, seed: int = 0) -> dict[int, tuple[float, float]]:
-    """Per γ (> 0): the n-gram drafter's acceptance rate α and tokens gained per round (bonus included),
-    on ``problems``' prompts at ``temperature``. Both: the drafter does not always propose γ tokens."""
+                  tokens: int = 96, seed: int = 0) -> dict[int, Acceptance]:
+    """Per γ (> 0): the n-gram drafter's acceptance on ``problems``' prompts at ``temperature``, one branch.
+
+    All three numbers, because the drafter does not always propose γ tokens: tokens per round is not the
+    i.i.d. formula of α, and a round without a proposal verifies a narrower (cheaper) forward."""
     out = {}
     for g in sorted({g for g in gammas if g > 0}):
         proposed = accepted = rounds = 0
@@ -42,7 +52,9 @@ def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[
             proposed += gen.spec.proposed
             accepted += gen.spec.accepted
             rounds += gen.spec.rounds
-        out[g] = (accepted / proposed if proposed else 0.0, (accepted + rounds) / rounds if rounds else 1.0)
+        out[g] = Acceptance(accepted / proposed if proposed else 0.0,
+                            (accepted + rounds) / rounds if rounds else 1.0,
+                            proposed / (rounds * g) if rounds else 0.0)
     return out
 
 
@@ -62,7 +74,7 @@ class Planner:
 
     latency: LatencyModel
     surface: list[Estimate]
-    alphas: dict[int, tuple[float, float]]  # γ -> (α, tokens per round); γ = 0 needs none
+    alphas: dict[int, Acceptance]  # per γ > 0 (a plain (α, tokens per round) tuple is accepted too)
     prompt_len: int
     answer_tokens: int = 16
     answer_prompt_tokens: int = 8
@@ -73,13 +85,17 @@ class Planner:
     # the Zen 3 a γ=1 plan predicted 3-7% faster measured 1-23% slower
     spec_margin: float = 0.10
 
+    def __post_init__(self) -> None:
+        self.alphas = {g: Acceptance(*a) for g, a in self.alphas.items()}
+
     def predict_latency(self, branches: int, gamma: int, think: int) -> float:
         """Seconds for a run of B branches, γ drafts, L thinking tokens (the latency model, α of this γ)."""
-        alpha, per_round = self.alphas.get(gamma, (0.0, 1.0))
+        acc = self.alphas.get(gamma, Acceptance(0.0, 1.0))
         steps, forced = self.thinking(branches, think) if self.thinking else (float(think), 1.0)
-        return self.latency.predict(branches, gamma, steps, alpha=alpha, prompt_len=self.prompt_len,
+        return self.latency.predict(branches, gamma, steps, alpha=acc.alpha, prompt_len=self.prompt_len,
                                     answer_tokens=self.answer_tokens, answer_prompt_tokens=self.answer_prompt_tokens,
-                                    tokens_per_round=per_round, forced_share=forced)
+                                    tokens_per_round=acc.tokens_per_round, forced_share=forced,
+                                    verify_width=expected_verify_width(gamma, acc.proposal_rate, branches))
 
     def candidates(self) -> list[Candidate]:
         """Every (B, L) of the surface with γ = 0, and with every γ of ``alphas`` that is predicted to save more
@@ -107,8 +123,9 @@ class Planner:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the latency model, α per γ and the frontier (what ``solve`` needs to pick a plan)."""
-        return {"latency_model": self.latency.to_dict(), "alphas": {str(g): a for g, (a, _) in self.alphas.items()},
-                "tokens_per_round": {str(g): e for g, (_, e) in self.alphas.items()},
+        return {"latency_model": self.latency.to_dict(), "alphas": {str(g): a.alpha for g, a in self.alphas.items()},
+                "tokens_per_round": {str(g): a.tokens_per_round for g, a in self.alphas.items()},
+                "proposal_rate": {str(g): a.proposal_rate for g, a in self.alphas.items()},
                 "prompt_len": self.prompt_len, "answer_tokens": self.answer_tokens,
                 "frontier": [asdict(c) for c in self.frontier()]}
 

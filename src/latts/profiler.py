@@ -1,9 +1,10 @@
 """Measure this machine: prefill time vs prompt length, decode-forward time vs (B, k, context), drafter cost.
 
 The measurements feed :class:`~latts.latency_model.LatencyModel`. Forwards are timed directly on the
-engine's model (not through ``generate``), after a warm-up, as the median of a few repeats, so the
-profile takes a minute or two. The machine is described alongside, since a profile only holds for the
-machine (and load) it was taken on.
+engine's model (not through ``generate``), after a warm-up, as the median of a few repeats in each of
+three passes over all shapes (the median of the passes is kept), so the profile takes two or three
+minutes. The machine is described alongside, since a profile only holds for the machine (and load) it
+was taken on.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -84,32 +86,76 @@ def describe_machine() -> dict[str, Any]:
             "torch": torch.__version__, "python": platform.python_version(), "system": platform.platform()}
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
+def _median_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.4) -> float:
+    """Median seconds of ``fn`` after a warm-up call: at least ``repeats`` calls, more (up to 4×) for short
+    calls until ``min_seconds`` have been timed, so a burst of noise on a 2-core machine is outvoted."""
     fn()  # warm-up: first calls of a shape allocate
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 4 * repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def measure_step(engine: Engine, branches: int, k: int, context: int, repeats: int = 5) -> float:
-    """Median seconds of one decode forward: ``branches`` rows × ``k`` tokens after a ``context``-token prompt.
+def measure_steps(
+    engine: Engine,
+    shapes: Sequence[tuple[int, int, int]],
+    repeats: int = 3,
+    passes: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[StepSample]:
+    """Median seconds of one decode forward for every (B rows, k tokens per row, context) in ``shapes``.
+
+    Each shape is timed in ``passes`` separate passes over all shapes, in a new random order each pass,
+    and the median of the passes is kept: on a shared 2-core machine the speed drifts and stalls for
+    seconds at a time, and a stall then lands on one pass of a few shapes instead of all repeats of one.
+    The prompt is prefilled once per context and shared by every shape (a 1-row cache and a B-row one).
 
     Forwards of several tokens per row are speculative verifies, whose rows have advanced by different
     amounts: they are measured ragged (masked attention, scattered cache writes), as they run.
     """
+    if not shapes:
+        return []
+    if min(min(shape) for shape in shapes) < 1:
+        raise LattsError("forward shapes need B, k and context >= 1")
     m = engine.model
     s = m.shape
-    cache = KVCache(s.n_layers, branches, s.n_kv_heads, context, 2 * k + 8, s.head_dim, m.dtype)
-    g = torch.Generator().manual_seed(context)
-    m.prefill(torch.randint(100, 20000, (1, context), generator=g), cache)
-    tokens = torch.randint(100, 20000, (branches, k), generator=g)
-    start = torch.full((branches,), context)
-    if k > 1 and branches > 1:
-        start = start + torch.arange(branches) % k
-    return _median_time(lambda: m.decode(tokens, start, cache), repeats)
+    slots = 2 * max(k for _, k, _ in shapes) + 8
+    caches: dict[tuple[int, bool], KVCache] = {}
+    for c in sorted({c for _, _, c in shapes}):
+        prompt = torch.randint(100, 20000, (1, c), generator=torch.Generator().manual_seed(c))
+        rows = {b for b, _, cc in shapes if cc == c}
+        sizes = ([1] if 1 in rows else []) + ([max(rows)] if max(rows) > 1 else [])  # 1 row has its own layout
+        for n in sizes:
+            cache = KVCache(s.n_layers, n, s.n_kv_heads, c, slots, s.head_dim, m.dtype)
+            m.prefill(prompt, cache)
+            caches[(c, n == 1)] = cache
+
+    def timed(b: int, k: int, c: int) -> float:
+        g = torch.Generator().manual_seed(b * 1000 + k)
+        tokens = torch.randint(100, 20000, (b, k), generator=g)
+        start = torch.full((b,), c)
+        if k > 1 and b > 1:
+            start = start + torch.arange(b) % k
+        cache = caches[(c, b == 1)]
+        return _median_time(lambda: m.decode(tokens, start, cache), repeats, min_seconds=0.15)
+
+    times: dict[tuple[int, int, int], list[float]] = {shape: [] for shape in shapes}
+    order = list(times)
+    rng = random.Random(0)
+    for i in range(passes):
+        rng.shuffle(order)
+        for b, k, c in order:
+            times[(b, k, c)].append(timed(b, k, c))
+        if progress:
+            progress(f"forwards pass {i + 1}/{passes}: {len(order)} shapes timed")
+    return [StepSample(b, k, c, statistics.median(t)) for (b, k, c), t in times.items()]
+
+
+def measure_step(engine: Engine, branches: int, k: int, context: int, repeats: int = 5) -> float:
+    """Median seconds of one decode forward: ``branches`` rows × ``k`` tokens after a ``context``-token prompt."""
+    return measure_steps(engine, [(branches, k, context)], repeats, passes=1)[0].seconds
 
 
 def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps: int = 24) -> LoopSample:
@@ -117,14 +163,18 @@ def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps:
 
     Sampling or acceptance, drafting, bookkeeping: timed as a whole run's seconds per step (or round)
     minus the forward of the same shape. Plain steps sample at temperature 0.7; speculative rounds run
-    greedy, where the model soon repeats itself and the n-gram drafter proposes all γ tokens, so the
-    round has the shape of the forward it is compared with.
+    greedy, where the model soon repeats itself and the n-gram drafter proposes often. A round's forward
+    is as wide as its longest proposal, so the forward compared with is interpolated between k = 1 and
+    k = γ + 1 at the run's mean verify width.
     """
     ids = torch.randint(100, 20000, (context,), generator=torch.Generator().manual_seed(7)).tolist()
     sampling = SamplingParams(0.0 if gamma else 0.7, seed=0)
     gen = engine.generate(ids, branches=branches, max_new_tokens=steps * (gamma + 1), sampling=sampling,
                           ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None)
-    forward = measure_step(engine, branches, gamma + 1, context)  # every step of the run is one round
+    forward = measure_step(engine, branches, 1, context)  # every step of the run is one round
+    if gamma:
+        share = (gen.spec.mean_verify_width - 1) / gamma
+        forward += share * (measure_step(engine, branches, gamma + 1, context) - forward)
     return LoopSample(branches, gamma, max(0.0, gen.decode_s / max(1, gen.steps) - forward))
 
 
@@ -157,10 +207,16 @@ def profile(
     ks: Sequence[int] = DEFAULT_K,
     contexts: Sequence[int] = DEFAULT_CONTEXTS,
     prefills: Sequence[int] = DEFAULT_PREFILLS,
-    repeats: int = 5,
+    repeats: int = 3,
+    passes: int = 3,
     progress: Callable[[str], None] | None = None,
+    steps: Sequence[StepSample] | None = None,
 ) -> Profile:
-    """Measure every (B, k, context) forward and every prefill length on ``engine``."""
+    """Measure every (B, k, context) forward and every prefill length on ``engine``.
+
+    ``steps``: forwards measured already (by :func:`measure_steps`, e.g. interleaved with held-out shapes
+    so both see the same machine); measured here over ``branches`` × ``ks`` × ``contexts`` when None.
+    """
     loaded = engine.loaded
     prof = Profile(loaded.name, loaded.weights, describe_machine(), switch_rows=loaded.int4_max_rows)
     engine.warmup()
@@ -168,12 +224,12 @@ def profile(
         prof.prefills.append(PrefillSample(p, measure_prefill(engine, p)))
         if progress:
             progress(f"prefill {p} tokens: {prof.prefills[-1].seconds * 1e3:.1f} ms")
-    for c in contexts:
-        for b in branches:
-            for k in ks:
-                prof.steps.append(StepSample(b, k, c, measure_step(engine, b, k, c, repeats)))
-                if progress:
-                    progress(f"forward B={b} k={k} context={c}: {prof.steps[-1].seconds * 1e3:.1f} ms")
+    if steps is None:
+        steps = measure_steps(engine, grid(branches, ks, contexts), repeats, passes, progress)
+    prof.steps = list(steps)
+    if progress:
+        for x in prof.steps:
+            progress(f"forward B={x.branches} k={x.k} context={x.context}: {x.seconds * 1e3:.1f} ms")
     prof.ngram_per_row_s = measure_ngram()
     loop_branches = sorted({branches[0], branches[len(branches) // 2], branches[-1]})
     for gamma in (0, 3):
@@ -182,3 +238,8 @@ def profile(
             if progress:
                 progress(f"engine loop B={b} γ={gamma}: {prof.loops[-1].seconds * 1e3:.1f} ms beyond the forward")
     return prof
+
+
+def grid(branches: Sequence[int], ks: Sequence[int], contexts: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Every (B, k, context) of a profile, in that nesting order."""
+    return [(b, k, c) for c in contexts for b in branches for k in ks]

@@ -87,6 +87,8 @@ class SpecStats:
     accepted_at: list[int] = field(default_factory=list)
     draft_s: float = 0.0
     verify_s: float = 0.0
+    verifies: int = 0  # verify forwards (one per step, over all rows)
+    verify_width_sum: int = 0  # tokens per row those forwards fed (longest proposal + 1), summed
 
     def __post_init__(self) -> None:
         self.proposed_at = self.proposed_at or [0] * self.gamma
@@ -94,6 +96,8 @@ class SpecStats:
 
     def record(self, n_proposed: list[int], accepted: list[int], draft_s: float, verify_s: float) -> None:
         """Add one verify step over several rows."""
+        self.verifies += 1
+        self.verify_width_sum += 1 + max(n_proposed, default=0)
         self.rounds += len(accepted)
         self.proposed += sum(n_proposed)
         self.accepted += sum(accepted)
@@ -115,6 +119,19 @@ class SpecStats:
         """Tokens gained per row per verify, bonus included."""
         return (self.accepted + self.rounds) / self.rounds if self.rounds else 0.0
 
+    @property
+    def proposal_rate(self) -> float:
+        """Fraction of the γ drafts a row was offered per round (an n-gram drafter without a match offers none)."""
+        return self.proposed / (self.rounds * self.gamma) if self.rounds and self.gamma else 0.0
+
+    @property
+    def mean_verify_width(self) -> float:
+        """Tokens per row of the average verify forward: the longest proposal of the step, plus one.
+
+        What a verify costs: the forward is as wide as its longest row's proposal, however few the others got.
+        """
+        return self.verify_width_sum / self.verifies if self.verifies else 0.0
+
     def acceptance_by_position(self) -> list[float]:
         """Fraction of proposals accepted at each draft position 1..γ."""
         return [a / p if p else 0.0 for a, p in zip(self.accepted_at, self.proposed_at)]
@@ -130,6 +147,8 @@ class SpecStats:
             "acceptance_rate": round(self.acceptance_rate, 4),
             "mean_accepted_length": round(self.mean_accepted_length, 4),
             "acceptance_by_position": [round(x, 4) for x in self.acceptance_by_position()],
+            "proposal_rate": round(self.proposal_rate, 4),
+            "mean_verify_width": round(self.mean_verify_width, 4),
             "draft_s": round(self.draft_s, 4),
             "verify_s": round(self.verify_s, 4),
         }

@@ -1,0 +1,22 @@
+"""The profiler's forward timings on the real default model: every requested shape, bad shapes refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from latts.errors import LattsError
+from latts.profiler import grid, measure_steps
+
+
+def test_measure_steps_times_every_shape_once(engine) -> None:
+    shapes = [(1, 1, 32), (3, 2, 32), (2, 1, 48), (1, 3, 48)]
+    got = measure_steps(engine, shapes, repeats=1, passes=2)
+    assert [(s.branches, s.k, s.context) for s in got] == shapes  # the caller's order, whatever the passes'
+    assert all(0 < s.seconds < 10 for s in got)
+
+
+def test_grid_and_bad_shapes() -> None:
+    assert grid((1, 2), (1, 4), (64,)) == [(1, 1, 64), (1, 4, 64), (2, 1, 64), (2, 4, 64)]
+    assert measure_steps(None, []) == []  # nothing asked, nothing measured (no model touched)
+    with pytest.raises(LattsError, match=">= 1"):
+        measure_steps(None, [(0, 1, 64)])
