@@ -325,6 +325,9 @@ def plot_accuracy_vs_latency(records: list[dict[str, Any]], out: Path) -> Path |
     thinks = sorted(parallel)
     markers = ["s", "^", "D", "v", "P", "X"]
     styles = ["-", "--", "-.", ":"]
+    # B labels on every line when there are few points; else on the longest L's line only (on all of
+    # them they pile up at low latency)
+    label_all = sum(p.branches > 1 for pts in parallel.values() for p in pts) <= 8
     for i, think in enumerate(thinks):
         pts = sorted(parallel[think], key=lambda p: p.branches)
         label = "parallel scaling (γ=0, varying B)" + (f", L={think}" if len(thinks) > 1 else "")
@@ -333,7 +336,7 @@ def plot_accuracy_vs_latency(records: list[dict[str, Any]], out: Path) -> Path |
                     alpha=1.0 if len(thinks) == 1 else 0.45 + 0.55 * (i + 1) / len(thinks),
                     marker=markers[i % len(markers)], linestyle=styles[i % len(styles)], capsize=3,
                     label=label, zorder=2)
-        if think == thinks[-1]:  # B labels on one line only: on all of them they pile up at low latency
+        if label_all or think == thinks[-1]:
             for p in pts:
                 if p.branches == 1 and sequential:
                     continue  # that point is on the red line, labelled with its L
