@@ -17,8 +17,9 @@ memory term and slope (``small_overhead``, ``small_w_token``): two rooflines, on
 A prefill of ``P`` tokens costs ``p0 + p1 · P``. A whole run with thinking budget ``L``, draft length ``γ``
 and acceptance rate ``α`` takes ``L / E`` verify rounds, where ``E = (1 − α^(γ+1)) / (1 − α)`` tokens are
 gained per round (Leviathan et al.), each round a forward of ``k = γ + 1`` tokens per row (fewer when
-no row was offered all γ drafts: the forward is as wide as the longest proposal) plus the drafter's cost; then a forced answer (one catch-up forward and ``answer_tokens`` plain steps). Every
-coefficient is fitted by least squares to a profile and clipped at zero, so each one reads as a cost.
+no row was offered all γ drafts: the forward is as wide as the longest proposal) plus the drafter's
+cost; then a forced answer (one catch-up forward and ``answer_tokens`` plain steps). Every coefficient
+is fitted by least squares to a profile and clipped at zero, so each one reads as a cost.
 """
 
 from __future__ import annotations
