@@ -26,6 +26,7 @@ from latts.optimizer import Candidate, best_plan, candidates, pareto_frontier
 from latts.solver import Solver
 from latts.surface import Estimate
 from latts.tasks import Problem
+from latts.types import SpecStats
 
 
 class Acceptance(NamedTuple):
@@ -44,17 +45,15 @@ def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[
     i.i.d. formula of α, and a round without a proposal verifies a narrower (cheaper) forward."""
     out = {}
     for g in sorted({g for g in gammas if g > 0}):
-        proposed = accepted = rounds = 0
+        total = SpecStats(NGramDrafter.name, g)  # the counts of every problem's run, pooled
         for p in problems:
             gen = solver.engine.generate(solver.task.prompt(p), branches=1, max_new_tokens=tokens,
                                          sampling=SamplingParams(temperature, seed=seed), gamma=g,
                                          drafter=NGramDrafter(), ignore_eos=True)
-            proposed += gen.spec.proposed
-            accepted += gen.spec.accepted
-            rounds += gen.spec.rounds
-        out[g] = Acceptance(accepted / proposed if proposed else 0.0,
-                            (accepted + rounds) / rounds if rounds else 1.0,
-                            proposed / (rounds * g) if rounds else 0.0)
+            total.proposed += gen.spec.proposed
+            total.accepted += gen.spec.accepted
+            total.rounds += gen.spec.rounds
+        out[g] = Acceptance(total.acceptance_rate, total.mean_accepted_length or 1.0, total.proposal_rate)
     return out
 
 

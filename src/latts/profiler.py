@@ -153,11 +153,6 @@ def measure_steps(
     return [StepSample(b, k, c, statistics.median(t)) for (b, k, c), t in times.items()]
 
 
-def measure_step(engine: Engine, branches: int, k: int, context: int, repeats: int = 5) -> float:
-    """Median seconds of one decode forward: ``branches`` rows × ``k`` tokens after a ``context``-token prompt."""
-    return measure_steps(engine, [(branches, k, context)], repeats, passes=1)[0].seconds
-
-
 def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps: int = 24) -> LoopSample:
     """What a decode step (γ = 0) or speculative round costs in ``Engine.generate`` beyond its forward.
 
@@ -171,10 +166,13 @@ def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps:
     sampling = SamplingParams(0.0 if gamma else 0.7, seed=0)
     gen = engine.generate(ids, branches=branches, max_new_tokens=steps * (gamma + 1), sampling=sampling,
                           ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None)
-    forward = measure_step(engine, branches, 1, context)  # every step of the run is one round
+    # every step of the run is one round; both widths timed over one prefilled prompt
+    plain, *verify = measure_steps(engine, [(branches, k, context) for k in sorted({1, gamma + 1})], repeats=5,
+                                   passes=1)
+    forward = plain.seconds
     if gamma:
         share = (gen.spec.mean_verify_width - 1) / gamma
-        forward += share * (measure_step(engine, branches, gamma + 1, context) - forward)
+        forward += share * (verify[0].seconds - forward)
     return LoopSample(branches, gamma, max(0.0, gen.decode_s / max(1, gen.steps) - forward))
 
 
