@@ -83,3 +83,34 @@ def test_never_written_slots_cannot_poison_attention() -> None:
     ours.prefill(ids[:, :8], cache)
     out = ours.decode(torch.stack([ids[0, 8:10], ids[0, 8:10]]), torch.tensor([8, 11]), cache)
     assert torch.isfinite(out[0]).all()
+
+
+def _lean_and_general_steps(model: Transformer, ids: torch.Tensor, P: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Logits of the same single-branch decode run by the lean one-token step and by the general step.
+
+    Each run decodes one token, then a 3-token verify, then one token back at a rejected position.
+    """
+    s = model.shape
+    outs = []
+    for lean in (True, False):
+        model.lean_single_step = lean
+        cache = KVCache(s.n_layers, 1, s.n_kv_heads, P, 16, s.head_dim, model.dtype)
+        model.prefill(ids[:, :P], cache)
+        run = [model.decode(ids[:, P : P + 1], torch.tensor([P]), cache)]
+        run.append(model.decode(ids[:, P + 1 : P + 4], torch.tensor([P + 1]), cache))
+        run.append(model.decode(ids[:, P + 2 : P + 3], torch.tensor([P + 2]), cache))
+        run.append(model.decode(ids[:, P + 3 : P + 4], torch.tensor([P + 3]), cache))
+        outs.append(run)
+    model.lean_single_step = True
+    return list(zip(*outs))
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_lean_single_step_is_the_general_step_bit_for_bit(arch: str, fast: bool) -> None:
+    """B = 1 one-token steps take a lean path; it must compute exactly what the general decode does."""
+    ours = Transformer(tiny(arch), torch.float32, fast=fast)
+    ids = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(3))
+    for lean, general in _lean_and_general_steps(ours, ids, P=10):
+        assert lean.shape == general.shape
+        assert torch.equal(lean, general)

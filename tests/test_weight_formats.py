@@ -87,3 +87,16 @@ def test_fast_paths_agree_with_fp32_hf(fast_model, hf_model) -> None:
         set_int4_rows(m.projections(), fast_model.int4_max_rows)
     assert agree["int4"] >= 0.9 and agree["dense"] >= 0.9, (agree, fast_model.tokenizer.decode(gen))
 
+
+
+def test_lean_single_step_matches_the_general_step_in_fast_formats(fast_model) -> None:
+    """The B = 1 lean step over int4 projections (bf16 outputs, upcast by the ops that use them)
+    gives bit-identical logits to the general step, which converts explicitly."""
+    from test_transformer_archs import _lean_and_general_steps
+
+    m = fast_model.model
+    assert fast_model.int4_max_rows >= 1 or not any(p.int4 for p in m.projections())
+    ids = torch.tensor([fast_model.encode_chat("What is 12 times 7?") + [28, 29, 30, 31, 32]])
+    P = ids.shape[1] - 5
+    for lean, general in _lean_and_general_steps(m, ids, P):
+        assert torch.equal(lean, general)

@@ -111,6 +111,17 @@ class Projection:
             return self.forward_int4(x)
         return self.forward_dense(x)
 
+    def native(self, x: torch.Tensor) -> torch.Tensor:
+        """Project a 2-D ``x`` ``[rows, in]``, the output left in the kernel's dtype (bf16 from int4).
+
+        For callers that feed the result into an op that upcasts anyway (a residual add, rotary
+        embeddings): the same values as :meth:`__call__`, one conversion fewer.
+        """
+        if x.shape[0] > self.int4_max_rows:
+            return self.forward_dense(x)  # bias included
+        y = _int4_mm(x.to(torch.bfloat16), self.q4_weight, INT4_GROUP, self.q4_scales)
+        return y + self.bias if self.bias is not None else y
+
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         """The dense weight: oneDNN pre-packed when ``packed``, else plain ``F.linear``."""
         if self.packed:
