@@ -11,10 +11,13 @@ Targets (exit 1 when one is missed): the best drafter reaches >= 1.3x at B=1 (gr
 >= 1.15x at B=8 (greedy); latts at B=1 is at least as fast as HF assisted generation with the same
 drafter (best γ of each side).
 
-The full grid takes hours on a 2-core CPU, so every measured configuration is appended to
---results (JSON Lines) as it finishes, keyed by CPU, dtype, prompts and tokens: a rerun skips what
-that machine already measured, and speedups are only ever taken against the γ=0 row of the same
-mode and B measured on the same CPU.
+Speedups are ratios within one run: for each mode and B, every prompt runs plain decoding and
+every speculative configuration in turn before the next prompt (this machine's speed drifts for
+minutes), and each configuration's speedup is against the γ=0 run interleaved with it.
+
+The full grid takes hours on a 2-core CPU, so each (mode, B) group is appended to --results
+(JSON Lines) when it finishes, keyed by CPU, dtype, prompts and tokens: a rerun skips what that
+machine already measured (an interrupted group is run again).
 """
 
 from __future__ import annotations
@@ -89,21 +92,39 @@ class Results:
         return row
 
 
-def run_latts(engine: Engine, prompts: list[list[int]], B: int, gamma: int, drafter, params, tokens: int) -> dict:
-    decode_s, latency_s, rounds, proposed, accepted = 0.0, 0.0, 0, 0, 0
-    for ids in prompts:
-        g = engine.generate(ids, branches=B, max_new_tokens=tokens, sampling=params, ignore_eos=True,
-                            gamma=gamma, drafter=drafter if gamma else None)
-        decode_s += g.decode_s
-        latency_s += g.latency_s
-        if g.spec is not None:
-            rounds, proposed, accepted = rounds + g.spec.rounds, proposed + g.spec.proposed, accepted + g.spec.accepted
-    return {
-        "tps_row": tokens * len(prompts) / decode_s,
-        "tps_row_e2e": tokens * len(prompts) / latency_s,
-        "alpha": accepted / proposed if proposed else None,
-        "mean_len": (accepted + rounds) / rounds if rounds else None,
-    }
+def run_group(engine: Engine, prompts: list[list[int]], B: int, configs: list[tuple[str, object, int]],
+              params: SamplingParams, tokens: int) -> dict[tuple[str, int], dict]:
+    """Plain decoding (γ=0) and every ``(drafter name, drafter, γ)`` in ``configs`` at batch size ``B``.
+
+    Interleaved: each prompt runs every configuration in turn (starting one further along per
+    prompt) before the next prompt starts, so this machine's drift and stalls, which last seconds to
+    minutes, hit every configuration alike and the speedups stay ratios within one run.
+    Returns tokens/s per row (decode only and end to end), α and mean accepted length per
+    ``(name, γ)``, with plain decoding under ``("-", 0)``.
+    """
+    runs = [("-", None, 0), *configs]
+    sums = {(name, gamma): [0.0, 0.0, 0, 0, 0] for name, _, gamma in runs}
+    for i, ids in enumerate(prompts):
+        for name, drafter, gamma in runs[i % len(runs):] + runs[: i % len(runs)]:
+            g = engine.generate(ids, branches=B, max_new_tokens=tokens, sampling=params, ignore_eos=True,
+                                gamma=gamma, drafter=drafter if gamma else None)
+            acc = sums[(name, gamma)]
+            acc[0] += g.decode_s
+            acc[1] += g.latency_s
+            if g.spec is not None:
+                acc[2] += g.spec.rounds
+                acc[3] += g.spec.proposed
+                acc[4] += g.spec.accepted
+        print(f"    B={B}: prompt {i + 1}/{len(prompts)} done in every configuration", flush=True)
+    out = {}
+    for key, (decode_s, latency_s, rounds, proposed, accepted) in sums.items():
+        out[key] = {
+            "tps_row": tokens * len(prompts) / decode_s,
+            "tps_row_e2e": tokens * len(prompts) / latency_s,
+            "alpha": accepted / proposed if proposed else None,
+            "mean_len": (accepted + rounds) / rounds if rounds else None,
+        }
+    return out
 
 
 def run_hf(hf, prompts: list[list[int]], tokens: int, **kwargs) -> float:
@@ -153,25 +174,32 @@ def main() -> int:
     print(f"{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}), {len(prompts)} MATH-500 prompts, "
           f"{args.tokens} new tokens, draft = first {args.draft_layers} layers", flush=True)
 
+    # "order": rows timed one configuration after another (older files) are not comparable
     key = {"cpu": cpu_name(), "dtype": loaded.weights, "prompts": len(prompts), "tokens": args.tokens,
-           "draft_layers": args.draft_layers}
+           "draft_layers": args.draft_layers, "order": "interleaved"}
     store = Results(args.results, key)
     rows = []
     for mode in modes:
         for B in batches:
-            base = store.get(mode, "-", B, 0) or store.put(
-                {"mode": mode, "drafter": "-", "B": B, "gamma": 0,
-                 **run_latts(engine, prompts, B, 0, None, MODES[mode], args.tokens)})
+            configs = [(name, drafter, gamma) for name, drafter in drafters.items() for gamma in gammas[1:]]
+            todo = [c for c in configs if store.get(mode, c[0], B, c[2]) is None]
+            if todo or store.get(mode, "-", B, 0) is None:
+                print(f"  {mode} B={B}: γ=0 and {len(todo)} speculative configurations, interleaved", flush=True)
+                got = run_group(engine, prompts, B, todo, MODES[mode], args.tokens)
+                base = store.put({"mode": mode, "drafter": "-", "B": B, "gamma": 0, **got[("-", 0)]})
+                for name, _, gamma in todo:
+                    r = got[(name, gamma)]
+                    store.put({"mode": mode, "drafter": name, "B": B, "gamma": gamma, **r,
+                               "speedup": r["tps_row"] / base["tps_row"], "base_tps_row": base["tps_row"]})
+            base = store.get(mode, "-", B, 0)
             rows.append({**base, "speedup": 1.0})
             print(f"  {mode} B={B} γ=0: {base['tps_row']:.1f} tok/s/row", flush=True)
-            for name, drafter in drafters.items():
-                for gamma in gammas[1:]:
-                    r = store.get(mode, name, B, gamma) or store.put(
-                        {"mode": mode, "drafter": name, "B": B, "gamma": gamma,
-                         **run_latts(engine, prompts, B, gamma, drafter, MODES[mode], args.tokens)})
-                    rows.append({**r, "speedup": r["tps_row"] / base["tps_row"]})
-                    print(f"  {mode} B={B} {name} γ={gamma}: {r['tps_row']:.1f} tok/s/row, "
-                          f"{rows[-1]['speedup']:.2f}x, α={r['alpha']:.2f}", flush=True)
+            for name, _, gamma in configs:
+                rows.append(store.get(mode, name, B, gamma))
+                r = rows[-1]
+                print(f"  {mode} B={B} {name} γ={gamma}: {r['tps_row']:.1f} tok/s/row, "
+                      f"{r['speedup']:.2f}x (vs γ=0 at {r['base_tps_row']:.1f} in the same run), "
+                      f"α={r['alpha']:.2f}", flush=True)
 
     hf_rows = {}
     if not args.no_hf and "greedy" in modes and 1 in batches:
