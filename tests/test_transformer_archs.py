@@ -86,7 +86,7 @@ def test_never_written_slots_cannot_poison_attention() -> None:
 
 
 def _lean_and_general_steps(model: Transformer, ids: torch.Tensor, P: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Logits of the same single-branch decode run by the lean one-token step and by the general step.
+    """Logits of the same single-branch decode run by the lean path and by the general step.
 
     Each run decodes one token, then a 3-token verify, then one token back at a rejected position.
     """
@@ -108,7 +108,7 @@ def _lean_and_general_steps(model: Transformer, ids: torch.Tensor, P: int) -> li
 @pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_lean_single_step_is_the_general_step_bit_for_bit(arch: str, fast: bool) -> None:
-    """B = 1 one-token steps take a lean path; it must compute exactly what the general decode does."""
+    """One branch's decode and verify steps take a lean path; it must compute exactly what the general decode does."""
     ours = Transformer(tiny(arch), torch.float32, fast=fast)
     ids = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(3))
     for lean, general in _lean_and_general_steps(ours, ids, P=10):

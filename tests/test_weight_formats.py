@@ -90,7 +90,7 @@ def test_fast_paths_agree_with_fp32_hf(fast_model, hf_model) -> None:
 
 
 def test_lean_single_step_matches_the_general_step_in_fast_formats(fast_model) -> None:
-    """The B = 1 lean step over int4 projections (bf16 outputs, upcast by the ops that use them)
+    """The B = 1 lean path over int4 projections (bf16 outputs, upcast by the ops that use them)
     gives bit-identical logits to the general step, which converts explicitly."""
     from test_transformer_archs import _lean_and_general_steps
 
