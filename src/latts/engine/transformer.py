@@ -247,9 +247,9 @@ class Transformer(nn.Module):
     def _decode_single(self, tokens: torch.Tensor, position: int, cache: KVCache) -> torch.Tensor:
         """``k`` consecutive tokens ``[k]`` of one branch from ``position`` on: B = 1 decoding and verifying.
 
-        The same arithmetic as :meth:`decode` (bit for bit), without what one row needs not: no
-        per-row position tensors or host syncs per layer, 2-D activations, no dtype round trips around
-        the int4 kernel, and no mask for one token. At this shape a step is a few dozen small ops per
+        The same arithmetic as :meth:`decode` (bit for bit), minus what a single row does not need:
+        no per-row position tensors or per-layer host syncs, 2-D activations, no dtype round trips
+        around the int4 kernel, and no mask for one token. At this shape a step is a few dozen small ops per
         layer, each costing microseconds of dispatch: 6-13% of a B=1 step on a 2-core Zen 3 (measured).
         """
         s = self.shape
@@ -283,6 +283,7 @@ class Transformer(nn.Module):
             gate, up = layer.gate_up.native(F.rms_norm(x, (D,), layer.norm_mlp, s.rms_eps)).chunk(2, dim=-1)
             x = x + layer.down.native(F.silu(gate.to(self.dtype)) * up)
         return self._logits(x).view(1, k, -1)
+
 
 def _attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
