@@ -88,7 +88,6 @@ def test_fast_paths_agree_with_fp32_hf(fast_model, hf_model) -> None:
     assert agree["int4"] >= 0.9 and agree["dense"] >= 0.9, (agree, fast_model.tokenizer.decode(gen))
 
 
-
 def test_lean_single_step_matches_the_general_step_in_fast_formats(fast_model) -> None:
     """The B = 1 lean path over int4 projections (bf16 outputs, upcast by the ops that use them)
     gives bit-identical logits to the general step, which converts explicitly."""

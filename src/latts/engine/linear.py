@@ -119,6 +119,10 @@ class Projection:
         """
         if x.shape[0] > self.int4_max_rows:
             return self.forward_dense(x)  # bias included
+        return self._int4_2d(x)
+
+    def _int4_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """The int4 kernel on ``[rows, in]``: bf16 out, or the bias's dtype when there is a bias."""
         y = _int4_mm(x.to(torch.bfloat16), self.q4_weight, INT4_GROUP, self.q4_scales)
         return y + self.bias if self.bias is not None else y
 
@@ -130,9 +134,8 @@ class Projection:
 
     def forward_int4(self, x: torch.Tensor) -> torch.Tensor:
         """The int4 kernel (bf16 activations inside, ``x``'s dtype outside); needs ``self.int4``."""
-        y = _int4_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.q4_weight, INT4_GROUP, self.q4_scales)
-        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
-        return y + self.bias if self.bias is not None else y
+        y = self._int4_2d(x.reshape(-1, self.in_features))
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
 def tune_int4_rows(projections: Sequence[Projection], rows: Sequence[int] = TUNE_ROWS, repeats: int = 5) -> int:

@@ -208,10 +208,8 @@ class Transformer(nn.Module):
         n_slots = int(slots.max()) + 1
         uniform = bool((start == start[0]).all())
         mask = None
-        if k > 1 or not uniform:  # additive [B, 1, r*k, n_slots]; query r_i*k + i sees slots <= its own
-            visible = torch.arange(n_slots)[None, None, :] <= slots[:, :, None]  # [B, k, S]
-            mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
-            mask = mask[:, None].expand(B, r, k, n_slots).reshape(B, 1, r * k, n_slots)
+        if k > 1 or not uniform:  # query r_i*k + i sees slots <= its own
+            mask = self._additive_mask(torch.arange(n_slots)[None, None, :] <= slots[:, :, None])
 
         cache.reserve(n_slots)
         joint_mask = None
@@ -244,13 +242,20 @@ class Transformer(nn.Module):
             x = self._mlp_and_out(layer, x, o)
         return self._logits(x)
 
+    def _additive_mask(self, visible: torch.Tensor) -> torch.Tensor:
+        """``visible`` ``[B, k, S]`` (query token, key) as an additive mask ``[B, 1, r*k, S]`` over folded heads."""
+        B, k, S = visible.shape
+        mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
+        return mask[:, None].expand(B, self.shape.group, k, S).reshape(B, 1, self.shape.group * k, S)
+
     def _decode_single(self, tokens: torch.Tensor, position: int, cache: KVCache) -> torch.Tensor:
         """``k`` consecutive tokens ``[k]`` of one branch from ``position`` on: B = 1 decoding and verifying.
 
         The same arithmetic as :meth:`decode` (bit for bit), minus what a single row does not need:
         no per-row position tensors or per-layer host syncs, 2-D activations, no dtype round trips
-        around the int4 kernel, and no mask for one token. At this shape a step is a few dozen small ops per
-        layer, each costing microseconds of dispatch: 6-13% of a B=1 step on a 2-core Zen 3 (measured).
+        around the int4 kernel, and no mask for one token. At this shape a step is a few dozen small
+        ops per layer, each costing microseconds of dispatch: 6-13% of a B=1 step on a 2-core Zen 3
+        (measured).
         """
         s = self.shape
         H, G, r, hd, D = s.n_heads, s.n_kv_heads, s.group, s.head_dim, s.hidden
@@ -260,10 +265,9 @@ class Transformer(nn.Module):
         cos_t, sin_t = self.rope_tables(end)
         cos, sin = cos_t[position:end, None], sin_t[position:end, None]  # [k, 1, hd]
         mask = None
-        if k > 1:  # additive [1, 1, r*k, end]: query r_i*k + i sees positions up to position + i
-            visible = torch.arange(end)[None, :] <= torch.arange(position, end)[:, None]  # [k, end]
-            mask = torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, float("-inf"))
-            mask = mask.expand(r, k, end).reshape(1, 1, r * k, end)
+        if k > 1:  # query r_i*k + i sees positions up to position + i
+            own = torch.arange(position, end)
+            mask = self._additive_mask(torch.arange(end)[None, None, :] <= own[None, :, None])
         half, qk_end = hd // 2, (H + G) * hd
         x = self.embed[tokens]  # [k, D]
         for i, layer in enumerate(self.layers):
