@@ -44,6 +44,7 @@ test: setup
 	exit $$(( rc || rc2 ))
 
 bench: setup
+	$(BIN)/python benchmarks/weight_formats.py
 	$(BIN)/python benchmarks/engine_throughput.py
 
 clean:

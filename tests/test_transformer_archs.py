@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from latts.engine import kernels
 from latts.engine.kv_cache import KVCache
 from latts.engine.transformer import Transformer
 from latts.errors import LattsError
@@ -108,9 +109,17 @@ def _lean_and_general_steps(model: Transformer, ids: torch.Tensor, P: int) -> li
 @pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_lean_single_step_is_the_general_step_bit_for_bit(arch: str, fast: bool) -> None:
-    """One branch's decode and verify steps take a lean path; it must compute exactly what the general decode does."""
+    """One branch's decode and verify steps take a lean path; it must compute exactly what the general decode does.
+
+    Bit for bit with torch's ops; with latts' CPU kernels (fast formats) its attention is another
+    kernel than the general step's, so equal to fp32 rounding.
+    """
     ours = Transformer(tiny(arch), torch.float32, fast=fast)
+    assert (ours.kernels is not None) == (fast and kernels.compiled() is not None)
     ids = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(3))
     for lean, general in _lean_and_general_steps(ours, ids, P=10):
         assert lean.shape == general.shape
-        assert torch.equal(lean, general)
+        if ours.kernels is None:
+            assert torch.equal(lean, general)
+        else:
+            torch.testing.assert_close(lean, general, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ One decode forward over ``B`` rows of ``k`` tokens each (``n = B·k`` tokens) at
 - ``w_attn · n · c``: attention over the context;
 - ``w_row · B``: per-row bookkeeping (sampling, cache writes).
 
-The engine switches weight format at ``switch_rows`` (exact int4 weights up to that many rows per
+The engine switches weight format at ``switch_rows`` (exact quantized weights up to that many rows per
 forward, pre-packed dense above: see :mod:`latts.engine.linear`). The two formats read different
 bytes and spend different compute per token, so forwards of ``n <= switch_rows`` tokens get their own
 memory term and slope (``small_overhead``, ``small_w_token``): two rooflines, one per weight format.
@@ -123,7 +123,7 @@ class LatencyModel:
     ) -> LatencyModel:
         """Least-squares fit (relative error weighted, coefficients clipped at zero) to measured forwards.
 
-        ``switch_rows``: the engine's weight-format switch (``LoadedModel.int4_max_rows``; 0 = one format).
+        ``switch_rows``: the engine's weight-format switch (``LoadedModel.quant_max_rows``; 0 = one format).
         ``loops``: the engine loop's own cost per step and per speculative round (fitted linear in B).
         """
         if len(steps) < 4:

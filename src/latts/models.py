@@ -165,13 +165,14 @@ class LoadedModel:
     eos_token_ids: tuple[int, ...]
     dtype: torch.dtype
     load_s: float
-    int4_max_rows: int = 0  # forwards of up to this many rows use the exact int4 weights (0: never)
+    quant_max_rows: int = 0  # forwards of up to this many rows use the exact quantized weights (0: never)
+    quant_format: str = ""  # which: 'q4+q8' (latts' kernels) or 'int4' (torch's)
 
     @property
     def weights(self) -> str:
-        """The weight formats in use, for load reports: e.g. ``float32, int4 up to 4 rows``."""
+        """The weight formats in use, for load reports: e.g. ``float32, q4/q8 blocks up to 4 rows``."""
         dtype = str(self.dtype).removeprefix("torch.")
-        return f"{dtype}, int4 up to {self.int4_max_rows} rows" if self.int4_max_rows else dtype
+        return f"{dtype}, {self.quant_format} up to {self.quant_max_rows} rows" if self.quant_max_rows else dtype
 
     def encode_chat(self, user_message: str, system: str | None = None) -> list[int]:
         """Token ids of a one-turn chat prompt, through the tokenizer's chat template when it has one."""
@@ -197,6 +198,7 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
     """Load ``model`` (bundled name, HF folder or GGUF file) for the latts engine in ``dtype``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from latts.engine.linear import quant_formats
     from latts.engine.transformer import SUPPORTED_ARCHITECTURES, Transformer
 
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
@@ -223,7 +225,7 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
     transformer = Transformer(hf, torch_dtype, fast=fast).eval()
     eos = _eos_ids(hf, tokenizer)
     del hf
-    int4_rows = _tuned_int4_rows(transformer) if fast else 0
+    quant_rows = _tuned_quant_rows(transformer) if fast else 0
     name = model if model in BUNDLED_MODELS else source.name
     return LoadedModel(
         name=name,
@@ -234,30 +236,32 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
         eos_token_ids=eos,
         dtype=torch_dtype,
         load_s=time.perf_counter() - t0,
-        int4_max_rows=int4_rows,
+        quant_max_rows=quant_rows,
+        quant_format=quant_formats(transformer.projections()),
     )
 
 
-def _tuned_int4_rows(transformer: "Transformer") -> int:  # noqa: F821 - imported lazily
-    """Measure (once per CPU, torch and layer shape; cached on disk) up to how many rows int4 pays."""
-    from latts.engine.linear import set_int4_rows, tune_int4_rows
+def _tuned_quant_rows(transformer: "Transformer") -> int:  # noqa: F821 - imported lazily
+    """Measure (once per CPU, torch, kernel and layer shape; cached on disk) up to how many rows the quantized copies pay."""
+    from latts.engine.linear import quant_formats, set_quant_rows, tune_quant_rows
 
     projections = transformer.projections()
-    if not any(p.int4 for p in projections):
+    if not any(p.quant is not None for p in projections):
         return 0
     s = transformer.shape
     key = "|".join([cpu_name(), torch.__version__, str(torch.get_num_threads()), str(transformer.dtype),
+                    quant_formats(projections),
                     f"{s.n_layers}x{s.hidden}x{s.n_heads}x{s.n_kv_heads}"])
-    path = cache_root() / "int4-rows.json"
+    path = cache_root() / "quant-rows.json"
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
     if key in table:
-        set_int4_rows(projections, int(table[key]))
+        set_quant_rows(projections, int(table[key]))
         return int(table[key])
-    rows = tune_int4_rows(projections)
-    log.info("int4 kernel pays up to %d rows here (measured)", rows)
+    rows = tune_quant_rows(projections)
+    log.info("quantized weights pay up to %d rows here (measured)", rows)
     table[key] = rows
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ class Profile:
     steps: list[StepSample] = field(default_factory=list)
     prefills: list[PrefillSample] = field(default_factory=list)
     ngram_per_row_s: float = 0.0
-    switch_rows: int = 0  # the engine's int4/dense weight-format switch when profiled
+    switch_rows: int = 0  # the engine's quantized/dense weight-format switch when profiled
     loops: list[LoopSample] = field(default_factory=list)
 
     def fit(self) -> LatencyModel:
@@ -216,7 +216,7 @@ def profile(
     so both see the same machine); measured here over ``branches`` × ``ks`` × ``contexts`` when None.
     """
     loaded = engine.loaded
-    prof = Profile(loaded.name, loaded.weights, describe_machine(), switch_rows=loaded.int4_max_rows)
+    prof = Profile(loaded.name, loaded.weights, describe_machine(), switch_rows=loaded.quant_max_rows)
     engine.warmup()
     for p in prefills:
         prof.prefills.append(PrefillSample(p, measure_prefill(engine, p)))

@@ -14,27 +14,32 @@ format wins both. All 30 layers' projections of SmolLM2-135M, ms per pass, 2 thr
 
 So a fast :class:`Projection` keeps a dense weight pre-packed by oneDNN in the activation dtype
 (bf16 where the CPU has native bf16, else fp32: the weight is not re-packed on every call, and
-the small-M shapes that plain MKL handles badly stay fast) and, where it is **exact**, an int4 copy
-used up to :attr:`Projection.int4_max_rows` rows. The crossover moves by a factor of 4 between
-CPUs, so :func:`tune_int4_rows` measures it at load (and the result is cached per CPU).
+the small-M shapes that plain MKL handles badly stay fast) and, where it is **exact**, a quantized
+copy used up to :attr:`Projection.quant_max_rows` rows. The crossover moves by a factor of 4 between
+CPUs and kernels, so :func:`tune_quant_rows` measures it at load (cached per CPU).
 
-Weights that came from a Q4_0/Q4_1 GGUF are ``d * q + m`` per block of 32 with ``q`` in 0..15,
-which the int4 kernel's per-group scale and zero represent without loss (checked per tensor;
-anything else keeps the dense path only). The reference format (``fast=False``) is plain
-``F.linear`` in the activation dtype, bit-for-bit what HF computes.
+Weights that came from a GGUF's Q4_0/Q4_1 (or Q8_0) tensors are ``d * q + m`` (``d * q``) per block
+of 32, which the blocks represent without loss (checked bit for bit per tensor; anything else keeps
+the dense path only). They run through latts' own AVX2 kernels (:mod:`latts.engine.kernels`: fp32
+activations, as exact as the dense fp32 matmul, and the 8-bit lm_head too) or, where those cannot be
+built, torch's int4 kernel (bf16 activations, 4-bit tensors only). The reference format
+(``fast=False``) is plain ``F.linear`` in the activation dtype, bit-for-bit what HF computes.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from latts.engine import kernels
+
 INT4_GROUP = 32
-DEFAULT_INT4_MAX_ROWS = 4  # until measured: int4 wins below 4-8 rows on every CPU measured (table above)
+DEFAULT_QUANT_MAX_ROWS = 4  # until measured: quantized wins below 4-8 rows on every CPU measured (table above)
 TUNE_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 _EXACT_RTOL = 1e-5
 _int4_mm = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
@@ -86,12 +91,17 @@ class Projection:
     A plain callable rather than an ``nn.Module``: it is called 121 times per decode step, and the
     module call machinery alone cost ≈ 1.5 ms of a ≈ 40 ms step at B=1 here. Nothing trains it.
 
+    With ``fast``, a weight that is exactly block-quantized (a GGUF's Q4_0/Q4_1 or Q8_0 tensor) is
+    also kept as its blocks and read through latts' kernels (fp32 activations,
+    :mod:`latts.engine.kernels`) or, where those cannot be built, torch's int4 kernel (bf16
+    activations) for forwards of up to :attr:`quant_max_rows` rows.
+
     Args:
         weight: ``[out, in]`` (any float dtype; kept in ``dtype``).
         bias: ``[out]`` or None.
         dtype: the activation dtype: inputs arrive and outputs leave in it.
-        fast: pre-pack the dense weight for oneDNN and keep an exact int4 copy for small row counts;
-            False keeps the reference ``F.linear`` path only.
+        fast: pre-pack the dense weight for oneDNN and keep an exact quantized copy for small row
+            counts; False keeps the reference ``F.linear`` path only.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, fast: bool = True) -> None:
@@ -100,30 +110,29 @@ class Projection:
         dense = weight.detach().to(dtype).contiguous()
         self.weight = torch.ops.mkldnn._reorder_linear_weight(dense, 16) if self.packed else dense
         self.bias = bias.detach().to(dtype) if bias is not None else None
-        q4 = exact_int4(weight) if fast and can_int4() else None
-        self.int4 = q4 is not None
-        self.q4_weight, self.q4_scales = q4 if q4 is not None else (None, None)
-        self.int4_max_rows = DEFAULT_INT4_MAX_ROWS if self.int4 else 0
+        # quant_kind: 'q4' / 'q8' (latts' kernels, fp32 activations), 'int4' (torch's, bf16 activations)
+        self.quant_kind, self.quant = _quantized(weight) if fast else (None, None)
+        self.quant_max_rows = DEFAULT_QUANT_MAX_ROWS if self.quant is not None else 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``x`` ``[..., in]`` to ``[..., out]``."""
-        if x.numel() <= self.int4_max_rows * self.in_features:
-            return self.forward_int4(x)
+        if x.numel() <= self.quant_max_rows * self.in_features:
+            return self.forward_quant(x)
         return self.forward_dense(x)
 
     def native(self, x: torch.Tensor) -> torch.Tensor:
-        """Project a 2-D ``x`` ``[rows, in]``, the output left in the kernel's dtype (bf16 from int4).
+        """Project a 2-D ``x`` ``[rows, in]``, the output left in the kernel's dtype (bf16 from torch's int4).
 
         For callers that feed the result into an op that upcasts anyway (a residual add, rotary
         embeddings): the same values as :meth:`__call__`, one conversion fewer.
         """
-        if x.shape[0] > self.int4_max_rows:
+        if x.shape[0] > self.quant_max_rows:
             return self.forward_dense(x)  # bias included
-        return self._int4_2d(x)
+        return self._quant_2d(x)
 
-    def _int4_2d(self, x: torch.Tensor) -> torch.Tensor:
-        """The int4 kernel on ``[rows, in]``: bf16 out, or the bias's dtype when there is a bias."""
-        y = _int4_mm(x.to(torch.bfloat16), self.q4_weight, INT4_GROUP, self.q4_scales)
+    def _quant_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized kernel on ``[rows, in]``, output in the kernel's dtype (or the bias's, with a bias)."""
+        y = self.quant(x)
         return y + self.bias if self.bias is not None else y
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,20 +141,49 @@ class Projection:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
-    def forward_int4(self, x: torch.Tensor) -> torch.Tensor:
-        """The int4 kernel (bf16 activations inside, ``x``'s dtype outside); needs ``self.int4``."""
-        y = self._int4_2d(x.reshape(-1, self.in_features))
+    def forward_quant(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized copy (``x``'s dtype in and out); needs ``self.quant``."""
+        y = self._quant_2d(x.reshape(-1, self.in_features))
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-def tune_int4_rows(projections: Sequence[Projection], rows: Sequence[int] = TUNE_ROWS, repeats: int = 5) -> int:
-    """Measure up to how many rows the int4 kernel beats the dense path on ``projections``; set and return it.
+def _quantized(weight: torch.Tensor) -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """``(kind, x2d -> x2d @ weight.T)`` through an exact block-quantized copy of ``weight``; Nones if it has none.
+
+    latts' own kernels first (fp32 activations: as exact as the dense fp32 matmul); else torch's
+    int4 kernel, whose bf16 activations cost ≈ 3e-3 relative error.
+    """
+    ext = kernels.compiled()
+    if ext is not None:
+        if (q4 := kernels.pack_q4(weight)) is not None:
+            return "q4", functools.partial(_q4_call, ext.q4_linear, *q4)
+        if (q8 := kernels.pack_q8(weight)) is not None:
+            return "q8", functools.partial(_q8_call, ext.q8_linear, *q8)
+    if can_int4() and (int4 := exact_int4(weight)) is not None:
+        return "int4", functools.partial(_torch_int4_call, *int4)
+    return None, None
+
+
+def _q4_call(kernel, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return kernel(x.float(), qs, d, m)
+
+
+def _q8_call(kernel, qs: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return kernel(x.float(), qs, d)
+
+
+def _torch_int4_call(packed: torch.Tensor, scales_zeros: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return _int4_mm(x.to(torch.bfloat16), packed, INT4_GROUP, scales_zeros)
+
+
+def tune_quant_rows(projections: Sequence[Projection], rows: Sequence[int] = TUNE_ROWS, repeats: int = 5) -> int:
+    """Measure up to how many rows the quantized copies beat the dense path on ``projections``; set and return it.
 
     Times one pass over all the projections per format and row count (median of ``repeats``, the two
     formats interleaved so machine drift hits both), and takes the largest row count below the
-    first one where dense wins. 0 means int4 never pays here.
+    first one where dense wins. 0 means the quantized copies never pay here.
     """
-    projs = [p for p in projections if p.int4]
+    projs = [p for p in projections if p.quant is not None]
     if not projs:
         return 0
     dtype = projs[0].weight.dtype
@@ -154,31 +192,36 @@ def tune_int4_rows(projections: Sequence[Projection], rows: Sequence[int] = TUNE
     for m in rows:
         for f in inputs:
             inputs[f] = torch.randn(m, f).to(dtype)
-        int4_t, dense_t = [], []
+        quant_t, dense_t = [], []
         with torch.inference_mode():
             for p in projs:  # warm both paths at this shape
-                p.forward_int4(inputs[p.in_features])
+                p.forward_quant(inputs[p.in_features])
                 p.forward_dense(inputs[p.in_features])
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 for p in projs:
-                    p.forward_int4(inputs[p.in_features])
+                    p.forward_quant(inputs[p.in_features])
                 t1 = time.perf_counter()
                 for p in projs:
                     p.forward_dense(inputs[p.in_features])
                 t2 = time.perf_counter()
-                int4_t.append(t1 - t0)
+                quant_t.append(t1 - t0)
                 dense_t.append(t2 - t1)
-        if statistics.median(int4_t) >= statistics.median(dense_t):
+        if statistics.median(quant_t) >= statistics.median(dense_t):
             break
         best = m
-    set_int4_rows(projections, best)
+    set_quant_rows(projections, best)
     return best
 
 
-def set_int4_rows(projections: Sequence[Projection], max_rows: int) -> None:
-    """Use the int4 kernel up to ``max_rows`` rows on every projection that has it."""
+def set_quant_rows(projections: Sequence[Projection], max_rows: int) -> None:
+    """Use the quantized copies up to ``max_rows`` rows on every projection that has one."""
     for p in projections:
-        if p.int4:
-            p.int4_max_rows = max_rows
+        if p.quant is not None:
+            p.quant_max_rows = max_rows
 
+
+
+def quant_formats(projections: Sequence[Projection]) -> str:
+    """The quantized formats in use among ``projections``, for reports and cache keys: e.g. ``q4+q8``, ``int4``."""
+    return "+".join(sorted({p.quant_kind for p in projections if p.quant_kind}))

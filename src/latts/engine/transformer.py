@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latts.engine import kernels
 from latts.engine.kv_cache import KVCache
 from latts.engine.linear import Projection
 from latts.errors import LattsError
@@ -112,6 +113,10 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(_Layer(layer, self.shape, dtype, fast) for layer in base.layers)
         self.norm = nn.Parameter(base.norm.weight.to(dtype), requires_grad=False)
         self.lm_head = Projection(hf_model.get_output_embeddings().weight, None, dtype, fast)
+        # latts' fp32 CPU kernels for RMS norm and one branch's attention (fast formats only: the
+        # reference path keeps torch's ops, bit for bit what HF computes)
+        fits = dtype == torch.float32 and self.shape.hidden % 8 == 0 and head_dim % 8 == 0
+        self.kernels = kernels.compiled() if fast and fits else None
         self.n_params = sum(p.numel() for p in hf_model.parameters())  # tied embeddings counted once
         self.max_positions = int(getattr(config, "max_position_embeddings", 1 << 20))
         window = getattr(config, "sliding_window", None)
@@ -127,8 +132,9 @@ class Transformer(nn.Module):
         self.lean_single_step = True
 
     def projections(self) -> list[Projection]:
-        """Every projection of the layers (not the lm_head): what weight-format tuning measures."""
-        return [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        """Every projection, the lm_head included: what weight-format tuning measures and switches."""
+        layers = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        return [*layers, self.lm_head]
 
     def rope_tables(self, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables ``[n_positions, head_dim]`` in the model dtype, grown on demand."""
@@ -145,6 +151,8 @@ class Transformer(nn.Module):
         return self._rope_cos, self._rope_sin
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None:
+            return self.kernels.rms_norm(x, weight, self.shape.rms_eps)
         return F.rms_norm(x, (x.shape[-1],), weight, self.shape.rms_eps)
 
     def _qkv(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -253,27 +261,27 @@ class Transformer(nn.Module):
 
         The same arithmetic as :meth:`decode` (bit for bit), minus what a single row does not need:
         no per-row position tensors or per-layer host syncs, 2-D activations, no dtype round trips
-        around the int4 kernel, and no mask for one token. At this shape a step is a few dozen small
+        around torch's int4 kernel, and no mask for one token. At this shape a step is a few dozen small
         ops per layer, each costing microseconds of dispatch: 6-13% of a B=1 step on a 2-core Zen 3
         (measured).
         """
         s = self.shape
-        H, G, r, hd, D = s.n_heads, s.n_kv_heads, s.group, s.head_dim, s.hidden
+        H, G, r, hd = s.n_heads, s.n_kv_heads, s.group, s.head_dim
         k = tokens.shape[0]
         end = position + k
         cache.reserve(end - cache.prompt_len)
         cos_t, sin_t = self.rope_tables(end)
         cos, sin = cos_t[position:end, None], sin_t[position:end, None]  # [k, 1, hd]
         mask = None
-        if k > 1:  # query r_i*k + i sees positions up to position + i
+        if k > 1 and self.kernels is None:  # query r_i*k + i sees positions up to position + i
             own = torch.arange(position, end)
             mask = self._additive_mask(torch.arange(end)[None, None, :] <= own[None, :, None])
         half, qk_end = hd // 2, (H + G) * hd
         x = self.embed[tokens]  # [k, D]
         for i, layer in enumerate(self.layers):
-            # projections return their kernel's dtype (bf16 from int4); the mixed-dtype ops below
+            # projections return their kernel's dtype (bf16 from torch's int4); the mixed-dtype ops below
             # upcast exactly, as the general path's explicit conversions do, one op fewer each
-            qkv = layer.qkv.native(F.rms_norm(x, (D,), layer.norm_attn, s.rms_eps))  # [k, (H + 2G) hd]
+            qkv = layer.qkv.native(self._rms(x, layer.norm_attn))  # [k, (H + 2G) hd]
             qk = qkv[:, :qk_end].view(k, H + G, hd)
             if layer.qk_norm is not None:
                 qk = F.rms_norm(qk.to(self.dtype), (hd,), None, s.rms_eps) * layer.qk_norm
@@ -282,9 +290,12 @@ class Transformer(nn.Module):
             keys[0, :, position:end] = qk[:, H:].transpose(0, 1)
             values[0, :, position:end] = qkv[:, qk_end:].view(k, G, hd).transpose(0, 1)
             q = qk[:, :H].view(k, G, r, hd).permute(1, 2, 0, 3).reshape(1, G, r * k, hd)
-            o = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], mask, scale=layer.scale)
+            if self.kernels is not None:
+                o = self.kernels.attend(q[0], keys[0], values[0], k, end, layer.scale)
+            else:
+                o = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], mask, scale=layer.scale)
             x = x + layer.o.native(o.view(G, r, k, hd).permute(2, 0, 1, 3).reshape(k, H * hd))
-            gate, up = layer.gate_up.native(F.rms_norm(x, (D,), layer.norm_mlp, s.rms_eps)).chunk(2, dim=-1)
+            gate, up = layer.gate_up.native(self._rms(x, layer.norm_mlp)).chunk(2, dim=-1)
             x = x + layer.down.native(F.silu(gate.to(self.dtype)) * up)
         return self._logits(x).view(1, k, -1)
 
