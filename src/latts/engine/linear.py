@@ -12,6 +12,16 @@ format wins both. All 30 layers' projections of SmolLM2-135M, ms per pass, 2 thr
 | Zen 3: fp32, oneDNN pre-packed | 16 | 20 | 22 | 36 | 52 | 80 | 139 |
 | Zen 3: int4 g32, bf16 activations | 11 | 12 | 19 | 35 | 80 | 130 | 282 |
 
+A later run on the Zen 3 (``benchmarks/weight_formats.py``, formats interleaved within each repeat):
+
+| rows M | 1 | 2 | 4 | 8 | 12 | 16 | 32 |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| fp32, oneDNN pre-packed | 28 | 24 | 28 | 36 | 41 | 53 | 80 |
+| torch int4 g32, bf16 activations | 12 | 12 | 19 | 36 | 45 | 66 | 144 |
+| latts q4, fp32 activations | 9 | 9 | 13 | 26 | 38 | 53 | 105 |
+| lm_head alone: fp32, oneDNN pre-packed | 5.2 | 5.3 | 5.8 | 7.4 | 8.5 | 10.6 | 16.7 |
+| lm_head alone: latts q8, fp32 activations | 3.1 | 1.6 | 2.5 | 5.1 | 7.3 | 9.7 | 21.1 |
+
 So a fast :class:`Projection` keeps a dense weight pre-packed by oneDNN in the activation dtype
 (bf16 where the CPU has native bf16, else fp32: the weight is not re-packed on every call, and
 the small-M shapes that plain MKL handles badly stay fast) and, where it is **exact**, a quantized
