@@ -177,8 +177,8 @@ def main() -> int:
     warm = engine.warmup()
     n_params = loaded.model.n_params
     print(f"model {loaded.name}: {n_params / 1e6:.1f} M parameters, latts weights "
-          f"{loaded.weights}, load {loaded.load_s:.1f} s, warm-up {warm:.1f} s, "
-          f"{torch.get_num_threads()} threads")
+          f"{loaded.weights}, load {loaded.load_s:.1f} s (latts' kernels {loaded.kernels_s:.1f} s of it), "
+          f"warm-up {warm:.1f} s, {torch.get_num_threads()} threads")
     ceiling_name, ceiling = max(("bf16", bf16_gflops), ("fp32", fp32_gflops), key=lambda c: c[1])
     print(f"matmul ceiling: bf16 {bf16_gflops:.1f} GFLOP/s, fp32 {fp32_gflops:.1f} GFLOP/s "
           f"-> compute ceiling {ceiling_name} {ceiling:.1f} GFLOP/s")

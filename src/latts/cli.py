@@ -105,6 +105,7 @@ def generate(
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "weights": loaded.weights,
             "load_s": round(loaded.load_s, 3),
+            "kernels_s": round(loaded.kernels_s, 3),
             "warmup_s": round(engine.warmup_s, 3),
             "prompt": prompt,
             **result.to_dict(),
@@ -188,7 +189,8 @@ def _open(backend: str, model: str, dtype: str, remote, announce: bool = True):
     opened = open_backend(backend, model, dtype, remote)
     if announce and opened.loaded is not None:
         loaded = opened.loaded
-        err.print(f"[dim]{loaded.name} ({loaded.weights}) loaded in {loaded.load_s:.1f} s, "
+        built = f" (of which latts' CPU kernels {loaded.kernels_s:.1f} s)" if loaded.kernels_s >= 1 else ""
+        err.print(f"[dim]{loaded.name} ({loaded.weights}) loaded in {loaded.load_s:.1f} s{built}, "
                   f"warm-up {opened.backend.warmup_s:.1f} s (not counted in any deadline)[/]")
     elif announce:
         b = opened.backend

@@ -167,6 +167,7 @@ class LoadedModel:
     load_s: float
     quant_max_rows: int = 0  # forwards of up to this many rows use the exact quantized weights (0: never)
     quant_format: str = ""  # which: 'q4+q8' (latts' kernels) or 'int4' (torch's)
+    kernels_s: float = 0.0  # of load_s: building (once per machine, ~1 min) or loading latts' CPU kernels
 
     @property
     def weights(self) -> str:
@@ -198,6 +199,7 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
     """Load ``model`` (bundled name, HF folder or GGUF file) for the latts engine in ``dtype``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from latts.engine import kernels
     from latts.engine.linear import quant_formats
     from latts.engine.transformer import SUPPORTED_ARCHITECTURES, Transformer
 
@@ -222,6 +224,10 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:
         raise LattsError(f"cannot load model from {folder} ({type(exc).__name__}: {exc})") from None
+    t_kernels = time.perf_counter()
+    if fast:
+        kernels.compiled()  # built here, once per machine, and timed apart
+    kernels_s = time.perf_counter() - t_kernels
     transformer = Transformer(hf, torch_dtype, fast=fast).eval()
     eos = _eos_ids(hf, tokenizer)
     del hf
@@ -238,6 +244,7 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
         load_s=time.perf_counter() - t0,
         quant_max_rows=quant_rows,
         quant_format=quant_formats(transformer.projections()),
+        kernels_s=kernels_s,
     )
 
 

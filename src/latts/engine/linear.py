@@ -38,7 +38,6 @@ built, torch's int4 kernel (bf16 activations, 4-bit tensors only). The reference
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -164,26 +163,15 @@ def _quantized(weight: torch.Tensor) -> tuple[str | None, Callable[[torch.Tensor
     int4 kernel, whose bf16 activations cost ≈ 3e-3 relative error.
     """
     ext = kernels.compiled()
-    if ext is not None:
+    if ext is not None:  # fp32 inside; x's dtype out
         if (q4 := kernels.pack_q4(weight)) is not None:
-            return "q4", functools.partial(_q4_call, ext.q4_linear, *q4)
+            return "q4", lambda x: ext.q4_linear(x.float(), *q4).to(x.dtype)
         if (q8 := kernels.pack_q8(weight)) is not None:
-            return "q8", functools.partial(_q8_call, ext.q8_linear, *q8)
+            return "q8", lambda x: ext.q8_linear(x.float(), *q8).to(x.dtype)
     if can_int4() and (int4 := exact_int4(weight)) is not None:
-        return "int4", functools.partial(_torch_int4_call, *int4)
+        packed, scales_zeros = int4  # bf16 out
+        return "int4", lambda x: _int4_mm(x.to(torch.bfloat16), packed, INT4_GROUP, scales_zeros)
     return None, None
-
-
-def _q4_call(kernel, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return kernel(x.float(), qs, d, m)
-
-
-def _q8_call(kernel, qs: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return kernel(x.float(), qs, d)
-
-
-def _torch_int4_call(packed: torch.Tensor, scales_zeros: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return _int4_mm(x.to(torch.bfloat16), packed, INT4_GROUP, scales_zeros)
 
 
 def tune_quant_rows(projections: Sequence[Projection], rows: Sequence[int] = TUNE_ROWS, repeats: int = 5) -> int:
