@@ -259,7 +259,8 @@ class Transformer(nn.Module):
     def _decode_single(self, tokens: torch.Tensor, position: int, cache: KVCache) -> torch.Tensor:
         """``k`` consecutive tokens ``[k]`` of one branch from ``position`` on: B = 1 decoding and verifying.
 
-        The same arithmetic as :meth:`decode` (bit for bit), minus what a single row does not need:
+        The same arithmetic as :meth:`decode` (bit for bit over torch's ops; with latts' kernels its
+        attention is their ``attend``, equal to fp32 rounding), minus what a single row does not need:
         no per-row position tensors or per-layer host syncs, 2-D activations, no dtype round trips
         around torch's int4 kernel, and no mask for one token. At this shape a step is a few dozen small
         ops per layer, each costing microseconds of dispatch: 6-13% of a B=1 step on a 2-core Zen 3
@@ -293,7 +294,8 @@ class Transformer(nn.Module):
             if self.kernels is not None:
                 o = self.kernels.attend(q[0], keys[0], values[0], k, end, layer.scale)
             else:
-                o = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], mask, scale=layer.scale)
+                keys, values = keys[:, :, :end], values[:, :, :end]
+                o = F.scaled_dot_product_attention(q, keys, values, mask, scale=layer.scale)
             x = x + layer.o.native(o.view(G, r, k, hd).permute(2, 0, 1, 3).reshape(k, H * hd))
             gate, up = layer.gate_up.native(self._rms(x, layer.norm_mlp)).chunk(2, dim=-1)
             x = x + layer.down.native(F.silu(gate.to(self.dtype)) * up)
