@@ -174,10 +174,11 @@ def main() -> int:
     print(f"{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}), {len(prompts)} MATH-500 prompts, "
           f"{args.tokens} new tokens, draft = first {args.draft_layers} layers", flush=True)
 
-    # "order": rows timed one configuration after another (older files) are not comparable
-    key = {"cpu": cpu_name(), "dtype": loaded.weights, "prompts": len(prompts), "tokens": args.tokens,
-           "draft_layers": args.draft_layers, "order": "interleaved"}
-    store = Results(args.results, key)
+    # "order": rows timed one configuration after another (older files) are not comparable;
+    # "spec": nor latts rows from before the ragged verify and the n-gram drafter's trust by match length
+    hf_key = {"cpu": cpu_name(), "dtype": loaded.weights, "prompts": len(prompts), "tokens": args.tokens,
+              "draft_layers": args.draft_layers, "order": "interleaved"}
+    store, hf_store = Results(args.results, {**hf_key, "spec": "ragged, ngram n/2"}), Results(args.results, hf_key)
     rows = []
     for mode in modes:
         for B in batches:
@@ -213,7 +214,7 @@ def main() -> int:
             wanted["HF assistant model"] = {
                 "assistant_model": AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()}
         for name, kwargs in wanted.items():
-            got = store.get("hf", name, 1, 0) or store.put(
+            got = hf_store.get("hf", name, 1, 0) or hf_store.put(
                 {"mode": "hf", "drafter": name, "B": 1, "gamma": 0, "tps": run_hf(hf, prompts, args.tokens, **kwargs)})
             hf_rows[name] = got["tps"]
 

@@ -65,13 +65,12 @@ def test_run_prediction_adds_up() -> None:
 
 
 def test_expected_verify_width() -> None:
-    assert expected_verify_width(0, 0.3, 8) == 1.0
-    assert expected_verify_width(4, 1.0, 1) == 5.0
-    assert expected_verify_width(4, 0.0, 16) == 1.0
-    assert expected_verify_width(3, 0.25, 1) == pytest.approx(1.75)  # one row: 1 + γ·rate
-    assert expected_verify_width(3, 0.25, 2) == pytest.approx(1 + 3 * (1 - 0.75**2))  # the wider of two rows
+    assert expected_verify_width(0, 0.3) == 1.0
+    assert expected_verify_width(4, 1.0) == 5.0
+    assert expected_verify_width(4, 0.0) == 1.0
+    assert expected_verify_width(3, 0.25) == pytest.approx(1.75)  # 1 + γ·rate, whatever the batch
     with pytest.raises(LattsError, match="proposal rate"):
-        expected_verify_width(3, 1.5, 2)
+        expected_verify_width(3, 1.5)
 
 
 def test_narrower_verifies_cost_less() -> None:

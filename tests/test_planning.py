@@ -30,13 +30,13 @@ def test_latency_uses_the_acceptance_of_each_gamma() -> None:
 
 def test_latency_counts_the_width_of_the_verifies() -> None:
     # 10 ms per step plus 1 ms per token in the forward: a row offered drafts half the time verifies
-    # 1 + 3·(1 − 0.5^B) tokens per row on average (the widest row of the step sets the forward's width)
+    # 1 + 3·0.5 tokens per row on average, whatever the batch (the verify computes proposed positions only)
     per_token = LatencyModel(overhead=0.010, w_token=0.001, w_attn=0.0, w_row=0.0, prefill_base=0.0,
                              prefill_per_token=0.0)
     p = Planner(per_token, SURFACE, {3: Acceptance(1.0, 2.0, 0.5)}, prompt_len=50, answer_tokens=0,
                 answer_prompt_tokens=0)
     assert p.predict_latency(1, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 2.5))
-    assert p.predict_latency(2, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 2 * (1 + 3 * 0.75)))
+    assert p.predict_latency(2, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 2 * 2.5))
     full = Planner(per_token, SURFACE, {3: (1.0, 2.0)}, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
     assert full.predict_latency(1, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 4))  # no rate: all γ offered
 

@@ -62,6 +62,12 @@ def test_prefill_and_ragged_decode_match_hf(arch: str, rows: int) -> None:
     out = ours.decode(toks, starts, cache)
     for row, p in enumerate(starts.tolist()):
         torch.testing.assert_close(out[row], ref[p : p + 3], atol=1e-4, rtol=1e-4)
+    # ragged lengths (a verify of unequal proposals): row r computes only its first lengths[r] tokens
+    lengths = torch.tensor([1, 3, 2])
+    out = ours.decode(toks, starts, cache, lengths)
+    for row, (p, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+        torch.testing.assert_close(out[row, :n], ref[p : p + n], atol=1e-4, rtol=1e-4)
+        assert not out[row, n:].any()  # padding is not computed: zero logits
 
 
 def test_unsupported_architecture_is_refused() -> None:

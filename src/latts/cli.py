@@ -64,7 +64,7 @@ def generate(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="stop string (repeatable)")] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", help="seconds allowed for decoding")] = None,
     gamma: Annotated[int, typer.Option("--gamma", help="draft tokens per branch and step (0: no speculation)")] = 0,
-    drafter: Annotated[str, typer.Option("--drafter", help="ngram, or model:PATH (same tokenizer)")] = "ngram",
+    drafter: Annotated[str, typer.Option("--drafter", help="ngram (ngram:N: matches of >= N tokens), or model:PATH")] = "ngram",
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of the live view")] = False,
@@ -80,9 +80,9 @@ def generate(
         check_deadline(deadline)
         if not 0 <= gamma <= MAX_GAMMA:
             raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
-        if drafter != "ngram" and not drafter.startswith("model:"):
-            raise LattsError(f"unknown drafter '{drafter}': use ngram or model:PATH")
-        from latts.engine.drafters import make_drafter
+        from latts.engine.drafters import check_drafter_spec, make_drafter
+
+        check_drafter_spec(drafter)
 
         loaded, engine = _engine(model, dtype, announce=not as_json)
         spec = {"gamma": gamma, "drafter": make_drafter(drafter, loaded)} if gamma > 0 else {}

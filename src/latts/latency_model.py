@@ -17,7 +17,7 @@ memory term and slope (``small_overhead``, ``small_w_token``): two rooflines, on
 A prefill of ``P`` tokens costs ``p0 + p1 · P``. A whole run with thinking budget ``L``, draft length ``γ``
 and acceptance rate ``α`` takes ``L / E`` verify rounds, where ``E = (1 − α^(γ+1)) / (1 − α)`` tokens are
 gained per round (Leviathan et al.), each round a forward of ``k = γ + 1`` tokens per row (fewer when
-no row was offered all γ drafts: the forward is as wide as the longest proposal) plus the drafter's
+rows were offered fewer drafts: the verify computes the proposed positions only) plus the drafter's
 cost; then a forced answer (one catch-up forward and ``answer_tokens`` plain steps). Every coefficient
 is fitted by least squares to a profile and clipped at zero, so each one reads as a cost.
 """
@@ -73,18 +73,17 @@ def expected_tokens_per_round(alpha: float, gamma: int) -> float:
     return (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def expected_verify_width(gamma: int, proposal_rate: float, branches: int) -> float:
-    """Tokens per row of the average verify forward of ``branches`` rows (the longest proposal, plus one).
+def expected_verify_width(gamma: int, proposal_rate: float) -> float:
+    """Tokens per row the average verify computes: 1 + γ · ``proposal_rate`` (the share of the γ drafts offered).
 
-    A row is offered all γ drafts with probability ``proposal_rate`` or none (an n-gram drafter finds a
-    match or not), independently of the other rows; the forward is as wide as the widest row. Exact in
-    expectation for one row; for rows that are copies of each other (greedy, one prompt) it overestimates.
+    The verify forward computes the proposed positions only (ragged rows), so its cost follows the mean
+    proposal, not the longest one of the batch.
     """
     if gamma == 0:
         return 1.0
     if not 0.0 <= proposal_rate <= 1.0:
         raise LattsError(f"proposal rate must be in [0, 1], got {proposal_rate}")
-    return 1.0 + gamma * (1.0 - (1.0 - proposal_rate) ** branches)
+    return 1.0 + gamma * proposal_rate
 
 
 def _step_features(branches: int, k: float, context: float, switch_rows: int = 0) -> list[float]:

@@ -94,7 +94,7 @@ class Planner:
         return self.latency.predict(branches, gamma, steps, alpha=acc.alpha, prompt_len=self.prompt_len,
                                     answer_tokens=self.answer_tokens, answer_prompt_tokens=self.answer_prompt_tokens,
                                     tokens_per_round=acc.tokens_per_round, forced_share=forced,
-                                    verify_width=expected_verify_width(gamma, acc.proposal_rate, branches))
+                                    verify_width=expected_verify_width(gamma, acc.proposal_rate))
 
     def candidates(self) -> list[Candidate]:
         """Every (B, L) of the surface with γ = 0, and with every γ of ``alphas`` that is predicted to save more

@@ -159,7 +159,7 @@ def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps:
     Sampling or acceptance, drafting, bookkeeping: timed as a whole run's seconds per step (or round)
     minus the forward of the same shape. Plain steps sample at temperature 0.7; speculative rounds run
     greedy, where the model soon repeats itself and the n-gram drafter proposes often. A round's forward
-    is as wide as its longest proposal, so the forward compared with is interpolated between k = 1 and
+    computes the proposed positions only, so the forward compared with is interpolated between k = 1 and
     k = γ + 1 at the run's mean verify width.
     """
     ids = torch.randint(100, 20000, (context,), generator=torch.Generator().manual_seed(7)).tolist()

@@ -88,7 +88,6 @@ class SpecStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     verifies: int = 0  # verify forwards (one per step, over all rows)
-    verify_width_sum: int = 0  # tokens per row those forwards fed (longest proposal + 1), summed
 
     def __post_init__(self) -> None:
         self.proposed_at = self.proposed_at or [0] * self.gamma
@@ -97,7 +96,6 @@ class SpecStats:
     def record(self, n_proposed: list[int], accepted: list[int], draft_s: float, verify_s: float) -> None:
         """Add one verify step over several rows."""
         self.verifies += 1
-        self.verify_width_sum += 1 + max(n_proposed, default=0)
         self.rounds += len(accepted)
         self.proposed += sum(n_proposed)
         self.accepted += sum(accepted)
@@ -126,11 +124,12 @@ class SpecStats:
 
     @property
     def mean_verify_width(self) -> float:
-        """Tokens per row of the average verify forward: the longest proposal of the step, plus one.
+        """Tokens per row the average verify computes: the row's own proposal, plus one.
 
-        What a verify costs: the forward is as wide as its longest row's proposal, however few the others got.
+        What a verify costs: the forward runs its projections on the proposed positions only (ragged
+        rows), so a row without a proposal costs what a plain step of it costs.
         """
-        return self.verify_width_sum / self.verifies if self.verifies else 0.0
+        return 1.0 + self.proposed / self.rounds if self.rounds else 0.0
 
     def acceptance_by_position(self) -> list[float]:
         """Fraction of proposals accepted at each draft position 1..γ."""

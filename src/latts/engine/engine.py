@@ -187,7 +187,8 @@ class Engine:
                 feed = torch.zeros((len(live), max(pending)), dtype=torch.long)
                 for r, i in enumerate(live):
                     feed[r, : pending[r]] = torch.tensor(rows[i].history[rows[i].fed :])
-                logits = m.decode(feed, start, cache)[torch.arange(len(live)), torch.tensor(pending) - 1]
+                width = torch.tensor(pending)
+                logits = m.decode(feed, start, cache, width)[torch.arange(len(live)), width - 1]
                 new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
                 step_logits = logits[:, None]
             elif spec is None:
@@ -268,13 +269,13 @@ class Engine:
         """
         t0 = time.perf_counter()
         drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, gen)  # [n, γ], [n], [n, γ, V]?
-        # verify only as many positions as the longest proposal: padding would cost compute for nothing
+        # verify only the proposed positions (ragged rows): padding would cost compute for nothing
         width = int(n_proposed.max())
         if width < gamma:
             drafts = drafts[:, :width]
             q = q[:, :width] if q is not None else None
         t1 = time.perf_counter()
-        logits = self.model.decode(torch.cat([last, drafts], 1), start, cache)  # [n, γ+1, V]
+        logits = self.model.decode(torch.cat([last, drafts], 1), start, cache, n_proposed + 1)  # [n, width+1, V]
         if sampling.greedy:
             accepted, nxt = greedy_accept(drafts, n_proposed, logits)
         else:

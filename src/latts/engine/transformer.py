@@ -197,17 +197,28 @@ class Transformer(nn.Module):
         return self._logits(x[:, -1])
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, start: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode(
+        self, tokens: torch.Tensor, start: torch.Tensor, cache: KVCache, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run ``tokens`` ``[B, k]`` at positions ``start[b] + 0..k-1`` for cache rows ``0..B-1``; logits ``[B, k, V]``.
 
         Positions count from the start of the prompt (``start >= prompt_len``). Their K/V are written
         into the rows' suffix slots; each query sees the shared prompt and its row's slots up to its own
         position. The two attention parts are merged exactly through their log-sum-exps.
+
+        ``lengths`` ``[B]`` (ragged rows, e.g. a verify where rows proposed different numbers of drafts):
+        only row ``b``'s first ``lengths[b]`` tokens are real. The projections, norms and lm_head then run
+        on the real tokens only — in the compute-bound regime of a wide verify, padding would cost as
+        much as a real token. Padded positions get zero logits; their K/V slots lie past the row's real
+        tokens, so no real query attends to them, and the next write overwrites them.
         """
         s = self.shape
         B, k = tokens.shape
         if cache.single and self.lean_single_step:
             return self._decode_single(tokens[0], int(start[0]), cache)
+        real = None  # flat indices of the real tokens in [B * k], when some are padding
+        if lengths is not None and not cache.single and int(lengths.sum()) < B * k:
+            real = (torch.arange(k)[None, :] < lengths[:, None]).flatten().nonzero().squeeze(1)
         G, r, hd = s.n_kv_heads, s.group, s.head_dim
         positions = start[:, None] + torch.arange(k)  # [B, k]
         cos_t, sin_t = self.rope_tables(int(positions.max()) + 1)
@@ -224,8 +235,12 @@ class Transformer(nn.Module):
         if cache.single and mask is not None:  # the prompt is visible to every query
             joint_mask = torch.cat([mask.new_zeros(mask.shape[:-1] + (cache.prompt_len,)), mask], -1)
         x = self.embed[tokens]  # [B, k, D]
+        if real is not None:  # from here on x holds the real tokens only, as one row: [1, T, D]
+            x, cos, sin = (t.flatten(0, 1)[real][None] for t in (x, cos, sin))
         for i, layer in enumerate(self.layers):
             q, kk, v = self._qkv(layer, x, cos, sin)
+            if real is not None:  # attention works on the padded [B, k] layout
+                q, kk, v = (_unflatten(t[0], real, B, k) for t in (q, kk, v))
             keys, values = cache.write(i, kk, v, slots, uniform, n_slots)  # [B, G, S, hd]
             # Fold the r query heads of each KV head into the query length: [B, G, r*k, hd].
             q = q.view(B, k, G, r, hd).permute(0, 2, 3, 1, 4).reshape(B, G, r * k, hd)
@@ -247,7 +262,11 @@ class Transformer(nn.Module):
             o2, lse2 = _attention(q, keys, values, mask, layer.scale)
             o = torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).unsqueeze(-1).to(o2.dtype))
             o = o.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).reshape(B, k, s.n_heads * hd)
+            if real is not None:
+                o = o.flatten(0, 1)[real][None]
             x = self._mlp_and_out(layer, x, o)
+        if real is not None:
+            return _unflatten(self._logits(x)[0], real, B, k)
         return self._logits(x)
 
     def _additive_mask(self, visible: torch.Tensor) -> torch.Tensor:
@@ -300,6 +319,13 @@ class Transformer(nn.Module):
             gate, up = layer.gate_up.native(self._rms(x, layer.norm_mlp)).chunk(2, dim=-1)
             x = x + layer.down.native(F.silu(gate.to(self.dtype)) * up)
         return self._logits(x).view(1, k, -1)
+
+
+def _unflatten(t: torch.Tensor, real: torch.Tensor, B: int, k: int) -> torch.Tensor:
+    """Real-token rows ``t`` ``[T, ...]`` back into the padded ``[B, k, ...]`` layout, zeros at the padding."""
+    out = t.new_zeros((B * k,) + t.shape[1:])
+    out[real] = t
+    return out.view((B, k) + t.shape[1:])
 
 
 def _attention(
