@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.evaluate import Config, accuracy_difference, evaluate, summarize
 from latts.models import DEFAULT_MODEL, load
@@ -86,10 +87,11 @@ def main() -> int:
 
     stage("acceptance rate per γ")
     alphas = measure_alpha(solver, problems[:3], gammas, args.temperature)
-    print("  α, tokens per round, proposal rate:",
-          {g: tuple(round(x, 3) for x in a) for g, a in alphas.items()})
+    wide_alphas = measure_alpha(solver, problems[:3], gammas, args.temperature, min_n=NGramDrafter.CONFIDENT_N)
+    for name, acc in (("B <= 2", alphas), ("B > 2", wide_alphas)):
+        print(f"  α, tokens per round, proposal rate ({name}):", {g: tuple(round(x, 3) for x in a) for g, a in acc.items()})
     planner = Planner(latency, surface, alphas, prompt_length(solver, problems),
-                      thinking=lambda b, L: expected_thinking(wide, b, L))
+                      thinking=lambda b, L: expected_thinking(wide, b, L), wide_alphas=wide_alphas)
 
     configs, optimal, free = [], {}, {}
     for L in table_thinks:

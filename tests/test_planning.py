@@ -28,6 +28,17 @@ def test_latency_uses_the_acceptance_of_each_gamma() -> None:
     assert _planner({3: (1.0, 2.0)}).predict_latency(4, 3, 400) == pytest.approx(2.0)
 
 
+def test_wide_batches_use_their_own_acceptance() -> None:
+    # past NGramDrafter.SMALL_BATCH branches the drafter proposes after confident matches only: other numbers
+    p = Planner(FLAT, SURFACE, {3: (1.0, 4.0)}, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0,
+                wide_alphas={3: (1.0, 2.0)})
+    assert p.acceptance(3, 3).tokens_per_round == 4.0 and p.acceptance(4, 3).tokens_per_round == 2.0
+    assert p.predict_latency(3, 3, 400) == pytest.approx(1.0)  # 100 rounds of 10 ms
+    assert p.predict_latency(4, 3, 400) == pytest.approx(2.0)  # 200 rounds
+    assert p.acceptance(4, 2) == (0.0, 1.0, 1.0)  # γ not measured: plain decoding's one token a round
+    assert _planner({3: (1.0, 4.0)}).predict_latency(4, 3, 400) == pytest.approx(1.0)  # no wide table
+
+
 def test_latency_counts_the_width_of_the_verifies() -> None:
     # 10 ms per step plus 1 ms per token in the forward: a row offered drafts half the time verifies
     # 1 + 3·0.5 tokens per row on average, whatever the batch (the verify computes proposed positions only)

@@ -34,9 +34,10 @@ def test_greedy_speculation_is_token_identical(engine, draft_folder, branches, k
     s = spec.spec
     assert s is not None and s.rounds > 0 and s.proposed > 0
     assert 0 <= s.acceptance_rate <= 1 and 1 <= s.mean_accepted_length <= gamma + 1
-    # one verify forward per step, computing each row's own proposal (+1)
+    # one verify forward per step, computing each row's own proposal (+1): the branches' own counts agree
     assert s.verifies == spec.steps and 1 <= s.mean_verify_width <= gamma + 1
-    assert s.mean_verify_width == pytest.approx(1 + s.proposed / s.rounds)
+    rounds, proposed = (sum(getattr(b, f) for b in spec.branches) for f in ("spec_rounds", "spec_proposed"))
+    assert rounds == s.rounds >= spec.steps and s.mean_verify_width == pytest.approx(1 + proposed / rounds)
     assert s.proposal_rate == pytest.approx(s.proposed / (s.rounds * gamma))
     # fewer verify steps than tokens: speculation really advanced rows by more than one token
     if kind == "ngram":
@@ -87,6 +88,10 @@ def test_ngram_least_match_length_and_trust() -> None:
     auto.begin(prompt, rows=8, max_new_tokens=8)
     drafts, n, _ = auto.propose([prompt + own], 5, SamplingParams(), g)
     assert n.tolist() == [3] and drafts[0, :3].tolist() == [7, 8, 9]
+    # an n-gram ending at the prompt's last token is found once the row has its own tokens
+    d = NGramDrafter(min_n=1)
+    d.begin([4, 5, 6], rows=1, max_new_tokens=8)
+    assert d.propose([[4, 5, 6, 7, 5, 6]], 1, SamplingParams(), g)[0].tolist() == [[7]]
     # the row's own later occurrence is the latest match, preferred over the prompt's
     own = [1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6]
     assert auto.propose([prompt + own], 5, SamplingParams(), g)[0][0, :3].tolist() == [0, 1, 2]

@@ -263,7 +263,7 @@ def solve(
     deadline: Annotated[Optional[float], typer.Option("--deadline", help="seconds to answer in")] = None,
     branches: Annotated[Optional[int], typer.Option("--branches", "-B", help="voting branches")] = None,
     gamma: Annotated[Optional[int], typer.Option("--gamma", help="draft tokens per branch and step")] = None,
-    drafter: Annotated[str, typer.Option("--drafter", help="ngram, or model:PATH")] = "ngram",
+    drafter: Annotated[str, typer.Option("--drafter", help="ngram, ngram:N, or model:PATH")] = "ngram",
     max_think: Annotated[Optional[int], typer.Option("--max-think", help="thinking tokens before the answer is forced")] = None,
     min_think: Annotated[int, typer.Option("--min-think", help="stops before this many tokens are suppressed")] = 0,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.7,
@@ -351,7 +351,7 @@ def evaluate_cmd(
     deadline: Annotated[Optional[str], typer.Option("--deadline", help="comma-separated deadlines in seconds")] = None,
     min_think: Annotated[int, typer.Option("--min-think")] = 0,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.7,
-    drafter: Annotated[str, typer.Option("--drafter", help="ngram (model drafters: use the Python API)")] = "ngram",
+    drafter: Annotated[str, typer.Option("--drafter", help="ngram or ngram:N (model drafters: use the Python API)")] = "ngram",
     surface: Annotated[bool, typer.Option(
         "--surface", help="one wide run of max(B) branches per problem, answers forced at every --max-think: "
                           "accuracy of every (B, L) with 95% bootstrap intervals")] = False,
@@ -363,6 +363,7 @@ def evaluate_cmd(
     """Evaluate a task over a grid of (B, γ, L, deadline) × seeds; one JSONL record per run, resumable."""
     try:
         from latts.config import check_deadline
+        from latts.engine.drafters import check_drafter_spec
         from latts.evaluate import check_concurrency, evaluate, grid, summarize
         from latts.solver import Solver
         from latts.tasks import get_task
@@ -373,8 +374,9 @@ def evaluate_cmd(
         deadlines = [None] if deadline is None else _numbers(deadline, "--deadline", float)
         for d in deadlines:
             check_deadline(d)
-        if drafter != "ngram":
-            raise LattsError("latts eval drafts with ngram; model drafters are available from the Python API")
+        if not drafter.startswith("ngram"):
+            raise LattsError("latts eval drafts with ngram (or ngram:N); model drafters are available from the Python API")
+        check_drafter_spec(drafter)
         if surface and backend.kind != "embedded":
             raise LattsError("--surface needs the embedded engine: it forces answers from snapshots of each row")
         if backend.remote is not None and gamma == "0":
@@ -521,6 +523,7 @@ def optimize(
     try:
         from latts.config import check_deadline
         from latts.evaluate import evaluate, read_records
+        from latts.engine.drafters import NGramDrafter
         from latts.planning import Planner, measure_alpha, plans_path, prompt_length, save_plans, validate
         from latts.profiler import Profile
         from latts.profiler import profile as run_profile
@@ -559,8 +562,9 @@ def optimize(
             prof.save(Path(profile_path))
         temperature = records[0]["config"]["temperature"]
         alphas = measure_alpha(solver, problems[:2], gs, temperature)
+        wide = measure_alpha(solver, problems[:2], gs, temperature, min_n=NGramDrafter.CONFIDENT_N)
         planner = Planner(prof.fit(), surface, alphas, prompt_length(solver, problems[:16]),
-                          thinking=lambda b_, L: expected_thinking(records, b_, L))
+                          thinking=lambda b_, L: expected_thinking(records, b_, L), wide_alphas=wide)
         recs = planner.recommend(ds)
         plans_file = Path(plans) if plans else plans_path(loaded.name, task)
         save_plans(planner, plans_file, loaded.name, task)

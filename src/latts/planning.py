@@ -38,18 +38,20 @@ class Acceptance(NamedTuple):
 
 
 def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[int], temperature: float,
-                  tokens: int = 96, seed: int = 0) -> dict[int, Acceptance]:
+                  tokens: int = 96, seed: int = 0, min_n: int = 1) -> dict[int, Acceptance]:
     """Per γ (> 0): the n-gram drafter's acceptance on ``problems``' prompts at ``temperature``, one branch.
 
     All three numbers, because the drafter does not always propose γ tokens: tokens per round is not the
-    i.i.d. formula of α, and a round without a proposal verifies a narrower (cheaper) forward."""
+    i.i.d. formula of α, and a round without a proposal verifies a narrower (cheaper) forward. ``min_n``:
+    the drafter's least match length — 1 is what it uses at small batches, ``NGramDrafter.CONFIDENT_N``
+    beyond ``NGramDrafter.SMALL_BATCH`` branches (see :attr:`Planner.wide_alphas`)."""
     out = {}
     for g in sorted({g for g in gammas if g > 0}):
         total = SpecStats(NGramDrafter.name, g)  # the counts of every problem's run, pooled
         for p in problems:
             gen = solver.engine.generate(solver.task.prompt(p), branches=1, max_new_tokens=tokens,
                                          sampling=SamplingParams(temperature, seed=seed), gamma=g,
-                                         drafter=NGramDrafter(), ignore_eos=True)
+                                         drafter=NGramDrafter(min_n=min_n), ignore_eos=True)
             total.proposed += gen.spec.proposed
             total.accepted += gen.spec.accepted
             total.rounds += gen.spec.rounds
@@ -83,13 +85,25 @@ class Planner:
     # (B, L): a smaller predicted gain is inside the latency model's whole-run error (≈ 10% here), and on
     # the Zen 3 a γ=1 plan predicted 3-7% faster measured 1-23% slower
     spec_margin: float = 0.10
+    # per γ, for more than NGramDrafter.SMALL_BATCH branches, where the n-gram drafter proposes after
+    # confident matches only (measure_alpha(min_n=NGramDrafter.CONFIDENT_N)); None: ``alphas`` for every B
+    wide_alphas: dict[int, Acceptance] | None = None
 
     def __post_init__(self) -> None:
         self.alphas = {g: Acceptance(*a) for g, a in self.alphas.items()}
+        if self.wide_alphas is not None:
+            self.wide_alphas = {g: Acceptance(*a) for g, a in self.wide_alphas.items()}
+
+    def acceptance(self, branches: int, gamma: int) -> Acceptance:
+        """What speculation with ``gamma`` gains at ``branches`` (none measured: no acceptance, one token a round)."""
+        table = self.alphas
+        if self.wide_alphas is not None and branches > NGramDrafter.SMALL_BATCH:
+            table = self.wide_alphas
+        return table.get(gamma, Acceptance(0.0, 1.0))
 
     def predict_latency(self, branches: int, gamma: int, think: int) -> float:
         """Seconds for a run of B branches, γ drafts, L thinking tokens (the latency model, α of this γ)."""
-        acc = self.alphas.get(gamma, Acceptance(0.0, 1.0))
+        acc = self.acceptance(branches, gamma)
         steps, forced = self.thinking(branches, think) if self.thinking else (float(think), 1.0)
         return self.latency.predict(branches, gamma, steps, alpha=acc.alpha, prompt_len=self.prompt_len,
                                     answer_tokens=self.answer_tokens, answer_prompt_tokens=self.answer_prompt_tokens,
@@ -122,9 +136,11 @@ class Planner:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the latency model, α per γ and the frontier (what ``solve`` needs to pick a plan)."""
+        wide = self.wide_alphas or {}
         return {"latency_model": self.latency.to_dict(), "alphas": {str(g): a.alpha for g, a in self.alphas.items()},
                 "tokens_per_round": {str(g): a.tokens_per_round for g, a in self.alphas.items()},
                 "proposal_rate": {str(g): a.proposal_rate for g, a in self.alphas.items()},
+                "wide_acceptance": {str(g): a._asdict() for g, a in wide.items()},
                 "prompt_len": self.prompt_len, "answer_tokens": self.answer_tokens,
                 "frontier": [asdict(c) for c in self.frontier()]}
 

@@ -130,19 +130,20 @@ class Solver:
         self.engine = engine
         self.task = get_task(task) if isinstance(task, str) else task
         self.drafter = drafter
-        self._ngram: Drafter | None = None
+        self._ngram: dict[str, Drafter] = {}  # per spelling (ngram, ngram:N)
 
     def _drafter_for(self, plan: Plan) -> Drafter | None:
         if plan.gamma == 0:
             return None
         if self.drafter is not None:
             return self.drafter
-        if plan.drafter != "ngram":
+        if not plan.drafter.startswith("ngram"):
             raise LattsError(f"drafter '{plan.drafter}' must be built by the caller (pass drafter=...)")
-        from latts.engine.drafters import NGramDrafter
+        from latts.engine.drafters import ngram_drafter
 
-        self._ngram = self._ngram or NGramDrafter()
-        return self._ngram
+        if plan.drafter not in self._ngram:
+            self._ngram[plan.drafter] = ngram_drafter(plan.drafter)
+        return self._ngram[plan.drafter]
 
     def solve(
         self,

@@ -55,23 +55,27 @@ class NGramDrafter:
 
     Indexes ``n-gram -> latest end position`` make a lookup O(1) per new token instead of a scan
     of the history: one for the prompt, shared by all rows, and one per row for its own tokens
-    (which are later than the prompt's, so a hit there is the latest match).
+    (which are later than the prompt's, so a hit there is the latest match). Keys are the n-grams'
+    hashes, not the tuples (a row's index holds ``max_n`` keys per token): a rare collision only
+    proposes a draft that verification rejects.
 
     How far a match is trusted grows with its length. On the default model's greedy MATH-500 text
     (8 problems, 256 tokens) the first draft was accepted after a 1-token match 28% of the time,
     after 2 tokens 57%, 3 tokens 56%, 4-7 tokens 68-77%, 12 or more 94%; four drafts in a row after
     3 tokens 19%, after 8 tokens 71%, after 12 or more 80%. So a match of n tokens proposes at most
     ``max(1, n // 2)`` of the γ drafts, and only matches of at least ``min_n`` tokens propose at all.
-    At small batches a verified position is almost free (decoding is memory-bound) and any match
+    At small batches a verified position costs little (decoding is memory-bound) and any match
     pays; from B = 4 on a 2-core CPU a verified position costs about a third of its row's plain step
-    (compute-bound), and only matches of :attr:`CONFIDENT_N` tokens pay. ``min_n=None`` picks by the
-    batch size at :meth:`begin`: 1 up to :attr:`SMALL_BATCH` rows, else :attr:`CONFIDENT_N`.
-    Simulated on that text with the measured verify costs, capping raised B=8 from 1.12x to 1.15x
-    and B=1 from 1.29x to 1.36x at their best γ, and large γ stopped costing speed.
+    (compute-bound: measured 0.33 at B=8, 0.37 at B=4), and only matches of :attr:`CONFIDENT_N`
+    tokens pay. ``min_n=None`` picks by the batch size at :meth:`begin`: 1 up to
+    :attr:`SMALL_BATCH` rows, else :attr:`CONFIDENT_N`.
+    Measured with ``benchmarks/spec_decode.py`` (greedy, best γ): B=8 went from 0.92x (γ drafts
+    after any match) to 1.12x (after matches of 3 tokens) to 1.16x (and the n/2 cap); B=1 from 1.39x
+    to 1.45x, and large γ stopped costing speed (B=1: 1.38-1.45x at γ = 1-8).
     """
 
     name = "ngram"
-    SMALL_BATCH = 2
+    SMALL_BATCH = 3
     CONFIDENT_N = 3
 
     def __init__(self, max_n: int = 12, min_n: int | None = None) -> None:
@@ -79,8 +83,8 @@ class NGramDrafter:
             raise LattsError(f"n-gram drafter: the least match length must be in 1..{max_n}, got {min_n}")
         self.max_n, self.min_n = max_n, min_n
         self._min_n = min_n or 1  # in force for the current request
-        self._prompt_index: dict[tuple[int, ...], int] = {}
-        self._index: list[dict[tuple[int, ...], int]] = []
+        self._prompt_index: dict[int, int] = {}
+        self._index: list[dict[int, int]] = []
         self._indexed: list[int] = []
 
     def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
@@ -91,11 +95,11 @@ class NGramDrafter:
         self._indexed = [max(0, len(prompt) - 1)] * rows
         self._min_n = self.min_n or (1 if rows <= self.SMALL_BATCH else min(self.CONFIDENT_N, self.max_n))
 
-    def _add(self, index: dict[tuple[int, ...], int], hist: list[int], first: int, end: int) -> None:
+    def _add(self, index: dict[int, int], hist: list[int], first: int, end: int) -> None:
         """Index every n-gram (n <= max_n) of ``hist`` ending at positions ``first .. end - 1``."""
         for j in range(first, end):
             for n in range(1, min(self.max_n, j + 1) + 1):
-                index[tuple(hist[j - n + 1 : j + 1])] = j
+                index[hash(tuple(hist[j - n + 1 : j + 1]))] = j
 
     def _lookup(self, slot: int, hist: list[int], gamma: int) -> list[int]:
         index, end = self._index[slot], len(hist) - 1
@@ -103,8 +107,10 @@ class NGramDrafter:
         self._add(index, hist, self._indexed[slot], end)
         self._indexed[slot] = max(self._indexed[slot], end)
         for n in range(min(self.max_n, end + 1), self._min_n - 1, -1):
-            key = tuple(hist[end - n + 1 : end + 1])
-            j = index.get(key, self._prompt_index.get(key))
+            key = hash(tuple(hist[end - n + 1 : end + 1]))
+            j = index.get(key)
+            if j is None:
+                j = self._prompt_index.get(key)
             if j is not None:
                 return hist[j + 1 : j + 1 + min(gamma, max(1, n // 2))]
         return []
@@ -208,18 +214,27 @@ def check_drafter_spec(spec: str) -> None:
     if spec == "ngram" or spec.startswith("model:"):
         return
     if spec.startswith("ngram:"):
-        if spec.removeprefix("ngram:") in {str(n) for n in range(1, 13)}:
+        n, most = spec.removeprefix("ngram:"), NGramDrafter().max_n
+        if n.isdigit() and 1 <= int(n) <= most:
             return
-        raise LattsError(f"drafter '{spec}': use ngram:N with N the least match length (1-12)")
+        raise LattsError(f"drafter '{spec}': use ngram:N with N the least match length (1-{most})")
     raise LattsError(f"unknown drafter '{spec}': use ngram, ngram:N or model:PATH")
+
+
+def ngram_drafter(spec: str) -> NGramDrafter:
+    """The n-gram drafter of ``ngram`` (least match length by batch size) or ``ngram:N`` (at least N tokens)."""
+    check_drafter_spec(spec)
+    if not spec.startswith("ngram"):
+        raise LattsError(f"drafter '{spec}' is not an n-gram drafter")
+    return NGramDrafter(min_n=int(spec.removeprefix("ngram:")) if ":" in spec else None)
 
 
 def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None) -> Drafter:
     """Build a drafter from its CLI spelling: ``ngram`` (``ngram:N``: only matches of at least N tokens)
     or ``model:PATH`` (same-tokenizer model)."""
-    check_drafter_spec(spec)
     if spec.startswith("ngram"):
-        return NGramDrafter(min_n=int(spec.removeprefix("ngram:")) if ":" in spec else None)
+        return ngram_drafter(spec)
+    check_drafter_spec(spec)
     from latts.models import load
 
     draft = load(spec.removeprefix("model:"), dtype if dtype is not None else target.dtype)

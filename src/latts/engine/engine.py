@@ -263,7 +263,8 @@ class Engine:
         gen: torch.Generator,
         spec: SpecStats,
     ) -> tuple[list[list[int]], torch.Tensor]:
-        """One round: draft γ tokens per row, verify all rows' γ+1 positions in one forward, accept per row.
+        """One round: draft up to γ tokens per row, verify every row's proposed positions (+1) in one forward,
+        accept per row.
 
         Returns each row's new tokens and the verify logits ``[n, width + 1, V]`` they were chosen from.
         """

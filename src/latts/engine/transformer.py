@@ -209,8 +209,9 @@ class Transformer(nn.Module):
         ``lengths`` ``[B]`` (ragged rows, e.g. a verify where rows proposed different numbers of drafts):
         only row ``b``'s first ``lengths[b]`` tokens are real. The projections, norms and lm_head then run
         on the real tokens only — in the compute-bound regime of a wide verify, padding would cost as
-        much as a real token. Padded positions get zero logits; their K/V slots lie past the row's real
-        tokens, so no real query attends to them, and the next write overwrites them.
+        much as a real token (attention still runs on the padded layout). With several rows, padded
+        positions get zero logits (one row has no padding to skip); their K/V slots lie past the row's
+        real tokens, so no real query attends to them until real tokens overwrite them.
         """
         s = self.shape
         B, k = tokens.shape
