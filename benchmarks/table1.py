@@ -88,7 +88,8 @@ def main() -> int:
     stage("acceptance rate per γ")
     alphas = measure_alpha(solver, problems[:3], gammas, args.temperature)
     wide_alphas = measure_alpha(solver, problems[:3], gammas, args.temperature, min_n=NGramDrafter.CONFIDENT_N)
-    for name, acc in (("B <= 2", alphas), ("B > 2", wide_alphas)):
+    small = NGramDrafter.SMALL_BATCH
+    for name, acc in ((f"B <= {small}", alphas), (f"B > {small}", wide_alphas)):
         print(f"  α, tokens per round, proposal rate ({name}):", {g: tuple(round(x, 3) for x in a) for g, a in acc.items()})
     planner = Planner(latency, surface, alphas, prompt_length(solver, problems),
                       thinking=lambda b, L: expected_thinking(wide, b, L), wide_alphas=wide_alphas)
