@@ -209,30 +209,34 @@ class DraftModelDrafter:
         self._fed[dst] = self._fed[src]
 
 
+def _is_ngram(spec: str) -> bool:
+    return spec == "ngram" or spec.startswith("ngram:")
+
+
 def check_drafter_spec(spec: str) -> None:
     """Refuse a drafter spelling :func:`make_drafter` would not understand, before any model is loaded."""
-    if spec == "ngram" or spec.startswith("model:"):
-        return
-    if spec.startswith("ngram:"):
-        n, most = spec.removeprefix("ngram:"), NGramDrafter().max_n
-        if n.isdigit() and 1 <= int(n) <= most:
-            return
-        raise LattsError(f"drafter '{spec}': use ngram:N with N the least match length (1-{most})")
-    raise LattsError(f"unknown drafter '{spec}': use ngram, ngram:N or model:PATH")
+    if _is_ngram(spec):
+        ngram_drafter(spec)  # cheap: no model; its own checks name the problem
+    elif not spec.startswith("model:"):
+        raise LattsError(f"unknown drafter '{spec}': use ngram, ngram:N or model:PATH")
 
 
 def ngram_drafter(spec: str) -> NGramDrafter:
     """The n-gram drafter of ``ngram`` (least match length by batch size) or ``ngram:N`` (at least N tokens)."""
-    check_drafter_spec(spec)
-    if not spec.startswith("ngram"):
+    if not _is_ngram(spec):
         raise LattsError(f"drafter '{spec}' is not an n-gram drafter")
-    return NGramDrafter(min_n=int(spec.removeprefix("ngram:")) if ":" in spec else None)
+    if spec == "ngram":
+        return NGramDrafter()
+    n = spec.removeprefix("ngram:")
+    if not n.isdigit():
+        raise LattsError(f"drafter '{spec}': use ngram:N with N the least match length")
+    return NGramDrafter(min_n=int(n))  # refuses N outside 1..max_n
 
 
 def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None) -> Drafter:
     """Build a drafter from its CLI spelling: ``ngram`` (``ngram:N``: only matches of at least N tokens)
     or ``model:PATH`` (same-tokenizer model)."""
-    if spec.startswith("ngram"):
+    if _is_ngram(spec):
         return ngram_drafter(spec)
     check_drafter_spec(spec)
     from latts.models import load
