@@ -96,7 +96,8 @@ def test_fast_paths_agree_with_fp32_hf(fast_model, hf_model) -> None:
     finally:
         set_quant_rows(m.projections(), fast_model.quant_max_rows)
     assert agree["quant"] >= 0.9 and agree["dense"] >= 0.9, (agree, fast_model.tokenizer.decode(gen))
-    if fast_model.quant_format == "q4+q8":  # latts' kernels compute in fp32: HF's logits to fp32 rounding
+    if fast_model.quant_format == "q4+q8" and fast_model.dtype == torch.float32:
+        # latts' kernels compute in fp32: HF's logits to fp32 rounding (bf16 activations round more)
         assert agree["quant"] == 1.0 and worst["quant"] < 1e-3, (agree, worst)
 
 

@@ -281,13 +281,20 @@ def _tuned_quant_rows(transformer: "Transformer") -> int:  # noqa: F821 - import
 
 
 def cpu_name() -> str:
-    """The CPU's model name: tuned weight formats and profiles hold for one CPU."""
+    """The CPU's model name and generation: tuned weight formats, profiles and benchmark rows hold for one CPU.
+
+    Cloud CPUs often report only a brand ("AMD EPYC") for several generations with different
+    vector units (AVX2 only vs AVX-512 with bf16), so the family/model numbers are appended.
+    """
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
     except OSError:
-        pass
+        info = ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "model name" in fields:
+        gen = [f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields]
+        return f"{fields['model name']} ({', '.join(gen)})" if gen else fields["model name"]
     import platform
 
     return platform.processor() or platform.machine()
