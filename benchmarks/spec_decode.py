@@ -16,8 +16,9 @@ every speculative configuration in turn before the next prompt (this machine's s
 minutes), and each configuration's speedup is against the γ=0 run interleaved with it.
 
 The full grid takes hours on a 2-core CPU, so each (mode, B) group is appended to --results
-(JSON Lines) when it finishes, keyed by CPU, dtype, prompts and tokens: a rerun skips what that
-machine already measured (an interrupted group is run again).
+(JSON Lines, ``benchmarks/results/`` in the repository) when it finishes, keyed by CPU, dtype,
+prompts and tokens: a rerun skips what that kind of machine already measured (an interrupted group
+is run again), and the table is printed from every stored group.
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF assisted-generation comparison")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--results", type=Path, default=Path("runs/spec_decode.jsonl"),
-                    help="measurements so far (JSON Lines); a rerun resumes from them")
+    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "spec_decode.jsonl",
+                    help="measurements so far (JSON Lines, kept in the repository: the grid takes longer "
+                         "than one sitting); a rerun resumes from them")
     args = ap.parse_args()
     batches = [int(x) for x in args.batches.split(",")]
     gammas = sorted({0, *(int(x) for x in args.gammas.split(","))})
@@ -168,17 +170,18 @@ def main() -> int:
     if "ngram" in drafter_names:
         drafters["ngram"] = NGramDrafter()
     if "model" in drafter_names:
-        draft = load(str(folder), loaded.dtype)
+        draft = load(str(folder), loaded.dtype, fast=loaded.model.fast)
         check_same_tokenizer(loaded, draft)
         drafters["model"] = DraftModelDrafter(draft, loaded.model.shape.vocab)
     print(f"{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}), {len(prompts)} MATH-500 prompts, "
           f"{args.tokens} new tokens, draft = first {args.draft_layers} layers", flush=True)
 
     # "order": rows timed one configuration after another (older files) are not comparable;
-    # "spec": nor latts rows from before the ragged verify and the n-gram drafter's trust by match length
+    # "spec": nor latts rows from before the ragged verify and the n-gram drafter's trust by match
+    # length, nor draft-model rows from before the draft ran its target's fast weight formats
     hf_key = {"cpu": cpu_name(), "dtype": loaded.weights, "prompts": len(prompts), "tokens": args.tokens,
               "draft_layers": args.draft_layers, "order": "interleaved"}
-    store, hf_store = Results(args.results, {**hf_key, "spec": "ragged, ngram n/2"}), Results(args.results, hf_key)
+    store, hf_store = Results(args.results, {**hf_key, "spec": "ragged, ngram n/2, fast draft"}), Results(args.results, hf_key)
     rows = []
     for mode in modes:
         for B in batches:

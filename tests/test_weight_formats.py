@@ -116,3 +116,16 @@ def test_lean_single_step_matches_the_general_step_in_fast_formats(fast_model) -
             assert torch.equal(lean, general)
         else:
             torch.testing.assert_close(lean, general, rtol=1e-4, atol=1e-4)
+
+
+def test_a_draft_model_runs_the_same_kind_of_weights_as_its_target(fast_model, fp32_model, draft_folder) -> None:
+    """A fast target's draft gets this CPU's fast formats too (quantized copies of its exact 4-bit weights);
+    the float32 reference target's draft stays plain ``F.linear``."""
+    from latts.engine.drafters import make_drafter
+
+    fast_draft = make_drafter(f"model:{draft_folder}", fast_model).draft
+    assert fast_draft.model.fast and fast_draft.quant_format == fast_model.quant_format
+    assert {p.quant_kind for p in fast_draft.model.projections()[:-1]} == {
+        p.quant_kind for p in fast_model.model.projections()[:-1]} != {None}
+    ref_draft = make_drafter(f"model:{draft_folder}", fp32_model).draft
+    assert not ref_draft.model.fast and not any(p.quant is not None for p in ref_draft.model.projections())

@@ -195,8 +195,13 @@ def hf_folder(model: str) -> Path:
     return path if path.is_dir() else gguf_to_hf_folder(path)
 
 
-def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> LoadedModel:
-    """Load ``model`` (bundled name, HF folder or GGUF file) for the latts engine in ``dtype``."""
+def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bool | None = None) -> LoadedModel:
+    """Load ``model`` (bundled name, HF folder or GGUF file) for the latts engine in ``dtype``.
+
+    ``fast`` (by default: unless ``dtype`` is an explicit float32) picks this CPU's fastest weight
+    formats; float32 alone is the reference path, bit for bit what HF computes. A draft model is
+    loaded with its target's choice, so both run the same kind of kernels.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from latts.engine import kernels
@@ -206,7 +211,8 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto") -> Loade
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     # an explicit float32 is the reference path (plain F.linear, what HF computes); anything else
     # gets the fastest formats this CPU has
-    fast = dtype not in ("float32", "fp32", torch.float32)
+    if fast is None:
+        fast = dtype not in ("float32", "fp32", torch.float32)
     t0 = time.perf_counter()
     source = resolve(model)
     folder = source if source.is_dir() else gguf_to_hf_folder(source)

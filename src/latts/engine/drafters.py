@@ -241,7 +241,10 @@ def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None
     check_drafter_spec(spec)
     from latts.models import load
 
-    draft = load(spec.removeprefix("model:"), dtype if dtype is not None else target.dtype)
+    # the draft runs the same kind of weights as the target (a fast target's draft in plain
+    # float32 would read ~4x the bytes per token it needs to)
+    draft = load(spec.removeprefix("model:"), dtype if dtype is not None else target.dtype,
+                 fast=None if dtype is not None else target.model.fast)
     check_same_tokenizer(target, draft)
     return DraftModelDrafter(draft, target.model.shape.vocab)
 

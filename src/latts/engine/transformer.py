@@ -108,6 +108,7 @@ class Transformer(nn.Module):
             rms_eps=config.rms_norm_eps,
         )
         self.dtype = dtype
+        self.fast = fast
         base = hf_model.model
         self.embed = nn.Parameter(base.embed_tokens.weight.to(dtype).contiguous(), requires_grad=False)
         self.layers = nn.ModuleList(_Layer(layer, self.shape, dtype, fast) for layer in base.layers)
