@@ -134,6 +134,28 @@ def test_padding_past_proposals_is_never_accepted() -> None:
     assert accepted[1] <= 1 and accepted[2] == 0
 
 
+def test_target_distribution_is_computed_only_where_needed() -> None:
+    """Each row's target distribution is asked for at positions 0..accepted (up to its first rejection, or
+    the bonus position after its last proposal), once each: never at positions after a rejection."""
+    V, n, gamma = 6, 6, 4
+    g = torch.Generator().manual_seed(3)
+    drafts = torch.randint(0, V, (n, gamma), generator=g)
+    P = torch.softmax(torch.randn(n, gamma + 1, V, generator=g), -1)
+    P[:3, :gamma] = 0.02 / (V - 1)
+    P[:3, :gamma].scatter_(-1, drafts[:3, :, None], 0.98)  # rows 0-2 keep their drafts almost surely
+    n_proposed = torch.tensor([4, 2, 0, 4, 3, 1])
+    seen: list[tuple[int, int]] = []
+
+    def target(rows: torch.Tensor, j: int) -> torch.Tensor:
+        seen.extend((int(r), j) for r in rows)
+        return P[rows, j]
+
+    accepted, nxt = rejection_sample(drafts, n_proposed, target, None, g)
+    assert sorted(seen) == sorted((r, j) for r in range(n) for j in range(int(accepted[r]) + 1))
+    assert accepted[:3].tolist() == [4, 2, 0] and len(seen) < n * (gamma + 1) // 2
+    assert bool((accepted <= n_proposed).all()) and nxt.shape == (n,)
+
+
 @pytest.mark.parametrize("kind", ["ngram", "model"])
 def test_sampled_speculation_matches_plain_distribution(engine, draft_folder, kind) -> None:
     """First two sampled tokens with γ=3 vs without: same joint distribution (chi-square, p > 0.001)."""

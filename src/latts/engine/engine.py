@@ -19,7 +19,7 @@ import torch
 from latts.config import MAX_GAMMA, BudgetForcing, SamplingParams, check_generation_args
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
-from latts.engine.sampler import greedy_accept, probabilities, rejection_sample, sample
+from latts.engine.sampler import greedy_accept, rejection_sample, sample, target_probabilities
 from latts.errors import LattsError
 from latts.models import LoadedModel
 from latts.types import Branch, Generation, SpecStats
@@ -280,7 +280,7 @@ class Engine:
         if sampling.greedy:
             accepted, nxt = greedy_accept(drafts, n_proposed, logits)
         else:
-            accepted, nxt = rejection_sample(drafts, n_proposed, probabilities(logits, sampling), q, gen)
+            accepted, nxt = rejection_sample(drafts, n_proposed, target_probabilities(logits, sampling), q, gen)
         t2 = time.perf_counter()
         acc = accepted.tolist()
         drafter.observe([len(h) for h in hists], acc)
