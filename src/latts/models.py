@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from latts.errors import LattsError
+from latts.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ def parse_dtype(name: str) -> torch.dtype:
 
 def cache_root() -> Path:
     """Where converted models are kept."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "latts" / "models"
+    return cache_dir("models")
 
 
 def bundled_path(name: str) -> Path:

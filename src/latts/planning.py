@@ -23,6 +23,7 @@ from latts.errors import LattsError
 from latts.evaluate import Config, evaluate, run_one
 from latts.latency_model import LatencyModel, expected_verify_width
 from latts.optimizer import Candidate, best_plan, candidates, pareto_frontier
+from latts.paths import cache_dir
 from latts.solver import Solver
 from latts.surface import Estimate
 from latts.tasks import Problem
@@ -147,9 +148,7 @@ class Planner:
 
 def plans_path(model: str, task: str) -> Path:
     """Where the plans of ``model`` on ``task`` for this machine are kept (beside the model cache)."""
-    from latts.models import cache_root
-
-    return cache_root().parent / "plans" / f"{model}--{task}.json"
+    return cache_dir("plans") / f"{model}--{task}.json"
 
 
 def save_plans(planner: Planner, path: Path, model: str, task: str) -> None:

@@ -28,6 +28,8 @@ from types import ModuleType
 
 import torch
 
+from latts.paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 BLOCK = 32
@@ -49,8 +51,7 @@ def compiled() -> ModuleType | None:
     venv_bin = str(Path(sys.executable).parent)  # the ``ninja`` wheel's binary, when not on PATH
     if shutil.which("ninja") is None and shutil.which("ninja", path=venv_bin):
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    build = Path(base) / "latts" / "kernels" / f"torch-{torch.__version__}"
+    build = cache_dir("kernels", f"torch-{torch.__version__}")
     try:
         build.mkdir(parents=True, exist_ok=True)
         if not any(build.glob("*.so")):
