@@ -208,9 +208,10 @@ class Transformer(nn.Module):
         position. The two attention parts are merged exactly through their log-sum-exps.
 
         ``lengths`` ``[B]`` (ragged rows, e.g. a verify where rows proposed different numbers of drafts):
-        only row ``b``'s first ``lengths[b]`` tokens are real. The projections, norms and lm_head then run
-        on the real tokens only — in the compute-bound regime of a wide verify, padding would cost as
-        much as a real token (attention still runs on the padded layout). With several rows, padded
+        only row ``b``'s first ``lengths[b]`` tokens are real. The projections, norms, lm_head and the
+        prompt part of attention then run on the real tokens only — in the compute-bound regime of a
+        wide verify, padding would cost as much as a real token (each row's own part of attention
+        still runs on the padded layout). With several rows, padded
         positions get zero logits (one row has no padding to skip); their K/V slots lie past the row's
         real tokens, so no real query attends to them until real tokens overwrite them.
         """
@@ -241,7 +242,10 @@ class Transformer(nn.Module):
             x, cos, sin = (t.flatten(0, 1)[real][None] for t in (x, cos, sin))
         for i, layer in enumerate(self.layers):
             q, kk, v = self._qkv(layer, x, cos, sin)
-            if real is not None:  # attention works on the padded [B, k] layout
+            if real is not None:
+                # the shared prompt's attention needs no row layout: it runs on the real queries only
+                q_real = q[0]  # [T, H, hd]
+                # each row's own part works on the padded [B, k] layout
                 q, kk, v = (_unflatten(t[0], real, B, k) for t in (q, kk, v))
             keys, values = cache.write(i, kk, v, slots, uniform, n_slots)  # [B, G, S, hd]
             # Fold the r query heads of each KV head into the query length: [B, G, r*k, hd].
@@ -254,8 +258,12 @@ class Transformer(nn.Module):
                 o = o.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).reshape(B, k, s.n_heads * hd)
                 x = self._mlp_and_out(layer, x, o)
                 continue
-            # Prompt part: every row's queries against the one shared prefix, as one GEMM.
             pk, pv = cache.prefix(i)
+            if real is not None:
+                x = self._mlp_and_out(layer, x, self._ragged_attention(q_real, q, keys, values, mask, pk, pv,
+                                                                       real, layer.scale))
+                continue
+            # Prompt part: every row's queries against the one shared prefix, as one GEMM.
             q_all = q.transpose(0, 1).reshape(1, G, B * r * k, hd)
             o1, lse1 = _attention(q_all, pk, pv, None, layer.scale)
             o1 = o1.view(G, B, r * k, hd).transpose(0, 1)
@@ -264,12 +272,41 @@ class Transformer(nn.Module):
             o2, lse2 = _attention(q, keys, values, mask, layer.scale)
             o = torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).unsqueeze(-1).to(o2.dtype))
             o = o.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).reshape(B, k, s.n_heads * hd)
-            if real is not None:
-                o = o.flatten(0, 1)[real][None]
             x = self._mlp_and_out(layer, x, o)
         if real is not None:
             return _unflatten(self._logits(x)[0], real, B, k)
         return self._logits(x)
+
+    def _ragged_attention(
+        self,
+        q_real: torch.Tensor,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+        pk: torch.Tensor,
+        pv: torch.Tensor,
+        real: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """Attention of ragged rows' real queries: ``[1, T, H * hd]``.
+
+        The shared prompt part runs on the ``T`` real queries ``q_real`` ``[T, H, hd]`` alone; only the
+        rows' own part needs the padded ``[B, G, r*k, hd]`` layout ``q`` (with the causal ``mask``).
+        Padding would otherwise multiply the prompt attention by ``k`` for every row (a verify where
+        one of 8 rows proposes 2 drafts paid 3x the prompt attention of a plain step).
+        """
+        s = self.shape
+        G, r, hd = s.n_kv_heads, s.group, s.head_dim
+        B, T, k = q.shape[0], q_real.shape[0], q.shape[2] // s.group
+        o1, lse1 = _attention(q_real.view(T, G, r, hd).permute(1, 0, 2, 3).reshape(1, G, T * r, hd), pk, pv,
+                              None, scale)
+        o1, lse1 = o1.view(G, T, r, hd).transpose(0, 1), lse1.view(G, T, r).transpose(0, 1)  # [T, G, r, ...]
+        o2, lse2 = _attention(q, keys, values, mask, scale)  # [B, G, r*k, hd], [B, G, r*k]
+        o2 = o2.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).flatten(0, 1)[real]  # [T, G, r, hd]
+        lse2 = lse2.view(B, G, r, k).permute(0, 3, 1, 2).flatten(0, 1)[real]  # [T, G, r]
+        o = torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).unsqueeze(-1).to(o2.dtype))
+        return o.reshape(1, T, s.n_heads * hd)
 
     def _additive_mask(self, visible: torch.Tensor) -> torch.Tensor:
         """``visible`` ``[B, k, S]`` (query token, key) as an additive mask ``[B, 1, r*k, S]`` over folded heads."""
