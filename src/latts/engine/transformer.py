@@ -211,9 +211,9 @@ class Transformer(nn.Module):
         only row ``b``'s first ``lengths[b]`` tokens are real. The projections, norms, lm_head and the
         prompt part of attention then run on the real tokens only — in the compute-bound regime of a
         wide verify, padding would cost as much as a real token (each row's own part of attention
-        still runs on the padded layout). With several rows, padded
-        positions get zero logits (one row has no padding to skip); their K/V slots lie past the row's
-        real tokens, so no real query attends to them until real tokens overwrite them.
+        still runs on the padded layout). With several rows, padded positions get zero logits (one
+        row has no padding to skip); their K/V slots lie past the row's real tokens, so no real query
+        attends to them until real tokens overwrite them.
         """
         s = self.shape
         B, k = tokens.shape
