@@ -270,7 +270,7 @@ class Transformer(nn.Module):
             lse1 = lse1.view(G, B, r * k).transpose(0, 1)
             # Own part: each row's generated tokens.
             o2, lse2 = _attention(q, keys, values, mask, layer.scale)
-            o = torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).unsqueeze(-1).to(o2.dtype))
+            o = _merge(o1, lse1, o2, lse2)
             o = o.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).reshape(B, k, s.n_heads * hd)
             x = self._mlp_and_out(layer, x, o)
         if real is not None:
@@ -305,8 +305,7 @@ class Transformer(nn.Module):
         o2, lse2 = _attention(q, keys, values, mask, scale)  # [B, G, r*k, hd], [B, G, r*k]
         o2 = o2.view(B, G, r, k, hd).permute(0, 3, 1, 2, 4).flatten(0, 1)[real]  # [T, G, r, hd]
         lse2 = lse2.view(B, G, r, k).permute(0, 3, 1, 2).flatten(0, 1)[real]  # [T, G, r]
-        o = torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).unsqueeze(-1).to(o2.dtype))
-        return o.reshape(1, T, s.n_heads * hd)
+        return _merge(o1, lse1, o2, lse2).reshape(1, T, s.n_heads * hd)
 
     def _additive_mask(self, visible: torch.Tensor) -> torch.Tensor:
         """``visible`` ``[B, k, S]`` (query token, key) as an additive mask ``[B, 1, r*k, S]`` over folded heads."""
@@ -365,6 +364,11 @@ def _unflatten(t: torch.Tensor, real: torch.Tensor, B: int, k: int) -> torch.Ten
     out = t.new_zeros((B * k,) + t.shape[1:])
     out[real] = t
     return out.view((B, k) + t.shape[1:])
+
+
+def _merge(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor) -> torch.Tensor:
+    """Exact softmax attention over two disjoint key sets from each part's output and log-sum-exp."""
+    return torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).unsqueeze(-1).to(o2.dtype))
 
 
 def _attention(
