@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer
+from latts.engine.drafters import NGramDrafter, make_drafter
 from latts.engine.engine import Engine
 from latts.models import DEFAULT_MODEL, cache_root, cpu_name, hf_folder, load
 
@@ -170,9 +170,7 @@ def main() -> int:
     if "ngram" in drafter_names:
         drafters["ngram"] = NGramDrafter()
     if "model" in drafter_names:
-        draft = load(str(folder), loaded.dtype, fast=loaded.model.fast)
-        check_same_tokenizer(loaded, draft)
-        drafters["model"] = DraftModelDrafter(draft, loaded.model.shape.vocab)
+        drafters["model"] = make_drafter(f"model:{folder}", loaded)
     print(f"{loaded.name} ({str(loaded.dtype).removeprefix('torch.')}), {len(prompts)} MATH-500 prompts, "
           f"{args.tokens} new tokens, draft = first {args.draft_layers} layers", flush=True)
 
