@@ -15,10 +15,12 @@ Speedups are ratios within one run: for each mode and B, every prompt runs plain
 every speculative configuration in turn before the next prompt (this machine's speed drifts for
 minutes), and each configuration's speedup is against the γ=0 run interleaved with it.
 
-The full grid takes hours on a 2-core CPU, so each (mode, B) group is appended to --results
-(JSON Lines, ``benchmarks/results/`` in the repository) when it finishes, keyed by CPU, dtype,
-prompts and tokens: a rerun skips what that kind of machine already measured (an interrupted group
-is run again), and the table is printed from every stored group.
+The full grid takes about four hours on a 2-core CPU, longer than one sitting, and the machine
+changes between sittings. So each (mode, B) group is appended to --results (JSON Lines,
+``benchmarks/results/`` in the repository) when it finishes, with the CPU it ran on: a rerun skips
+what is stored (an interrupted group is run again) and prints the table from every stored group,
+naming each group's machine. A speedup is only ever a ratio within one group, on one machine, and
+the HF comparison uses HF rows from the machine of the latts row it is compared with.
 """
 
 from __future__ import annotations
@@ -64,11 +66,12 @@ def draft_folder(layers: int) -> Path:
 class Results:
     """Measured configurations of this benchmark, appended to a JSON Lines file as they finish.
 
-    Only rows taken with the same ``key`` (CPU, weights, prompts, tokens, draft) are reused.
+    Only rows taken with the same ``key`` (e.g. weights, prompts, tokens, draft) are reused; each new
+    row also records ``stamp`` (the machine it ran on).
     """
 
-    def __init__(self, path: Path, key: dict) -> None:
-        self.path, self.key = path, key
+    def __init__(self, path: Path, key: dict, stamp: dict | None = None) -> None:
+        self.path, self.key, self.stamp = path, key, stamp or {}
         self.rows: dict[tuple, dict] = {}
         if path.is_file():
             for line in path.read_text().splitlines():
@@ -80,12 +83,12 @@ class Results:
                     self.rows[(r["mode"], r["drafter"], r["B"], r["gamma"])] = r
 
     def get(self, mode: str, drafter: str, B: int, gamma: int) -> dict | None:
-        """The stored row, if this machine measured it already."""
+        """The stored row, if one was measured already (the latest, when several were)."""
         return self.rows.get((mode, drafter, B, gamma))
 
     def put(self, row: dict) -> dict:
         """Store a new measurement (appended and flushed at once); returns it."""
-        row = {**self.key, **row}
+        row = {**self.key, **self.stamp, **row}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -177,15 +180,17 @@ def main() -> int:
     # "order": rows timed one configuration after another (older files) are not comparable;
     # "spec": nor latts rows from before the ragged verify and the n-gram drafter's trust by match
     # length, nor draft-model rows from before the draft ran its target's fast weight formats
-    hf_key = {"cpu": cpu_name(), "dtype": loaded.weights, "prompts": len(prompts), "tokens": args.tokens,
-              "draft_layers": args.draft_layers, "order": "interleaved"}
-    store, hf_store = Results(args.results, {**hf_key, "spec": "ragged, ngram n/2, fast draft"}), Results(args.results, hf_key)
+    # The dtype is "auto"'s choice, so it differs by machine too (bf16 only where the CPU has it).
+    key = {"dtype": loaded.weights, "prompts": len(prompts), "tokens": args.tokens,
+           "draft_layers": args.draft_layers, "order": "interleaved"}
+    here = cpu_name()
+    store = Results(args.results, {**key, "spec": "ragged, ngram n/2, fast draft"}, {"cpu": here})
     rows = []
     for mode in modes:
         for B in batches:
             configs = [(name, drafter, gamma) for name, drafter in drafters.items() for gamma in gammas[1:]]
             todo = [c for c in configs if store.get(mode, c[0], B, c[2]) is None]
-            if todo or store.get(mode, "-", B, 0) is None:
+            if todo:
                 print(f"  {mode} B={B}: γ=0 and {len(todo)} speculative configurations, interleaved", flush=True)
                 got = run_group(engine, prompts, B, todo, MODES[mode], args.tokens)
                 base = store.put({"mode": mode, "drafter": "-", "B": B, "gamma": 0, **got[("-", 0)]})
@@ -193,79 +198,84 @@ def main() -> int:
                     r = got[(name, gamma)]
                     store.put({"mode": mode, "drafter": name, "B": B, "gamma": gamma, **r,
                                "speedup": r["tps_row"] / base["tps_row"], "base_tps_row": base["tps_row"]})
-            base = store.get(mode, "-", B, 0)
-            rows.append({**base, "speedup": 1.0})
-            print(f"  {mode} B={B} γ=0: {base['tps_row']:.1f} tok/s/row", flush=True)
-            for name, _, gamma in configs:
-                rows.append(store.get(mode, name, B, gamma))
-                r = rows[-1]
-                print(f"  {mode} B={B} {name} γ={gamma}: {r['tps_row']:.1f} tok/s/row, "
-                      f"{r['speedup']:.2f}x (vs γ=0 at {r['base_tps_row']:.1f} in the same run), "
-                      f"α={r['alpha']:.2f}", flush=True)
+            for name in drafters:
+                group = [store.get(mode, name, B, gamma) for gamma in gammas[1:]]
+                # each drafter's rows carry the γ=0 run interleaved with them (and its machine)
+                rows.append({"cpu": group[0]["cpu"], "mode": mode, "drafter": "-", "B": B, "gamma": 0,
+                             "tps_row": group[0]["base_tps_row"], "speedup": 1.0, "alpha": None, "mean_len": None})
+                rows.extend(group)
 
-    hf_rows = {}
-    if not args.no_hf and "greedy" in modes and 1 in batches:
+    hf_rows: dict[str, dict[str, float]] = {}  # per drafter: HF's rows from the machine of latts' B=1 row
+    if "greedy" in modes and 1 in batches:
         from transformers import AutoModelForCausalLM
 
-        hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32).eval()
-        wanted = {"HF greedy": {}}
-        if "ngram" in drafters:
-            wanted.update({f"HF prompt lookup γ={g}": {"prompt_lookup_num_tokens": g} for g in (3, 8)})
-        if "model" in drafters:
-            wanted["HF assistant model"] = {
-                "assistant_model": AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()}
-        for name, kwargs in wanted.items():
-            got = hf_store.get("hf", name, 1, 0) or hf_store.put(
-                {"mode": "hf", "drafter": name, "B": 1, "gamma": 0, "tps": run_hf(hf, prompts, args.tokens, **kwargs)})
-            hf_rows[name] = got["tps"]
+        hf = None
+        for name in drafters:
+            ours = max((r for r in rows if r["mode"] == "greedy" and r["B"] == 1 and r["drafter"] == name),
+                       key=lambda r: r["tps_row_e2e"])
+            wanted = {"HF greedy": {}}
+            if name == "ngram":
+                wanted.update({f"HF prompt lookup γ={g}": {"prompt_lookup_num_tokens": g} for g in (3, 8)})
+            else:
+                wanted["HF assistant model"] = {"assistant_model": folder}
+            hf_store = Results(args.results, {**key, "cpu": ours["cpu"]})
+            for hf_name, kwargs in wanted.items():
+                got = hf_store.get("hf", hf_name, 1, 0)
+                if got is None and ours["cpu"] == here and not args.no_hf:
+                    if hf is None:
+                        hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32).eval()
+                    if "assistant_model" in kwargs:
+                        kwargs = {"assistant_model": AutoModelForCausalLM.from_pretrained(
+                            kwargs["assistant_model"], dtype=torch.float32).eval()}
+                    got = hf_store.put({"mode": "hf", "drafter": hf_name, "B": 1, "gamma": 0,
+                                        "tps": run_hf(hf, prompts, args.tokens, **kwargs)})
+                if got is not None:
+                    hf_rows.setdefault(name, {})[hf_name] = got["tps"]
+            hf_rows.setdefault(name, {})["latts (best γ)"] = ours["tps_row_e2e"]
+            hf_rows[name]["machine"] = ours["cpu"]
 
     print()
-    print("| mode | drafter | B | γ | tok/s per row | speedup vs γ=0 | α | mean accepted length |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| machine | mode | drafter | B | γ | tok/s per row | speedup vs γ=0 | α | mean accepted length |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         a = f"{r['alpha']:.3f}" if r["alpha"] is not None else "—"
         m = f"{r['mean_len']:.2f}" if r["mean_len"] is not None else "—"
-        print(f"| {r['mode']} | {r['drafter']} | {r['B']} | {r['gamma']} | {r['tps_row']:.1f} | "
+        print(f"| {r['cpu']} | {r['mode']} | {r['drafter']} | {r['B']} | {r['gamma']} | {r['tps_row']:.1f} | "
               f"{r['speedup']:.2f}x | {a} | {m} |")
-    if hf_rows:
+    for name, got in hf_rows.items():
         print()
-        print("| HF, B=1, greedy, fp32 | tok/s (prefill included) |")
+        print(f"| B=1, greedy, {name} drafter, on {got['machine']} | tok/s (prefill included) |")
         print("| --- | --- |")
-        for k, v in hf_rows.items():
-            print(f"| {k} | {v:.1f} |")
+        for k, v in got.items():
+            if k != "machine":
+                print(f"| {k} | {v:.1f} |")
 
     print()
-    print("γ optimum per B (greedy / sampled, best drafter):")
+    print("γ optimum per B (best drafter):")
     for mode in modes:
         for B in batches:
             cand = [r for r in rows if r["mode"] == mode and r["B"] == B]
-            best = max(cand, key=lambda r: r["tps_row"])
+            best = max(cand, key=lambda r: r["speedup"])
             print(f"  {mode} B={B}: γ={best['gamma']} ({best['drafter']}) {best['speedup']:.2f}x")
 
     failures = []
-
-    def best_speedup(B: int, drafter: str | None = None) -> float:
-        cand = [r["speedup"] for r in rows if r["mode"] == "greedy" and r["B"] == B
-                and (drafter is None or r["drafter"] == drafter)]
-        return max(cand, default=0.0)
-
     for B, need in ((1, 1.3), (8, 1.15)):
         if "greedy" in modes and B in batches:
-            got = best_speedup(B)
+            got = max(r["speedup"] for r in rows if r["mode"] == "greedy" and r["B"] == B)
             print(f"target greedy B={B} >= {need}x: {got:.2f}x {'ok' if got >= need else 'MISSED'}")
             if got < need:
                 failures.append(f"greedy B={B} best speedup {got:.2f}x < {need}x")
-    if hf_rows:
-        # end to end (prefill included) on both sides
-        for name, hf_key in (("ngram", "HF prompt lookup"), ("model", "HF assistant model")):
-            if name not in drafters:
-                continue
-            ours = max(r["tps_row_e2e"] for r in rows if r["mode"] == "greedy" and r["B"] == 1 and r["drafter"] == name)
-            theirs = max(v for k, v in hf_rows.items() if k.startswith(hf_key))
-            ok = ours >= theirs
-            print(f"target latts B=1 {name} >= {hf_key}: {ours:.1f} vs {theirs:.1f} tok/s {'ok' if ok else 'MISSED'}")
-            if not ok:
-                failures.append(f"latts {name} at B=1 is slower than {hf_key}")
+    for name, got in hf_rows.items():
+        # end to end (prefill included) on both sides, same machine
+        theirs = [v for k, v in got.items() if k.startswith(("HF prompt lookup", "HF assistant model"))]
+        if not theirs:
+            failures.append(f"no HF assisted generation measured on {got['machine']} to compare latts {name} with")
+            continue
+        ok = got["latts (best γ)"] >= max(theirs)
+        print(f"target latts B=1 {name} >= HF with the same drafter: {got['latts (best γ)']:.1f} vs "
+              f"{max(theirs):.1f} tok/s {'ok' if ok else 'MISSED'}")
+        if not ok:
+            failures.append(f"latts {name} at B=1 is slower than HF assisted generation")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "hf": hf_rows}, indent=2))
     for f in failures:
