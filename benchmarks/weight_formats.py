@@ -22,18 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from latts.engine import kernels
-from latts.engine.linear import Projection, can_int4, exact_int4
+from latts.engine.linear import Projection, can_int4, exact_int4, int4_linear
+from latts.engine.transformer import Transformer
 from latts.models import DEFAULT_MODEL, hf_folder
-
-
-def _layer_weights(hf) -> list[torch.Tensor]:
-    """The engine's fused projections: q/k/v and gate/up concatenated, o and down as they are."""
-    out = []
-    for layer in hf.model.layers:
-        a, m = layer.self_attn, layer.mlp
-        out += [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(), a.o_proj.weight.detach(),
-                torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach(), m.down_proj.weight.detach()]
-    return out
 
 
 def main() -> int:
@@ -49,8 +40,8 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(hf_folder(DEFAULT_MODEL), dtype=torch.float32)
-    weights = _layer_weights(hf)
-    head = hf.get_output_embeddings().weight.detach()
+    # the engine's projections (q/k/v and gate/up fused), kept as plain fp32 weights
+    *weights, head = [p.weight for p in Transformer(hf, torch.float32, fast=False).projections()]
     q4 = [kernels.pack_q4(w) for w in weights]
     if any(p is None for p in q4):
         print("the default model's layers are not all exact 4-bit blocks")
@@ -61,11 +52,7 @@ def main() -> int:
         "latts q4, fp32 activations": [lambda x, p=p: ext.q4_linear(x, *p) for p in q4],
     }
     if can_int4():
-        packed = [exact_int4(w) for w in weights]
-        int4 = torch.ops.aten._weight_int4pack_mm_for_cpu
-        formats["torch int4, bf16 activations"] = [
-            lambda x, p=p: int4(x.to(torch.bfloat16), p[0], 32, p[1]) for p in packed
-        ]
+        formats["torch int4, bf16 activations"] = [lambda x, p=exact_int4(w): int4_linear(x, p) for w in weights]
     q8 = kernels.pack_q8(head)
     head_dense = Projection(head, None, torch.float32).forward_dense
     head_formats = {"lm_head fp32 oneDNN": [head_dense], "lm_head latts q8": [lambda x: ext.q8_linear(x, *q8)]}

@@ -94,6 +94,12 @@ def exact_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, 
     return packed, scales_zeros.to(torch.bfloat16)
 
 
+def int4_linear(x: torch.Tensor, int4: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``x`` ``[rows, in]`` times the weight ``exact_int4`` packed, through torch's int4 kernel (bf16 in and out)."""
+    packed, scales_zeros = int4
+    return _int4_mm(x.to(torch.bfloat16), packed, INT4_GROUP, scales_zeros)
+
+
 class Projection:
     """``x @ W.T (+ b)`` with ``W`` held in the fastest formats for this CPU (``fast``) or as plain dense.
 
@@ -169,8 +175,7 @@ def _quantized(weight: torch.Tensor) -> tuple[str | None, Callable[[torch.Tensor
         if (q8 := kernels.pack_q8(weight)) is not None:
             return "q8", lambda x: ext.q8_linear(x.float(), *q8).to(x.dtype)
     if can_int4() and (int4 := exact_int4(weight)) is not None:
-        packed, scales_zeros = int4  # bf16 out
-        return "int4", lambda x: _int4_mm(x.to(torch.bfloat16), packed, INT4_GROUP, scales_zeros)
+        return "int4", lambda x: int4_linear(x, int4)  # bf16 out
     return None, None
 
 
