@@ -105,8 +105,9 @@ def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "no plan is predicted to fit 0.001 s" in proc.stdout  # nothing runs in a millisecond
     doc = json.loads(plans.read_text())
-    assert doc["task"] == "arith" and set(doc["alphas"]) == {"2"} and 0 <= doc["alphas"]["2"] <= 1
-    assert 0 <= doc["proposal_rate"]["2"] <= 1 and 1 <= doc["tokens_per_round"]["2"] <= 3
+    assert doc["task"] == "arith" and set(doc["acceptance"]) == {"2"}
+    acc = doc["acceptance"]["2"]
+    assert 0 <= acc["alpha"] <= 1 and 0 <= acc["proposal_rate"] <= 1 and 1 <= acc["tokens_per_round"] <= 3
     frontier = doc["frontier"]
     assert frontier and all(c["branches"] in (1, 2) and c["gamma"] in (0, 2) and c["think"] in (4, 8)
                             for c in frontier)

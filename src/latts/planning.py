@@ -136,11 +136,11 @@ class Planner:
         return pareto_frontier(self.candidates())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the latency model, α per γ and the frontier (what ``solve`` needs to pick a plan)."""
+        """JSON-ready: the latency model, the acceptance per γ (for small and wide batches) and the frontier
+        (what ``solve`` needs to pick a plan)."""
         wide = self.wide_alphas or {}
-        return {"latency_model": self.latency.to_dict(), "alphas": {str(g): a.alpha for g, a in self.alphas.items()},
-                "tokens_per_round": {str(g): a.tokens_per_round for g, a in self.alphas.items()},
-                "proposal_rate": {str(g): a.proposal_rate for g, a in self.alphas.items()},
+        return {"latency_model": self.latency.to_dict(),
+                "acceptance": {str(g): a._asdict() for g, a in self.alphas.items()},
                 "wide_acceptance": {str(g): a._asdict() for g, a in wide.items()},
                 "prompt_len": self.prompt_len, "answer_tokens": self.answer_tokens,
                 "frontier": [asdict(c) for c in self.frontier()]}
