@@ -127,8 +127,8 @@ class SpecStats:
         """Tokens per row the average verify computes: the row's own proposal, plus one.
 
         What a verify costs: the forward runs its projections on the proposed positions only (ragged
-        rows), so a row without a proposal costs about what its plain step costs (attention still
-        runs on the padded layout).
+        rows), so a row without a proposal costs about what its plain step costs (only the
+        attention over its own new tokens runs on the padded layout).
         """
         return 1.0 + self.proposed / self.rounds if self.rounds else 0.0
 
