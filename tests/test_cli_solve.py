@@ -53,3 +53,26 @@ def test_eval_names_an_unreadable_or_malformed_dataset(tmp_path) -> None:
     no_field = tmp_path / "nofield.jsonl"
     no_field.write_text('{"problem": "1+1?"}\n')
     assert_one_line_error(run_latts("eval", "--task", "aime24", "--data", str(no_field)), "nofield.jsonl:1", "answer")
+
+
+def test_eval_speculates_with_a_draft_model_losslessly(tmp_path, draft_folder) -> None:
+    """``latts eval --drafter model:PATH`` drafts with that model; greedy, speculation changes no token."""
+    out = tmp_path / "runs.jsonl"
+    proc = run_latts("eval", "--task", "arith", "--limit", "2", "--branches", "1", "--gamma", "0,3",
+                     "--max-think", "32", "--temperature", "0", "--dtype", "float32",
+                     "--drafter", f"model:{draft_folder}", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    records = {(r["problem_id"], r["config"]["gamma"]): r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(records) == 4 and {g for _, g in records} == {0, 3}
+    for pid in {p for p, _ in records}:
+        plain, spec = records[(pid, 0)], records[(pid, 3)]
+        assert plain["spec"] is None
+        assert spec["config"]["drafter"] == f"model:{draft_folder}"
+        assert spec["spec"]["drafter"].startswith("model:") and spec["spec"]["gamma"] == 3
+        assert spec["spec"]["proposed"] > 0  # a draft model proposes every round, unlike an n-gram without a match
+        assert (spec["tokens"], spec["branch_answers"]) == (plain["tokens"], plain["branch_answers"])
+
+
+def test_eval_refuses_a_draft_model_on_a_server() -> None:
+    assert_one_line_error(run_latts("eval", "--drafter", "model:/x", "--backend", "openai",
+                                    "--base-url", "http://127.0.0.1:1/v1"), "embedded engine")

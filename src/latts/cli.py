@@ -351,7 +351,7 @@ def evaluate_cmd(
     deadline: Annotated[Optional[str], typer.Option("--deadline", help="comma-separated deadlines in seconds")] = None,
     min_think: Annotated[int, typer.Option("--min-think")] = 0,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.7,
-    drafter: Annotated[str, typer.Option("--drafter", help="ngram or ngram:N (model drafters: use the Python API)")] = "ngram",
+    drafter: Annotated[str, typer.Option("--drafter", help="ngram, ngram:N, or model:PATH")] = "ngram",
     surface: Annotated[bool, typer.Option(
         "--surface", help="one wide run of max(B) branches per problem, answers forced at every --max-think: "
                           "accuracy of every (B, L) with 95% bootstrap intervals")] = False,
@@ -374,9 +374,9 @@ def evaluate_cmd(
         deadlines = [None] if deadline is None else _numbers(deadline, "--deadline", float)
         for d in deadlines:
             check_deadline(d)
-        if not drafter.startswith("ngram"):
-            raise LattsError("latts eval drafts with ngram (or ngram:N); model drafters are available from the Python API")
         check_drafter_spec(drafter)
+        if drafter.startswith("model:") and backend.kind != "embedded":
+            raise LattsError("--drafter model:PATH drafts in the embedded engine; a server drafts for itself")
         if surface and backend.kind != "embedded":
             raise LattsError("--surface needs the embedded engine: it forces answers from snapshots of each row")
         if backend.remote is not None and gamma == "0":
@@ -392,9 +392,14 @@ def evaluate_cmd(
             c.plan(0)  # validates B, L, temperature before the model loads
         check_concurrency(concurrency, backend.remote is not None)
         problems = the_task.load(limit=limit, data=Path(data) if data else None)
-        engine = _open(backend.kind, model, dtype, backend.remote).backend
+        opened = _open(backend.kind, model, dtype, backend.remote)
+        draft = None
+        if drafter.startswith("model:") and any(c.gamma for c in configs):
+            from latts.engine.drafters import make_drafter
+
+            draft = make_drafter(drafter, opened.loaded)
         with _progress_bar(task) as progress:
-            records = evaluate(Solver(engine, the_task), problems, configs, _numbers(seeds, "--seeds"),
+            records = evaluate(Solver(opened.backend, the_task, draft), problems, configs, _numbers(seeds, "--seeds"),
                                Path(out_path), progress, concurrency=concurrency)
     except LattsError as exc:
         _fail(str(exc))

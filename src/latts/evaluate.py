@@ -141,6 +141,7 @@ def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict
         "finish_reasons": sol.finish_reasons,
         "early_stopped": sol.early_stopped,
         "steps": sol.steps,
+        "spec": sol.spec,  # speculation metrics (α, mean accepted length, ...); None without speculation
     }
 
 
