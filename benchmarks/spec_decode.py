@@ -180,7 +180,8 @@ def main() -> int:
     # "order": rows timed one configuration after another (older files) are not comparable;
     # "spec": nor latts rows from before the ragged verify and the n-gram drafter's trust by match
     # length, nor draft-model rows from before the draft ran its target's fast weight formats
-    # The dtype is "auto"'s choice, so it differs by machine too (bf16 only where the CPU has it).
+    # rows from any machine are reused when the weight formats match ("auto" picks bf16 only where
+    # the CPU has native bf16, so an fp32-only machine measures its own grid)
     key = {"dtype": loaded.weights, "prompts": len(prompts), "tokens": args.tokens,
            "draft_layers": args.draft_layers, "order": "interleaved"}
     here = cpu_name()
