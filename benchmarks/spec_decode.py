@@ -206,7 +206,8 @@ def main() -> int:
                              "tps_row": group[0]["base_tps_row"], "speedup": 1.0, "alpha": None, "mean_len": None})
                 rows.extend(group)
 
-    hf_rows: dict[str, dict[str, float]] = {}  # per drafter: HF's rows from the machine of latts' B=1 row
+    # per drafter: (the machine of latts' best B=1 greedy row, tok/s of that row and of HF on that machine)
+    hf_rows: dict[str, tuple[str, dict[str, float]]] = {}
     if "greedy" in modes and 1 in batches:
         from transformers import AutoModelForCausalLM
 
@@ -220,6 +221,8 @@ def main() -> int:
             else:
                 wanted["HF assistant model"] = {"assistant_model": folder}
             hf_store = Results(args.results, {**key, "cpu": ours["cpu"]})
+            tps = {"latts (best γ)": ours["tps_row_e2e"]}
+            hf_rows[name] = (ours["cpu"], tps)
             for hf_name, kwargs in wanted.items():
                 got = hf_store.get("hf", hf_name, 1, 0)
                 if got is None and ours["cpu"] == here and not args.no_hf:
@@ -231,9 +234,7 @@ def main() -> int:
                     got = hf_store.put({"mode": "hf", "drafter": hf_name, "B": 1, "gamma": 0,
                                         "tps": run_hf(hf, prompts, args.tokens, **kwargs)})
                 if got is not None:
-                    hf_rows.setdefault(name, {})[hf_name] = got["tps"]
-            hf_rows.setdefault(name, {})["latts (best γ)"] = ours["tps_row_e2e"]
-            hf_rows[name]["machine"] = ours["cpu"]
+                    tps[hf_name] = got["tps"]
 
     print()
     print("| machine | mode | drafter | B | γ | tok/s per row | speedup vs γ=0 | α | mean accepted length |")
@@ -243,13 +244,12 @@ def main() -> int:
         m = f"{r['mean_len']:.2f}" if r["mean_len"] is not None else "—"
         print(f"| {r['cpu']} | {r['mode']} | {r['drafter']} | {r['B']} | {r['gamma']} | {r['tps_row']:.1f} | "
               f"{r['speedup']:.2f}x | {a} | {m} |")
-    for name, got in hf_rows.items():
+    for name, (machine, tps) in hf_rows.items():
         print()
-        print(f"| B=1, greedy, {name} drafter, on {got['machine']} | tok/s (prefill included) |")
+        print(f"| B=1, greedy, {name} drafter, on {machine} | tok/s (prefill included) |")
         print("| --- | --- |")
-        for k, v in got.items():
-            if k != "machine":
-                print(f"| {k} | {v:.1f} |")
+        for k, v in tps.items():
+            print(f"| {k} | {v:.1f} |")
 
     print()
     print("γ optimum per B (best drafter):")
@@ -266,14 +266,14 @@ def main() -> int:
             print(f"target greedy B={B} >= {need}x: {got:.2f}x {'ok' if got >= need else 'MISSED'}")
             if got < need:
                 failures.append(f"greedy B={B} best speedup {got:.2f}x < {need}x")
-    for name, got in hf_rows.items():
+    for name, (machine, tps) in hf_rows.items():
         # end to end (prefill included) on both sides, same machine
-        theirs = [v for k, v in got.items() if k.startswith(("HF prompt lookup", "HF assistant model"))]
+        theirs = [v for k, v in tps.items() if k.startswith(("HF prompt lookup", "HF assistant model"))]
         if not theirs:
-            failures.append(f"no HF assisted generation measured on {got['machine']} to compare latts {name} with")
+            failures.append(f"no HF assisted generation measured on {machine} to compare latts {name} with")
             continue
-        ok = got["latts (best γ)"] >= max(theirs)
-        print(f"target latts B=1 {name} >= HF with the same drafter: {got['latts (best γ)']:.1f} vs "
+        ok = tps["latts (best γ)"] >= max(theirs)
+        print(f"target latts B=1 {name} >= HF with the same drafter: {tps['latts (best γ)']:.1f} vs "
               f"{max(theirs):.1f} tok/s {'ok' if ok else 'MISSED'}")
         if not ok:
             failures.append(f"latts {name} at B=1 is slower than HF assisted generation")
