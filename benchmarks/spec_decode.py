@@ -18,9 +18,10 @@ minutes), and each configuration's speedup is against the γ=0 run interleaved w
 The full grid takes about four hours on a 2-core CPU, longer than one sitting, and the machine
 changes between sittings. So each (mode, B) group is appended to --results (JSON Lines,
 ``benchmarks/results/`` in the repository) when it finishes, with the CPU it ran on: a rerun skips
-what is stored (an interrupted group is run again) and prints the table from every stored group,
-naming each group's machine. A speedup is only ever a ratio within one group, on one machine, and
-the HF comparison uses HF rows from the machine of the latts row it is compared with.
+what is stored (an interrupted group is run again; ``--here`` runs the selected groups again on this
+machine) and prints the table from every stored group, naming each group's machine. A speedup is
+only ever a ratio within one group, on one machine, and the HF comparison uses HF rows from the
+machine of the latts row it is compared with.
 """
 
 from __future__ import annotations
@@ -154,6 +155,9 @@ def main() -> int:
     ap.add_argument("--draft-layers", type=int, default=6)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF assisted-generation comparison")
+    ap.add_argument("--here", action="store_true",
+                    help="measure again on this machine the selected groups stored from another machine "
+                         "(the new rows replace them in the table; the file keeps both)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "spec_decode.jsonl",
                     help="measurements so far (JSON Lines, kept in the repository: the grid takes longer "
@@ -190,7 +194,8 @@ def main() -> int:
     for mode in modes:
         for B in batches:
             configs = [(name, drafter, gamma) for name, drafter in drafters.items() for gamma in gammas[1:]]
-            todo = [c for c in configs if store.get(mode, c[0], B, c[2]) is None]
+            todo = [c for c in configs if (stored := store.get(mode, c[0], B, c[2])) is None
+                    or (args.here and stored["cpu"] != here)]
             if todo:
                 print(f"  {mode} B={B}: γ=0 and {len(todo)} speculative configurations, interleaved", flush=True)
                 got = run_group(engine, prompts, B, todo, MODES[mode], args.tokens)
