@@ -199,6 +199,16 @@ def _open(backend: str, model: str, dtype: str, remote, announce: bool = True):
     return opened
 
 
+def _drafter(spec: str, loaded, speculates: bool):
+    """The ``--drafter`` the embedded engine (``loaded``) drafts with; None when nothing speculates or on a
+    server, which drafts for itself."""
+    if not speculates or loaded is None:
+        return None
+    from latts.engine.drafters import make_drafter
+
+    return make_drafter(spec, loaded)
+
+
 @dataclass(frozen=True)
 class _Backend:
     """The --backend choice with its remote-server options (None for the embedded engine)."""
@@ -310,12 +320,7 @@ def solve(
                 if not as_json:
                     err.print(f"[dim]latency-optimal plan for {deadline:g} s (latts optimize): B={saved.branches}, "
                               f"γ={saved.gamma}, L={saved.think}, predicted {saved.latency_s:.1f} s[/]")
-        draft = None
-        if plan.gamma > 0 and loaded is not None:  # a server drafts for itself
-            from latts.engine.drafters import make_drafter
-
-            draft = make_drafter(drafter, loaded)
-        solver = Solver(engine, the_task, draft)
+        solver = Solver(engine, the_task, _drafter(drafter, loaded, plan.gamma > 0))
         if as_json:
             sol = solver.solve(question, plan, deadline)
         else:
@@ -393,11 +398,7 @@ def evaluate_cmd(
         check_concurrency(concurrency, backend.remote is not None)
         problems = the_task.load(limit=limit, data=Path(data) if data else None)
         opened = _open(backend.kind, model, dtype, backend.remote)
-        draft = None
-        if drafter.startswith("model:") and any(c.gamma for c in configs):
-            from latts.engine.drafters import make_drafter
-
-            draft = make_drafter(drafter, opened.loaded)
+        draft = _drafter(drafter, opened.loaded, any(c.gamma for c in configs))
         with _progress_bar(task) as progress:
             records = evaluate(Solver(opened.backend, the_task, draft), problems, configs, _numbers(seeds, "--seeds"),
                                Path(out_path), progress, concurrency=concurrency)
