@@ -14,8 +14,8 @@ import sys
 from dataclasses import replace
 
 from latts.engine.engine import Engine
-from latts.models import DEFAULT_MODEL, load
-from latts.solver import Plan, Solver, default_plan
+from latts.engine.loading import DEFAULT_MODEL, load
+from latts.tts.solver import Plan, Solver, default_plan
 from latts.tasks import get_task
 
 TOLERANCE = 0.05

@@ -20,8 +20,8 @@ import torch
 from latts.config import SamplingParams
 from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
-from latts.models import DEFAULT_MODEL, load
-from latts.profiler import DEFAULT_BRANCHES, DEFAULT_CONTEXTS, DEFAULT_K, grid, measure_steps, profile
+from latts.engine.loading import DEFAULT_MODEL, load
+from latts.latency.profiler import DEFAULT_BRANCHES, DEFAULT_CONTEXTS, DEFAULT_K, grid, measure_steps, profile
 
 TARGET = 0.15
 RUN_REPEATS = 3

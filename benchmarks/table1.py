@@ -5,7 +5,7 @@ report. For every thinking length L in --table-thinks the optimizer picks, with 
 accurate (B*, γ*) predicted to be no slower than the baseline (B=1, γ=0, L); Branch-wise is the most
 accurate γ=0 plan predicted within --branch-budget x the baseline's latency (what branches buy, and
 cost, on this machine); Seq-wise is the fastest γ > 0 at B=1. The validation runs all four for real over
---seeds, and ``latts.report`` writes ``table1.md`` and the PNGs to --out.
+--seeds, and ``latts.eval.report`` writes ``table1.md`` and the PNGs to --out.
 
 Targets (exit 1 when one is missed): the pipeline takes < 60 minutes; the surface's estimate of
 every --surface-checks (B, L) (γ=0, >= 3 points, run directly over --check-seeds seeds so that the
@@ -25,13 +25,13 @@ from pathlib import Path
 
 from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
-from latts.evaluate import Config, accuracy_difference, evaluate, summarize
-from latts.models import DEFAULT_MODEL, load
+from latts.eval.harness import Config, accuracy_difference, evaluate, summarize
+from latts.engine.loading import DEFAULT_MODEL, load
 from latts.planning import Planner, measure_alpha, prompt_length, run_as_optimizer
-from latts.profiler import profile
-from latts.report import write_report
-from latts.solver import Solver
-from latts.surface_run import WideRun, expected_thinking, run_wide, surface_from_records
+from latts.latency.profiler import profile
+from latts.eval.report import write_report
+from latts.tts.solver import Solver
+from latts.eval.surface_run import WideRun, expected_thinking, run_wide, surface_from_records
 from latts.tasks import get_task
 
 BUDGET_S = 3600

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from latts.engine.engine import Engine
-from latts.models import DEFAULT_MODEL, load
-from latts.solver import Plan, Solver
+from latts.engine.loading import DEFAULT_MODEL, load
+from latts.tts.solver import Plan, Solver
 from latts.tasks import get_task
-from latts.voting import vote
+from latts.tts.voting import vote
 
 
 def main() -> int:

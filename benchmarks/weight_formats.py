@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from latts.engine import kernels
 from latts.engine.linear import Projection, can_int4, exact_int4, int4_linear
 from latts.engine.transformer import Transformer
-from latts.models import DEFAULT_MODEL, hf_folder
+from latts.engine.loading import DEFAULT_MODEL, hf_folder
 
 
 def main() -> int:

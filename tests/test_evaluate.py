@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from latts.errors import LattsError
-from latts.evaluate import Config, accuracy_difference, grid, read_records, summarize
+from latts.eval.harness import Config, accuracy_difference, grid, read_records, summarize
 
 EVAL = [sys.executable, "-m", "latts.cli", "eval", "--task", "arith", "--limit", "5", "--branches", "1,2",
         "--max-think", "24", "--seeds", "0,1", "--dtype", "float32"]

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from latts.grading import as_integer, extract_boxed, extract_letter, math_equal, normalize_answer
+from latts.tasks.grading import as_integer, extract_boxed, extract_letter, math_equal, normalize_answer
 from latts.tasks import get_task
 
 # (task, gold, model output, expected): the output goes through the task's extractor, then its grader

@@ -7,16 +7,16 @@ import random
 import pytest
 
 from latts.errors import LattsError
-from latts.latency_model import (
+from latts.latency.model import (
     LatencyModel,
     PrefillSample,
     StepSample,
     expected_tokens_per_round,
     expected_verify_width,
 )
-from latts.optimizer import Candidate, best_plan, candidates, pareto_frontier
-from latts.surface import estimate_surface, majority_class, vote_accuracy
-from latts.voting import answer_classes
+from latts.latency.optimizer import Candidate, best_plan, candidates, pareto_frontier
+from latts.eval.surface import estimate_surface, majority_class, vote_accuracy
+from latts.tts.voting import answer_classes
 
 TRUE = LatencyModel(overhead=0.020, w_token=0.0004, w_attn=0.00002, w_row=0.0003,
                     prefill_base=0.01, prefill_per_token=0.0002)
@@ -161,7 +161,7 @@ def test_fit_recovers_two_weight_formats() -> None:
 def test_run_prediction_includes_the_engine_loop() -> None:
     from dataclasses import replace
 
-    from latts.latency_model import LoopSample
+    from latts.latency.model import LoopSample
 
     loops = [LoopSample(b, 0, 0.002 + 0.001 * b) for b in (1, 4, 16)] + [LoopSample(b, 3, 0.005 + 0.002 * b)
                                                                       for b in (1, 4, 16)]

@@ -1,4 +1,4 @@
-"""``latts.models``: locating, validating and loading models, with clear errors for unusable ones."""
+"""``latts.engine.loading``: locating, validating and loading models, with clear errors for unusable ones."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from latts import models
+from latts.engine import loading as models
 from latts.errors import LattsError
-from latts.models import DEFAULT_MODEL, bundled_path, load, parse_dtype, resolve
+from latts.engine.loading import DEFAULT_MODEL, bundled_path, load, parse_dtype, resolve
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from latts.backends.openai_backend import OpenAIBackend
+from latts.backends.openai import OpenAIBackend
 from latts.config import BudgetForcing, SamplingParams
 from latts.errors import LattsError
-from latts.models import DEFAULT_MODEL, bundled_path
-from latts.solver import Plan, Solver
+from latts.engine.loading import DEFAULT_MODEL, bundled_path
+from latts.tts.solver import Plan, Solver
 from servers import free_port, latts_cmd, running
 
 pytestmark = pytest.mark.slow
@@ -182,7 +182,7 @@ def test_concurrent_eval_resumes_after_the_server_dies(tmp_path) -> None:
 
 
 def test_profile_of_the_server_fits_a_latency_model(backend) -> None:
-    from latts.remote_profiler import profile_remote
+    from latts.latency.remote_profiler import profile_remote
 
     prof = profile_remote(backend, branches=(1, 2), contexts=(32, 128), tokens=8, repeats=1)
     assert [(s.branches, s.context) for s in prof.steps] == [(1, 36), (2, 36), (1, 132), (2, 132)]

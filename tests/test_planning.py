@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from latts.errors import LattsError
-from latts.latency_model import LatencyModel
+from latts.latency.model import LatencyModel
 from latts.planning import Acceptance, Planner, plan_for_deadline, save_plans
-from latts.surface import Estimate
+from latts.eval.surface import Estimate
 
 # 10 ms per step whatever B and k; prefill and answer free: a run costs rounds x 10 ms
 FLAT = LatencyModel(overhead=0.010, w_token=0.0, w_attn=0.0, w_row=0.0, prefill_base=0.0, prefill_per_token=0.0)
@@ -128,7 +128,7 @@ def test_expected_thinking_from_wide_runs() -> None:
     """Branches that stop by themselves shorten the run: order statistics over B-subsets, checked by hand."""
     from itertools import combinations
 
-    from latts.surface_run import expected_thinking
+    from latts.eval.surface_run import expected_thinking
 
     records = [{"think_tokens": [2, 4, None, 8]}, {"think_tokens": [1, 1, 1, 1]}]
     steps, forced = expected_thinking(records[:1], 2, 6)  # lengths capped at L: [2, 4, 6, 6]

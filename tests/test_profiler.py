@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from latts.errors import LattsError
-from latts.profiler import grid, measure_steps
+from latts.latency.profiler import grid, measure_steps
 
 
 def test_measure_steps_times_every_shape_once(engine) -> None:

@@ -15,8 +15,8 @@ import matplotlib.image
 import pytest
 
 from latts.errors import LattsError
-from latts.evaluate import Config
-from latts.report import (
+from latts.eval.harness import Config
+from latts.eval.report import (
     DASH,
     accuracy_grid,
     load_records,
@@ -183,7 +183,7 @@ def test_speedup_curves_and_accuracy_grid_values() -> None:
 
 def test_plots_without_data_write_nothing(tmp_path, caplog) -> None:
     no_spec = [r for r in grid_256() if r["config"]["gamma"] == 0]
-    caplog.set_level(logging.INFO, logger="latts.report")
+    caplog.set_level(logging.INFO, logger="latts.eval.report")
     assert plot_speedup_vs_gamma(no_spec, tmp_path / "s.png") is None
     assert "γ>0" in caplog.text
     assert plot_accuracy_vs_latency([], tmp_path / "a.png") is None
@@ -262,7 +262,7 @@ def test_cli_report_writes_table_and_figures(tmp_path: Path) -> None:
 
 def test_parallel_series_needs_two_branch_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With only B=1 at γ=0 there is no parallel-scaling line to draw (nor to put in the legend)."""
-    import latts.report as report
+    import latts.eval.report as report
 
     records = make_records(1, 0, 16, 0, [T, F], 1.0) + make_records(1, 0, 64, 0, [T, T], 2.0)
     figures = []

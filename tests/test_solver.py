@@ -9,9 +9,9 @@ import torch
 
 from latts.config import SamplingParams
 from latts.errors import LattsError
-from latts.solver import Plan, Solver
+from latts.tts.solver import Plan, Solver
 from latts.tasks import get_task
-from latts.voting import vote
+from latts.tts.voting import vote
 
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have?"
 

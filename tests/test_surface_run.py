@@ -7,8 +7,8 @@ import json
 import pytest
 
 from latts.errors import LattsError
-from latts.solver import Plan, Solver
-from latts.surface_run import WideRun, run_wide, surface_from_records
+from latts.tts.solver import Plan, Solver
+from latts.eval.surface_run import WideRun, run_wide, surface_from_records
 from latts.tasks import get_task
 from test_cli import assert_one_line_error, run_latts
 

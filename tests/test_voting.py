@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from latts.errors import LattsError
-from latts.grading import math_equal
+from latts.tasks.grading import math_equal
 from latts.tasks import get_task
-from latts.voting import Vote, decided, vote
+from latts.tts.voting import Vote, decided, vote
 
 
 def test_equivalent_answers_merge_into_the_first_spelling() -> None:

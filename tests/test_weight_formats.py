@@ -8,7 +8,7 @@ import torch
 from latts.engine.kv_cache import KVCache
 from latts.engine import kernels
 from latts.engine.linear import TUNE_ROWS, Projection, can_int4, exact_int4, set_quant_rows, tune_quant_rows
-from latts.models import load
+from latts.engine.loading import load
 
 pytestmark = pytest.mark.skipif(
     not can_int4() and kernels.compiled() is None, reason="needs latts' kernels or torch's CPU int4 kernel"

@@ -1,10 +1,10 @@
 """Latency-optimal plans for a model, a task and this machine: profile + accuracy surface + acceptance.
 
-The pieces: the latency model fitted to a profile (:mod:`latts.profiler`), the accuracy surface of one
-wide run (:mod:`latts.surface_run`), and the drafter's acceptance rate α per γ, measured here on a few
+The pieces: the latency model fitted to a profile (:mod:`latts.latency.profiler`), the accuracy surface of one
+wide run (:mod:`latts.eval.surface_run`), and the drafter's acceptance rate α per γ, measured here on a few
 of the task's own prompts (α depends on the text, the drafter and the temperature). Every (B, γ, L) of
 the surface crossed with the γ values gets a predicted latency and the surface's accuracy; the best
-plan per deadline is Eq. 1 of the paper (:func:`latts.optimizer.best_plan`). :func:`validate` then runs
+plan per deadline is Eq. 1 of the paper (:func:`latts.latency.optimizer.best_plan`). :func:`validate` then runs
 the chosen plans for real and records them (``source: optimizer``) beside their predictions.
 """
 
@@ -20,12 +20,12 @@ from typing import Any, NamedTuple
 from latts.config import SamplingParams
 from latts.engine.drafters import NGramDrafter
 from latts.errors import LattsError
-from latts.evaluate import Config, evaluate, run_one
-from latts.latency_model import LatencyModel, expected_verify_width
-from latts.optimizer import Candidate, best_plan, candidates, pareto_frontier
+from latts.eval.harness import Config, evaluate, run_one
+from latts.latency.model import LatencyModel, expected_verify_width
+from latts.latency.optimizer import Candidate, best_plan, candidates, pareto_frontier
 from latts.paths import cache_dir
-from latts.solver import Solver
-from latts.surface import Estimate
+from latts.tts.solver import Solver
+from latts.eval.surface import Estimate
 from latts.tasks import Problem
 from latts.types import SpecStats
 
@@ -192,7 +192,7 @@ def validate(solver: Solver, problems: Sequence[Problem], recs: Sequence[Recomme
 
 
 def run_as_optimizer(solver: Solver, problem: Problem, config: Config, seed: int) -> dict[str, Any]:
-    """:func:`latts.evaluate.run_one`, its record marked ``source: optimizer`` (the report's latency-optimal row)."""
+    """:func:`latts.eval.harness.run_one`, its record marked ``source: optimizer`` (the report's latency-optimal row)."""
     return run_one(solver, problem, config, seed) | {"source": "optimizer"}
 
 

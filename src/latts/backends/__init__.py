@@ -13,7 +13,7 @@ BACKENDS = ("embedded", "openai")
 
 @dataclass(frozen=True, slots=True)
 class RemoteOptions:
-    """Where and how to reach an OpenAI-compatible server (see :class:`~latts.backends.openai_backend.OpenAIBackend`)."""
+    """Where and how to reach an OpenAI-compatible server (see :class:`~latts.backends.openai.OpenAIBackend`)."""
 
     base_url: str | None = None
     api_key: str | None = None
@@ -30,7 +30,7 @@ class Opened:
 
     name: str
     backend: Any
-    loaded: Any = None  # latts.models.LoadedModel for the embedded engine
+    loaded: Any = None  # latts.engine.loading.LoadedModel for the embedded engine
 
     @property
     def remote(self) -> bool:
@@ -43,7 +43,7 @@ def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptio
     if kind not in BACKENDS:
         raise LattsError(f"unknown backend '{kind}': use {' or '.join(BACKENDS)}")
     if kind == "openai":
-        from latts.backends.openai_backend import OpenAIBackend
+        from latts.backends.openai import OpenAIBackend
 
         r = remote or RemoteOptions()
         if not r.base_url:
@@ -54,7 +54,7 @@ def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptio
         backend.warmup()
         return Opened(model, backend)
     from latts.engine.engine import Engine
-    from latts.models import load
+    from latts.engine.loading import load
 
     loaded = load(model, dtype)
     engine = Engine(loaded)

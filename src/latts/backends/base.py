@@ -1,6 +1,6 @@
 """The seam between the test-time-scaling controller and whatever decodes: the embedded engine
 (:class:`latts.engine.engine.Engine`) or a remote OpenAI-compatible server
-(:class:`latts.backends.openai_backend.OpenAIBackend`).
+(:class:`latts.backends.openai.OpenAIBackend`).
 
 The solver, the evaluation harness and ``latts serve`` only use what :class:`Backend` lists, so every
 one of them runs unchanged on either.

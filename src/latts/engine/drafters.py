@@ -23,7 +23,7 @@ from latts.config import SamplingParams
 from latts.engine.kv_cache import KVCache
 from latts.engine.sampler import draw, probabilities
 from latts.errors import LattsError
-from latts.models import LoadedModel
+from latts.engine.loading import LoadedModel
 
 
 class Drafter(Protocol):
@@ -239,7 +239,7 @@ def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None
     if _is_ngram(spec):
         return ngram_drafter(spec)
     check_drafter_spec(spec)
-    from latts.models import load
+    from latts.engine.loading import load
 
     # the draft runs the same kind of weights as the target (a fast target's draft in plain
     # float32 would read ~4x the bytes per token it needs to)

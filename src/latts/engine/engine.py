@@ -21,7 +21,7 @@ from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
 from latts.engine.sampler import greedy_accept, rejection_sample, sample, target_probabilities
 from latts.errors import LattsError
-from latts.models import LoadedModel
+from latts.engine.loading import LoadedModel
 from latts.types import Branch, Generation, SpecStats
 
 log = logging.getLogger(__name__)

@@ -28,10 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from latts.config import MAX_GAMMA
 from latts.errors import LattsError
-from latts.optimizer import Candidate, best_plan
+from latts.latency.optimizer import Candidate, best_plan
 from latts.planning import load_frontier
 from latts.serve.scheduler import Scheduler, Unservable
-from latts.solver import Plan, Solution, Solver, default_plan
+from latts.tts.solver import Plan, Solution, Solver, default_plan
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from latts.grading import as_integer, math_equal
+from latts.tasks.grading import as_integer, math_equal
 from latts.tasks.base import MathTask
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latts.errors import LattsError
-from latts.grading import as_integer, extract_boxed
+from latts.tasks.grading import as_integer, extract_boxed
 from latts.tasks.base import ANSWER_PROMPT, Problem, check_limit
 
 DEFAULT_LEVEL = 1  # calibrated for the default model: see the note above

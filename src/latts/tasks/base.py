@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 from latts.errors import LattsError
-from latts.grading import extract_boxed, math_equal
+from latts.tasks.grading import extract_boxed, math_equal
 
 ANSWER_PROMPT = "\n\nFinal answer: \\boxed{"  # what budget forcing appends to make a branch answer now
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."

@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 from latts.errors import LattsError
-from latts.grading import extract_letter
+from latts.tasks.grading import extract_letter
 from latts.tasks.base import ANSWER_PROMPT, Problem, check_limit, read_jsonl, read_text, require
 
 LETTERS = "ABCD"
@@ -103,7 +103,7 @@ class GpqaDiamondTask:
         return f"{problem.question}\n\n{INSTRUCTION}"
 
     def extract(self, completion: str) -> str | None:
-        """The letter the completion settles on (see ``latts.grading.extract_letter``), or None."""
+        """The letter the completion settles on (see ``latts.tasks.grading.extract_letter``), or None."""
         return extract_letter(completion)
 
     def grade(self, gold: str, pred: str | None) -> bool:

@@ -21,7 +21,7 @@ from latts.engine.engine import Engine
 from latts.errors import LattsError
 from latts.tasks import Problem, Task, get_task
 from latts.types import Branch
-from latts.voting import Vote, decided, vote
+from latts.tts.voting import Vote, decided, vote
 
 # Share of the deadline kept back for what follows the last decode step (voting, decoding text)
 # and for the step-time estimate being wrong; the deadline benchmark measures the overshoot.
@@ -124,7 +124,7 @@ class Solution:
 class Solver:
     """Answers questions of one task (prompt template, answer extraction, equivalence) on one backend:
     the embedded :class:`~latts.engine.engine.Engine` or a remote server
-    (:class:`~latts.backends.openai_backend.OpenAIBackend`); see :class:`~latts.backends.base.Backend`."""
+    (:class:`~latts.backends.openai.OpenAIBackend`); see :class:`~latts.backends.base.Backend`."""
 
     def __init__(self, engine: Engine | Backend, task: Task | str = "math500", drafter: Drafter | None = None) -> None:
         self.engine = engine

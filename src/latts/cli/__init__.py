@@ -90,7 +90,7 @@ def generate(
         if as_json:
             result = engine.generate(prompt, branches, max_tokens, sampling, stop or (), t_deadline, **spec)
         else:
-            from latts.live_view import BranchView
+            from latts.cli.live_view import BranchView
 
             with BranchView(out, engine.tokenizer, branches) as view:
                 result = engine.generate(
@@ -112,7 +112,7 @@ def generate(
         }
         sys.stdout.write(json.dumps(doc) + "\n")
     else:
-        from latts.live_view import print_summary
+        from latts.cli.live_view import print_summary
 
         print_summary(out, result)
 
@@ -122,7 +122,7 @@ def models() -> None:
     """List the bundled models and the converted ones cached on this machine."""
     from rich.table import Table
 
-    from latts.models import list_models
+    from latts.engine.loading import list_models
 
     rows = list_models()
     if not out.is_terminal:  # piped: whole paths, one model per line, tab-separated
@@ -146,7 +146,7 @@ def grade(
 ) -> None:
     """Grade a prediction against a gold answer with a task's grader; print one JSON object per pair."""
     try:
-        from latts.grade_cli import grade_file, grade_pair
+        from latts.cli.grade import grade_file, grade_pair
         from latts.tasks import get_task
 
         get_task(task)  # an unknown --task fails before anything else
@@ -296,7 +296,7 @@ def solve(
         from dataclasses import replace
 
         from latts.planning import plan_for_deadline, plans_path
-        from latts.solver import Plan, Solver, default_plan
+        from latts.tts.solver import Plan, Solver, default_plan
         from latts.tasks import get_task
 
         from latts.config import check_deadline
@@ -324,7 +324,7 @@ def solve(
         if as_json:
             sol = solver.solve(question, plan, deadline)
         else:
-            from latts.live_view import BranchView
+            from latts.cli.live_view import BranchView
 
             with BranchView(out, engine.tokenizer, plan.branches) as view:
                 sol = solver.solve(question, plan, deadline, on_step=view.update)
@@ -337,7 +337,7 @@ def solve(
                **sol.to_dict()}
         sys.stdout.write(json.dumps(doc) + "\n")
         return
-    from latts.live_view import print_solution
+    from latts.cli.live_view import print_solution
 
     print_solution(out, sol)
 
@@ -369,8 +369,8 @@ def evaluate_cmd(
     try:
         from latts.config import check_deadline
         from latts.engine.drafters import check_drafter_spec
-        from latts.evaluate import check_concurrency, evaluate, grid, summarize
-        from latts.solver import Solver
+        from latts.eval.harness import check_concurrency, evaluate, grid, summarize
+        from latts.tts.solver import Solver
         from latts.tasks import get_task
 
         the_task = get_task(task)
@@ -423,9 +423,9 @@ def _surface_eval(task: str, the_task, out_path: str, limit: int | None, data: s
     """``latts eval --surface``: the wide runs, then the accuracy surface as a table."""
     from rich.table import Table
 
-    from latts.evaluate import evaluate
-    from latts.solver import Solver
-    from latts.surface_run import WideRun, run_wide, surface_from_records
+    from latts.eval.harness import evaluate
+    from latts.tts.solver import Solver
+    from latts.eval.surface_run import WideRun, run_wide, surface_from_records
 
     if set(_numbers(gamma, "--gamma")) != {0} or deadline is not None or min_think:
         raise LattsError("--surface measures accuracy only: no --gamma (speculation is lossless), "
@@ -447,7 +447,7 @@ def _surface_eval(task: str, the_task, out_path: str, limit: int | None, data: s
 
 @contextmanager
 def _progress_bar(task: str):
-    """A rich progress bar on stderr; yields the ``progress`` callback of :func:`latts.evaluate.evaluate`."""
+    """A rich progress bar on stderr; yields the ``progress`` callback of :func:`latts.eval.harness.evaluate`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -476,8 +476,8 @@ def profile(
     """Measure prefill and decode-forward times on this machine (or a server's latency vs B) and fit the
     latency model."""
     try:
-        from latts.profiler import profile as run_profile
-        from latts.remote_profiler import profile_remote
+        from latts.latency.profiler import profile as run_profile
+        from latts.latency.remote_profiler import profile_remote
 
         bs, ks, cs = _numbers(branches, "--branches"), _numbers(k, "--k"), _numbers(contexts, "--contexts")
         if min(bs) < 1 or min(ks) < 1 or min(cs) < 1:
@@ -528,13 +528,13 @@ def optimize(
 
     try:
         from latts.config import check_deadline
-        from latts.evaluate import evaluate, read_records
+        from latts.eval.harness import evaluate, read_records
         from latts.engine.drafters import NGramDrafter
         from latts.planning import Planner, measure_alpha, plans_path, prompt_length, save_plans, validate
-        from latts.profiler import Profile
-        from latts.profiler import profile as run_profile
-        from latts.solver import Solver
-        from latts.surface_run import WideRun, expected_thinking, run_wide, surface_from_records
+        from latts.latency.profiler import Profile
+        from latts.latency.profiler import profile as run_profile
+        from latts.tts.solver import Solver
+        from latts.eval.surface_run import WideRun, expected_thinking, run_wide, surface_from_records
         from latts.tasks import get_task
 
         the_task = get_task(task)
@@ -587,7 +587,7 @@ def optimize(
         for g, a in alphas.items()))
     table = Table("deadline s", "B", "γ", "L", "accuracy (surface)", "95% interval", "predicted s",
                   *(["measured accuracy", "measured s"] if validated else []), title=f"latency-optimal plans: {task}")
-    from latts.evaluate import summarize
+    from latts.eval.harness import summarize
 
     measured = {(row.config["B"], row.config["gamma"], row.config["max_think"]): row for row in summarize(validated)}
     for r in recs:
@@ -619,7 +619,7 @@ def report(
 ) -> None:
     """Paper-style Table 1 (markdown) and accuracy/latency plots (PNG) from evaluation records."""
     try:
-        from latts.report import write_report
+        from latts.eval.report import write_report
 
         paths = write_report([Path(r) for r in records], Path(out_dir), Path(profile_path) if profile_path else None)
     except LattsError as exc:
@@ -645,7 +645,7 @@ def demo(
         from dataclasses import replace
 
         from latts.config import check_deadline
-        from latts.solver import Solver, default_plan
+        from latts.tts.solver import Solver, default_plan
         from latts.tasks import get_task
 
         check_deadline(deadline)
@@ -698,7 +698,7 @@ def serve(
             raise LattsError("latts serve needs fastapi and uvicorn: pip install 'latts[serve]'") from None
         from latts.config import MAX_BRANCHES, check_deadline
         from latts.planning import plans_path
-        from latts.solver import Solver, default_plan
+        from latts.tts.solver import Solver, default_plan
         from latts.tasks import get_task
 
         check_deadline(default_budget)

@@ -1,6 +1,6 @@
 """Measure this machine: prefill time vs prompt length, decode-forward time vs (B, k, context), drafter cost.
 
-The measurements feed :class:`~latts.latency_model.LatencyModel`. Forwards are timed directly on the
+The measurements feed :class:`~latts.latency.model.LatencyModel`. Forwards are timed directly on the
 engine's model (not through ``generate``), after a warm-up, as the median of a few repeats in each of
 three passes over all shapes (the median of the passes is kept), so the profile takes two or three
 minutes. The machine is described alongside, since a profile only holds for the machine (and load) it
@@ -27,8 +27,8 @@ from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.kv_cache import KVCache
 from latts.errors import LattsError
-from latts.latency_model import LatencyModel, LoopSample, PrefillSample, StepSample
-from latts.models import cpu_name
+from latts.latency.model import LatencyModel, LoopSample, PrefillSample, StepSample
+from latts.engine.loading import cpu_name
 
 DEFAULT_BRANCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_K = (1, 2, 4, 8)

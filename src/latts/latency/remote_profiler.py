@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 from latts.config import SamplingParams
 from latts.errors import LattsError
-from latts.latency_model import PrefillSample, StepSample
-from latts.profiler import Profile
+from latts.latency.model import PrefillSample, StepSample
+from latts.latency.profiler import Profile
 
 REMOTE_BRANCHES = (1, 2, 4, 8)
 REMOTE_CONTEXTS = (64, 512)
@@ -37,7 +37,7 @@ def profile_remote(
     repeats: int = 3,
     progress: Callable[[str], None] | None = None,
 ) -> Profile:
-    """Measure ``backend`` (an :class:`~latts.backends.openai_backend.OpenAIBackend`) over B × context."""
+    """Measure ``backend`` (an :class:`~latts.backends.openai.OpenAIBackend`) over B × context."""
     if tokens < 4:
         raise LattsError(f"a remote profile needs at least 4 tokens per generation, got {tokens}")
     if not branches or min(branches) < 1 or not contexts or min(contexts) < 1:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from latts.errors import LattsError
-from latts.voting import answer_classes
+from latts.tts.voting import answer_classes
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class Estimate:
 def majority_class(subset: Sequence[int]) -> int:
     """The winning class of a vote over ``subset`` (branch order); ties go to the class seen first; -1 if none.
 
-    :func:`latts.voting.vote` on integer labels, without re-comparing answers for every subset.
+    :func:`latts.tts.voting.vote` on integer labels, without re-comparing answers for every subset.
     """
     counts: dict[int, int] = {}
     first: dict[int, int] = {}

@@ -5,7 +5,7 @@ budget; at every smaller budget L the engine copies each still-thinking branch i
 forced to answer right there (``Engine.generate(checkpoints=...)``), so a single run yields, per
 branch, the answer it would have given with budget L. A branch that ended by itself before L answers
 with its own text. Records go to the same resumable JSONL as ``latts eval``; :func:`surface_from_records`
-turns them into accuracy(B, L) with bootstrap intervals (see :mod:`latts.surface`).
+turns them into accuracy(B, L) with bootstrap intervals (see :mod:`latts.eval.surface`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 
 from latts.config import BudgetForcing, SamplingParams
 from latts.errors import LattsError
-from latts.solver import Solver
-from latts.surface import Estimate, estimate_surface
+from latts.tts.solver import Solver
+from latts.eval.surface import Estimate, estimate_surface
 from latts.tasks import Problem, Task
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from latts.errors import LattsError
-from latts.solver import Plan, Solver
+from latts.tts.solver import Plan, Solver
 from latts.tasks import Problem
 
 

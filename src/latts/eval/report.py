@@ -3,8 +3,8 @@
 "Faster and Better LLMs via Latency-Aware Test-Time Scaling" compares, per thinking length L, a
 baseline (one branch, no speculation) with branch-wise parallelism (B > 1), sequence-wise
 parallelism (speculation, γ > 0) and the latency-optimal mix of both. This module reads the JSONL
-records the eval harness writes (:func:`latts.evaluate.run_one`), summarises them per configuration
-(:func:`latts.evaluate.summarize`: accuracy mean ± std over seeds, latency mean ± std over runs), and
+records the eval harness writes (:func:`latts.eval.harness.run_one`), summarises them per configuration
+(:func:`latts.eval.harness.summarize`: accuracy mean ± std over seeds, latency mean ± std over runs), and
 writes that comparison as markdown plus the figures as PNGs.
 
 Nothing here runs a model. The plots use matplotlib's object-oriented API on bare ``Figure`` objects
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latts.errors import LattsError
-from latts.evaluate import SummaryRow, read_records, summarize
-from latts.optimizer import Candidate, pareto_frontier
+from latts.eval.harness import SummaryRow, read_records, summarize
+from latts.latency.optimizer import Candidate, pareto_frontier
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -81,7 +81,7 @@ def load_records(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """All records of the given JSONL files, concatenated in order.
 
     A report over a file that does not exist would silently describe nothing, so a missing path is an
-    error (:func:`latts.evaluate.read_records` itself treats a missing file as empty, for resuming).
+    error (:func:`latts.eval.harness.read_records` itself treats a missing file as empty, for resuming).
     """
     records: list[dict[str, Any]] = []
     for path in paths:
