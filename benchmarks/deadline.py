@@ -15,7 +15,8 @@ from dataclasses import replace
 
 from latts.engine.engine import Engine
 from latts.engine.loading import DEFAULT_MODEL, load
-from latts.tts.solver import Plan, Solver, default_plan
+from latts.config import Plan, default_plan
+from latts.tts.solver import Solver
 from latts.tasks import get_task
 
 TOLERANCE = 0.05

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from latts.config import Plan
 from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.eval.harness import Config, accuracy_difference, evaluate, summarize
@@ -31,10 +32,15 @@ from latts.planning import Planner, measure_alpha, prompt_length, run_as_optimiz
 from latts.latency.profiler import profile
 from latts.eval.report import write_report
 from latts.tts.solver import Solver
-from latts.eval.surface_run import WideRun, expected_thinking, run_wide, surface_from_records
+from latts.eval.surface_run import expected_thinking, run_wide, surface_from_records, wide_run
 from latts.tasks import get_task
 
 BUDGET_S = 3600
+
+
+def _config(branches: int, gamma: int, think: int, temperature: float) -> Config:
+    """The evaluated configuration of (B, γ, L) with the n-gram drafter and no deadline."""
+    return Config(Plan(branches=branches, gamma=gamma, max_think=think, temperature=temperature))
 
 
 def main() -> int:
@@ -80,7 +86,7 @@ def main() -> int:
     latency = prof.fit()
 
     stage(f"surface: {len(problems)} wide runs of B={args.branches}, L={list(thinks)}")
-    wide = evaluate(solver, problems, [WideRun(args.branches, thinks, args.temperature)], [100],
+    wide = evaluate(solver, problems, [wide_run(args.branches, thinks, args.temperature)], [100],
                     out / "surface.jsonl", runner=run_wide)
     surface = surface_from_records(wide, task, branch_counts)
     est = {(e.branches, e.think): e for e in surface}
@@ -97,23 +103,23 @@ def main() -> int:
     configs, optimal, free = [], {}, {}
     for L in table_thinks:
         base_s = planner.predict_latency(1, 0, L)
-        at_l = [c for c in planner.candidates() if c.think == L and c.latency_s <= base_s]
+        at_l = [c for c in planner.candidates() if c.plan.max_think == L and c.latency_s <= base_s]
         best = max(at_l, key=lambda c: (c.accuracy, -c.latency_s))
         # the fastest speculative plan at B=1, even when speculation is predicted not to pay: the row shows it
         seq_gamma = min((g for g in gammas if g > 0), key=lambda g: planner.predict_latency(1, g, L), default=0)
-        branchy = max((c for c in planner.candidates() if c.think == L and c.gamma == 0
+        branchy = max((c for c in planner.candidates() if c.plan.max_think == L and c.plan.gamma == 0
                        and c.latency_s <= args.branch_budget * base_s), key=lambda c: (c.accuracy, -c.latency_s))
-        print(f"  L={L}: baseline predicted {base_s:.2f} s; optimizer B*={best.branches} γ*={best.gamma} "
-              f"({best.accuracy:.1%}, {best.latency_s:.2f} s); branch-wise B={branchy.branches} "
+        print(f"  L={L}: baseline predicted {base_s:.2f} s; optimizer B*={best.plan.branches} γ*={best.plan.gamma} "
+              f"({best.accuracy:.1%}, {best.latency_s:.2f} s); branch-wise B={branchy.plan.branches} "
               f"({branchy.accuracy:.1%}, {branchy.latency_s:.2f} s); seq-wise γ={seq_gamma}")
-        optimal[L] = Config(best.branches, best.gamma, "ngram", 0, L, args.temperature, None)
+        optimal[L] = _config(best.plan.branches, best.plan.gamma, L, args.temperature)
         # Eq. 1 proper: the deadline is the baseline's latency, and the thinking length is free too
-        rec = planner.recommend([base_s])[0].plan
-        free[L] = Config(rec.branches, rec.gamma, "ngram", 0, rec.think, args.temperature, None)
-        print(f"  deadline {base_s:.2f} s, any L: B={rec.branches} γ={rec.gamma} L={rec.think} "
+        rec = planner.recommend([base_s])[0].best
+        free[L] = _config(rec.plan.branches, rec.plan.gamma, rec.plan.max_think, args.temperature)
+        print(f"  deadline {base_s:.2f} s, any L: B={rec.plan.branches} γ={rec.plan.gamma} L={rec.plan.max_think} "
               f"({rec.accuracy:.1%}, {rec.latency_s:.2f} s)")
-        for b, g in ((1, 0), (branchy.branches, 0), (1, seq_gamma)):
-            c = Config(b, g, "ngram", 0, L, args.temperature, None)
+        for b, g in ((1, 0), (branchy.plan.branches, 0), (1, seq_gamma)):
+            c = _config(b, g, L, args.temperature)
             if c not in configs and c != optimal[L]:
                 configs.append(c)
 
@@ -126,7 +132,7 @@ def main() -> int:
     free_path = out / "eq1-runs.jsonl"  # kept apart: these plans have another L than the block they answer
     free_records = evaluate(solver, problems, list(dict.fromkeys(free.values())), seeds, free_path)
 
-    checks = [Config(int(b), 0, "ngram", 0, int(L), args.temperature, None)
+    checks = [_config(int(b), 0, int(L), args.temperature)
               for b, L in (x.split(":") for x in args.surface_checks.split(","))]
     check_seeds = list(range(args.check_seeds))
     stage(f"surface checks: {len(checks)} configurations x {len(check_seeds)} seeds x {len(problems)} problems")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from latts.engine.engine import Engine
 from latts.engine.loading import DEFAULT_MODEL, load
-from latts.tts.solver import Plan, Solver
+from latts.config import Plan
+from latts.tts.solver import Solver
 from latts.tasks import get_task
 from latts.tts.voting import vote
 

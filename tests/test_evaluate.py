@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from latts.config import Plan
 from latts.errors import LattsError
 from latts.eval.harness import Config, accuracy_difference, grid, read_records, summarize
 
@@ -77,7 +78,7 @@ def test_grid_and_summary() -> None:
     configs = grid([1, 4], [0, 2], [64], deadlines=[None, 5.0])
     assert len(configs) == 8
     assert len({c.key() for c in configs}) == 8
-    c = Config(4, 0, "ngram", 0, 64, 0.7, None)
+    c = Config(Plan(branches=4, gamma=0, drafter="ngram", min_think=0, max_think=64, temperature=0.7))
     recs = [
         {"config_key": c.key(), "config": c.to_dict(), "seed": s, "correct": ok, "latency_s": lat,
          "branch_correct": [ok, False]}

@@ -126,9 +126,9 @@ def test_optimizer_picks_the_known_best_plan() -> None:
     assert best_plan(cands, 0.5) is None
     # T = 2 s: (4, 400) takes 5.6 s (3.73 with γ); (16, 100) takes 2.6 s, with γ 1.73 s -> 0.55
     plan = best_plan(cands, 2.0)
-    assert (plan.branches, plan.gamma, plan.think, plan.accuracy) == (16, 4, 100, 0.55)
+    assert (plan.plan.branches, plan.plan.gamma, plan.plan.max_think, plan.accuracy) == (16, 4, 100, 0.55)
     plan = best_plan(cands, 10.0)
-    assert (plan.branches, plan.think, plan.accuracy) == (16, 400, 0.70) and plan.gamma == 4
+    assert (plan.plan.branches, plan.plan.max_think, plan.accuracy) == (16, 400, 0.70) and plan.plan.gamma == 4
     front = pareto_frontier(cands)
     assert [c.accuracy for c in front] == sorted(c.accuracy for c in front)
     assert all(a.latency_s <= b.latency_s for a, b in zip(front, front[1:]))
@@ -137,7 +137,7 @@ def test_optimizer_picks_the_known_best_plan() -> None:
 
 
 def test_ties_go_to_the_faster_plan() -> None:
-    cands = [Candidate(4, 0, 100, 0.5, 3.0), Candidate(4, 2, 100, 0.5, 2.0), Candidate(1, 0, 100, 0.3, 1.0)]
+    cands = [Candidate.of(4, 0, 100, 0.5, 3.0), Candidate.of(4, 2, 100, 0.5, 2.0), Candidate.of(1, 0, 100, 0.3, 1.0)]
     assert best_plan(cands, 5.0) == cands[1]
 
 

@@ -15,7 +15,8 @@ from latts.backends.openai import OpenAIBackend
 from latts.config import BudgetForcing, SamplingParams
 from latts.errors import LattsError
 from latts.engine.loading import DEFAULT_MODEL, bundled_path
-from latts.tts.solver import Plan, Solver
+from latts.config import Plan
+from latts.tts.solver import Solver
 from servers import free_port, latts_cmd, running
 
 pytestmark = pytest.mark.slow

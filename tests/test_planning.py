@@ -6,7 +6,8 @@ import pytest
 
 from latts.errors import LattsError
 from latts.latency.model import LatencyModel
-from latts.planning import Acceptance, Planner, plan_for_deadline, save_plans
+from latts.config import Plan, default_plan
+from latts.planning import Acceptance, Planner, choose_plan, plan_for_deadline, save_plans
 from latts.eval.surface import Estimate
 
 # 10 ms per step whatever B and k; prefill and answer free: a run costs rounds x 10 ms
@@ -54,22 +55,22 @@ def test_latency_counts_the_width_of_the_verifies() -> None:
 
 def test_recommend_is_eq1_with_speculation_buying_time() -> None:
     without = _planner({}).recommend([1.5, 5.0, 0.5])
-    assert [(r.plan.branches, r.plan.gamma, r.plan.think) for r in without[:2]] == [(4, 0, 100), (4, 0, 400)]
-    assert without[2].plan is None  # nothing fits in 0.5 s
+    assert [(r.best.plan.branches, r.best.plan.gamma, r.best.plan.max_think) for r in without[:2]] == [(4, 0, 100), (4, 0, 400)]
+    assert without[2].best is None  # nothing fits in 0.5 s
     assert (without[0].low, without[0].high) == pytest.approx((0.40, 0.50))
-    fast = _planner({3: (1.0, 4.0)}).recommend([1.5])[0].plan
-    assert (fast.branches, fast.gamma, fast.think, fast.latency_s) == (4, 3, 400, pytest.approx(1.0))
+    fast = _planner({3: (1.0, 4.0)}).recommend([1.5])[0].best
+    assert (fast.plan.branches, fast.plan.gamma, fast.plan.max_think, fast.latency_s) == (4, 3, 400, pytest.approx(1.0))
 
 
 def test_speculation_must_be_predicted_faster_than_the_models_error() -> None:
     # γ=1 at α 0.1 gains 1.1 tokens a round: 9% faster, inside the 10% margin -> plain decoding is kept
     small = _planner({1: (0.1, 1.1)})
-    assert {c.gamma for c in small.candidates()} == {0}
-    assert small.recommend([5.0])[0].plan.gamma == 0
+    assert {c.plan.gamma for c in small.candidates()} == {0}
+    assert small.recommend([5.0])[0].best.plan.gamma == 0
     # the same with no margin, or a gain well past it, picks speculation
-    assert {c.gamma for c in Planner(FLAT, SURFACE, {1: (0.1, 1.1)}, prompt_len=50, answer_tokens=0,
+    assert {c.plan.gamma for c in Planner(FLAT, SURFACE, {1: (0.1, 1.1)}, prompt_len=50, answer_tokens=0,
                                      answer_prompt_tokens=0, spec_margin=0.0).candidates()} == {0, 1}
-    assert _planner({1: (0.5, 1.5)}).recommend([5.0])[0].plan.gamma == 1
+    assert _planner({1: (0.5, 1.5)}).recommend([5.0])[0].best.plan.gamma == 1
 
 
 def test_frontier_and_saved_plans_round_trip(tmp_path) -> None:
@@ -79,13 +80,35 @@ def test_frontier_and_saved_plans_round_trip(tmp_path) -> None:
     path = tmp_path / "plans" / "m--arith.json"
     save_plans(p, path, "m", "arith")
     got = plan_for_deadline(path, 2.0)
-    assert (got.branches, got.gamma, got.think) == (4, 3, 400)
-    assert plan_for_deadline(path, 0.5).think == 100
+    assert (got.plan.branches, got.plan.gamma, got.plan.max_think) == (4, 3, 400)
+    assert plan_for_deadline(path, 0.5).plan.max_think == 100
     assert plan_for_deadline(path, 0.1) is None
     assert plan_for_deadline(tmp_path / "none.json", 2.0) is None
     path.write_text("{not json")
     with pytest.raises(LattsError, match="not a latts plans file"):
         plan_for_deadline(path, 2.0)
+
+
+def test_choose_plan_follows_the_frontier_unless_told_otherwise(tmp_path) -> None:
+    """One rule for solve and serve: the saved plan sets B, γ, L for a deadline unless the caller set one of them."""
+    p = _planner({3: (1.0, 4.0)})
+    path = tmp_path / "plans.json"
+    save_plans(p, path, "m", "arith")
+    plan, chosen = choose_plan(2.0, path, {"temperature": 0.2, "seed": 5})
+    assert (plan.branches, plan.gamma, plan.max_think) == (4, 3, 400) and chosen.latency_s == pytest.approx(1.0)
+    assert (plan.temperature, plan.seed) == (0.2, 5)  # overrides that leave the shape alone still apply
+    from_list, _ = choose_plan(2.0, p.frontier(), {"temperature": 0.2, "seed": 5})
+    assert from_list == plan  # a server passes the frontier it read once
+    # the caller set B (γ, L unset): no saved plan, the default's L and γ
+    plan, chosen = choose_plan(2.0, path, {"branches": 2, "gamma": None})
+    assert chosen is None and plan == Plan(branches=2, max_think=default_plan(2.0).max_think)
+    # nothing fits, no deadline, or no plans file: the base plan with the overrides
+    assert choose_plan(0.1, path)[1] is None and choose_plan(0.1, path)[0] == default_plan(0.1)
+    assert choose_plan(None, path)[0] == default_plan(None)
+    base = Plan(branches=3, gamma=2)
+    assert choose_plan(2.0, tmp_path / "none.json", {"seed": 1}, base) == (Plan(branches=3, gamma=2, seed=1), None)
+    with pytest.raises(LattsError, match="branches must be >= 1"):
+        choose_plan(2.0, None, {"branches": 0})
 
 
 def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
@@ -116,12 +139,12 @@ def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
     records = [json.loads(line) for line in runs.read_text().splitlines()]
     assert len(records) == 2 and all(r["source"] == "optimizer" for r in records)  # one plan x 2 problems
     assert {(r["config"]["B"], r["config"]["gamma"], r["config"]["max_think"]) for r in records} == {
-        (best.branches, best.gamma, best.think)}
+        (best.plan.branches, best.plan.gamma, best.plan.max_think)}
     proc = run_latts("solve", "What is 2 + 3? Answer with just the number.", "--task", "arith", "--deadline", "60",
                      "--plans", str(plans), "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)["plan"]
-    assert (plan["branches"], plan["gamma"], plan["max_think"]) == (best.branches, best.gamma, best.think)
+    assert (plan["branches"], plan["gamma"], plan["max_think"]) == (best.plan.branches, best.plan.gamma, best.plan.max_think)
 
 
 def test_expected_thinking_from_wide_runs() -> None:

@@ -15,6 +15,7 @@ import matplotlib.image
 import pytest
 
 from latts.errors import LattsError
+from latts.config import Plan
 from latts.eval.harness import Config
 from latts.eval.report import (
     DASH,
@@ -37,7 +38,7 @@ def make_records(
     *, task: str = "arith", source: str | None = None, deadline_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """One record per problem (p0, p1, ...) of configuration (B, γ, L) and ``seed``, as ``run_one`` has it."""
-    config = Config(B, gamma, "ngram", 0, L, 0.7, deadline_s)
+    config = Config(Plan(branches=B, gamma=gamma, max_think=L, temperature=0.7), deadline_s)
     latencies = latency if isinstance(latency, list) else [latency] * len(correct)
     out = []
     for i, (ok, lat) in enumerate(zip(correct, latencies, strict=True)):

@@ -9,7 +9,8 @@ import torch
 
 from latts.config import SamplingParams
 from latts.errors import LattsError
-from latts.tts.solver import Plan, Solver
+from latts.config import Plan
+from latts.tts.solver import Solver
 from latts.tasks import get_task
 from latts.tts.voting import vote
 

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from latts.errors import LattsError
-from latts.tts.solver import Plan, Solver
-from latts.eval.surface_run import WideRun, run_wide, surface_from_records
+from latts.config import Plan
+from latts.eval.surface_run import run_wide, surface_from_records, wide_run
+from latts.tts.solver import Solver
 from latts.tasks import get_task
 from test_cli import assert_one_line_error, run_latts
 
@@ -22,7 +23,7 @@ def test_greedy_wide_run_answers_like_direct_runs(solver) -> None:
     """Greedy: every branch is the same, and its answer at budget L is the answer of a direct run with L."""
     task = solver.task
     problems = task.load(limit=2)
-    run = WideRun(branches=3, thinks=(6, 24), temperature=0.0, answer_tokens=8)
+    run = wide_run(branches=3, thinks=(6, 24), temperature=0.0, answer_tokens=8)
     records = [run_wide(solver, p, run, seed=0) for p in problems]
     for problem, record in zip(problems, records):
         assert set(record["answers"]) == {"6", "24"}
@@ -46,7 +47,7 @@ def test_surface_needs_surface_records() -> None:
     with pytest.raises(LattsError, match="no surface records"):
         surface_from_records([{"kind": "eval"}], get_task("arith"), [1])
     with pytest.raises(LattsError, match="distinct"):
-        WideRun(4, (8, 8))
+        wide_run(4, (8, 8))
 
 
 def test_cli_surface_writes_records_and_prints_the_surface(tmp_path) -> None:

@@ -1,13 +1,20 @@
-"""Validated, immutable settings shared by the engine, the CLI and (later) the controller."""
+"""Validated, immutable settings shared by the engine, the controller, the planner and the CLI.
+
+:class:`Plan` is the one description of a test-time-scaling configuration — B branches, γ draft
+tokens, thinking budget L — that every layer passes around; the evaluation grid, the optimizer's
+candidates and the surface's wide runs compose it rather than redefine it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from latts.errors import LattsError
 
 MAX_BRANCHES = 1024
 MAX_GAMMA = 32  # draft tokens per step; past ~8 acceptance makes more pointless
+ANSWER_PROMPT = "\n\nFinal answer: \\boxed{"  # what budget forcing appends to make a branch answer now
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,7 @@ class BudgetForcing:
     min_think: int = 0
     max_think: int = 512
     ignore: str = "Wait"
-    answer_prompt: str = "\n\nFinal answer: \\boxed{"
+    answer_prompt: str = ANSWER_PROMPT
     answer_tokens: int = 16
 
     def __post_init__(self) -> None:
@@ -77,3 +84,36 @@ class BudgetForcing:
             raise LattsError(f"answer_tokens must be >= 1, got {self.answer_tokens}")
         if self.min_think > 0 and not self.ignore:
             raise LattsError("the ignore string must not be empty when min_think > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One test-time-scaling configuration: B branches, γ draft tokens, thinking budget L, sampling."""
+
+    branches: int = 8
+    gamma: int = 0
+    drafter: str = "ngram"
+    max_think: int = 512
+    min_think: int = 0
+    answer_tokens: int = 16
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int = 0
+    early_stop: bool = True
+    weighted: bool = False  # weight each vote by exp(mean token log-probability) of its branch
+
+    def __post_init__(self) -> None:
+        if self.branches < 1:
+            raise LattsError(f"branches must be >= 1, got {self.branches}")
+        BudgetForcing(self.min_think, self.max_think, answer_tokens=self.answer_tokens)  # validates
+        SamplingParams(self.temperature, self.top_p, seed=self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return asdict(self)
+
+
+def default_plan(deadline_s: float | None) -> Plan:
+    """The plan used when only a deadline is given and no saved latency-optimal plan fits: 8 voting branches,
+    thinking until the deadline forces their answers (``latts optimize`` measures better ones per machine)."""
+    return Plan(branches=8, max_think=1024 if deadline_s is not None else 512)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from latts.config import SamplingParams
+from latts.config import Plan, SamplingParams, default_plan
 from latts.engine.drafters import NGramDrafter
 from latts.errors import LattsError
 from latts.eval.harness import Config, evaluate, run_one
@@ -62,10 +62,10 @@ def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """The best plan for one deadline (None when no plan is predicted to fit)."""
+    """The best candidate for one deadline (None when no plan is predicted to fit)."""
 
     deadline_s: float
-    plan: Candidate | None
+    best: Candidate | None
     low: float | None = None  # the surface's confidence interval of the plan's accuracy
     high: float | None = None
 
@@ -116,9 +116,9 @@ class Planner:
         than ``spec_margin`` of the plain run's time."""
         acc = {(e.branches, e.think): e.accuracy for e in self.surface}
         cands = candidates(acc, self.predict_latency, sorted({0, *self.alphas}))
-        plain = {(c.branches, c.think): c.latency_s for c in cands if c.gamma == 0}
-        return [c for c in cands
-                if c.gamma == 0 or c.latency_s < plain[(c.branches, c.think)] * (1 - self.spec_margin)]
+        plain = {(c.plan.branches, c.plan.max_think): c.latency_s for c in cands if c.plan.gamma == 0}
+        return [c for c in cands if c.plan.gamma == 0
+                or c.latency_s < plain[(c.plan.branches, c.plan.max_think)] * (1 - self.spec_margin)]
 
     def recommend(self, deadlines: Sequence[float]) -> list[Recommendation]:
         """The latency-optimal plan per deadline (Eq. 1), with the surface's interval for its accuracy."""
@@ -127,7 +127,7 @@ class Planner:
         out = []
         for d in deadlines:
             best = best_plan(cands, d)
-            low, high = ci[(best.branches, best.think)] if best else (None, None)
+            low, high = ci[(best.plan.branches, best.plan.max_think)] if best else (None, None)
             out.append(Recommendation(d, best, low, high))
         return out
 
@@ -143,7 +143,7 @@ class Planner:
                 "acceptance": {str(g): a._asdict() for g, a in self.alphas.items()},
                 "wide_acceptance": {str(g): a._asdict() for g, a in wide.items()},
                 "prompt_len": self.prompt_len, "answer_tokens": self.answer_tokens,
-                "frontier": [asdict(c) for c in self.frontier()]}
+                "frontier": [c.to_dict() for c in self.frontier()]}
 
 
 def plans_path(model: str, task: str) -> Path:
@@ -161,7 +161,7 @@ def load_frontier(path: Path) -> list[Candidate] | None:
     """The saved frontier of ``latts optimize`` (None without a plans file)."""
     try:
         doc = json.loads(path.read_text())
-        return [Candidate(**c) for c in doc["frontier"]]
+        return [Candidate.from_dict(c) for c in doc["frontier"]]
     except OSError:
         return None
     except (ValueError, KeyError, TypeError) as e:
@@ -174,6 +174,30 @@ def plan_for_deadline(path: Path, deadline_s: float) -> Candidate | None:
     return best_plan(frontier, deadline_s) if frontier is not None else None
 
 
+PLAN_SHAPE = frozenset({"branches", "gamma", "max_think"})  # what a saved latency-optimal plan decides
+
+
+def choose_plan(deadline_s: float | None, frontier: Sequence[Candidate] | Path | None,
+                overrides: Mapping[str, Any] | None = None, base: Plan | None = None) -> tuple[Plan, Candidate | None]:
+    """The plan to run for ``deadline_s``, and the saved candidate it follows (None if it follows none).
+
+    With a deadline and none of B, γ, L among ``overrides``, the frontier's best plan predicted to fit the
+    deadline (Eq. 1) sets them; otherwise they come from ``base`` (default: :func:`default_plan`). The
+    ``overrides`` (None values ignored) apply last. ``frontier``: the candidates of ``latts optimize``, or
+    its plans file, read only when the saved plan is wanted (None or a missing file: the default plan).
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    plan = base if base is not None else default_plan(deadline_s)
+    chosen = None
+    if deadline_s is not None and frontier is not None and not PLAN_SHAPE & overrides.keys():
+        cands = load_frontier(frontier) if isinstance(frontier, Path) else frontier
+        chosen = best_plan(cands, deadline_s) if cands else None
+        if chosen is not None:
+            plan = replace(plan, branches=chosen.plan.branches, gamma=chosen.plan.gamma,
+                           max_think=chosen.plan.max_think)
+    return replace(plan, **overrides), chosen
+
+
 def validate(solver: Solver, problems: Sequence[Problem], recs: Sequence[Recommendation], seeds: Sequence[int],
              out: Path, temperature: float,
              progress: Callable[[int, int, dict[str, Any] | None], None] | None = None) -> list[dict[str, Any]]:
@@ -184,8 +208,8 @@ def validate(solver: Solver, problems: Sequence[Problem], recs: Sequence[Recomme
     """
     configs = {}
     for r in recs:
-        if r.plan is not None:
-            c = Config(r.plan.branches, r.plan.gamma, "ngram", 0, r.plan.think, temperature, None)
+        if r.best is not None:
+            c = Config(replace(r.best.plan, drafter="ngram", min_think=0, temperature=temperature))
             configs[c.key()] = c
     return evaluate(solver, list(problems), list(configs.values()), list(seeds), out, progress,
                     runner=run_as_optimizer)

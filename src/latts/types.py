@@ -1,9 +1,12 @@
-"""Results of generation: one :class:`Branch` per reasoning branch, gathered in a :class:`Generation`."""
+"""Results: one :class:`Branch` per reasoning branch, gathered in a :class:`Generation`; a question's voted
+:class:`Solution`."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from latts.config import Plan
 
 FinishReason = Literal["eos", "stop", "length", "deadline", "answered", "cancelled"]
 
@@ -189,4 +192,61 @@ class Generation:
             "speculation": self.spec.to_dict() if self.spec is not None else None,
             "branches": [b.to_dict() for b in self.branches],
             **({"probes": [b.to_dict() for b in self.probes]} if self.probes else {}),
+        }
+
+
+@dataclass(slots=True)
+class Solution:
+    """The voted answer of one question and how it was reached."""
+
+    question: str
+    answer: str | None
+    votes: list[tuple[str, float]]
+    abstained: int
+    branch_answers: list[str | None]
+    branches: list[Branch]
+    latency_s: float
+    prefill_s: float
+    tokens: int
+    plan: Plan
+    deadline_s: float | None
+    early_stopped: bool
+    steps: int
+    spec: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens: int = 0
+
+    @property
+    def finish_reasons(self) -> list[str | None]:
+        """Why each branch ended."""
+        return [b.finish_reason for b in self.branches]
+
+    def to_dict(self, with_text: bool = True) -> dict[str, Any]:
+        """JSON-ready view: answer, votes, latency, plan and a summary per branch."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "votes": [[a, c] for a, c in self.votes],
+            "abstained": self.abstained,
+            "latency_s": round(self.latency_s, 4),
+            "prefill_s": round(self.prefill_s, 4),
+            "tokens": self.tokens,
+            "steps": self.steps,
+            "deadline_s": self.deadline_s,
+            "early_stopped": self.early_stopped,
+            "plan": self.plan.to_dict(),
+            "spec": self.spec,
+            "branches": [
+                {
+                    "index": b.index,
+                    "answer": a,
+                    "finish_reason": b.finish_reason,
+                    "n_tokens": b.n_tokens,
+                    "think_tokens": b.think_tokens,
+                    "ignored": b.ignored,
+                    "forced": b.forced,
+                    **({"text": b.text} if with_text else {}),
+                }
+                for b, a in zip(self.branches, self.branch_answers)
+            ],
         }

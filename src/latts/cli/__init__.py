@@ -295,8 +295,9 @@ def solve(
     try:
         from dataclasses import replace
 
-        from latts.planning import plan_for_deadline, plans_path
-        from latts.tts.solver import Plan, Solver, default_plan
+        from latts.config import default_plan
+        from latts.planning import choose_plan, plans_path
+        from latts.tts.solver import Solver
         from latts.tasks import get_task
 
         from latts.config import check_deadline
@@ -304,22 +305,18 @@ def solve(
         if not question.strip():
             raise LattsError("empty question")
         check_deadline(deadline)
-        base = default_plan(deadline)
-        server_gamma = backend.server_gamma
-        gamma = gamma if gamma is not None else server_gamma
-        plan = Plan(branches=branches if branches is not None else base.branches, gamma=gamma, drafter=drafter,
-                    max_think=max_think if max_think is not None else base.max_think, min_think=min_think,
-                    temperature=temperature, seed=seed, early_stop=early_stop)
+        base = replace(default_plan(deadline), gamma=backend.server_gamma)  # a server runs its own γ
+        overrides = {"branches": branches, "gamma": gamma, "max_think": max_think, "drafter": drafter,
+                     "min_think": min_think, "temperature": temperature, "seed": seed, "early_stop": early_stop}
+        choose_plan(deadline, None, overrides, base)  # validates the plan before the model loads
         the_task = get_task(task)
         opened = _open(backend.kind, model, dtype, backend.remote, announce=not as_json)
         loaded, engine = opened.loaded, opened.backend
-        if deadline is not None and branches is None and gamma == server_gamma and max_think is None:
-            saved = plan_for_deadline(Path(plans) if plans else plans_path(opened.name, task), deadline)
-            if saved is not None:
-                plan = replace(plan, branches=saved.branches, gamma=saved.gamma, max_think=saved.think)
-                if not as_json:
-                    err.print(f"[dim]latency-optimal plan for {deadline:g} s (latts optimize): B={saved.branches}, "
-                              f"γ={saved.gamma}, L={saved.think}, predicted {saved.latency_s:.1f} s[/]")
+        plans_file = Path(plans) if plans else plans_path(opened.name, task)
+        plan, saved = choose_plan(deadline, plans_file, overrides, base)
+        if saved is not None and not as_json:
+            err.print(f"[dim]latency-optimal plan for {deadline:g} s (latts optimize): B={plan.branches}, "
+                      f"γ={plan.gamma}, L={plan.max_think}, predicted {saved.latency_s:.1f} s[/]")
         solver = Solver(engine, the_task, _drafter(drafter, loaded, plan.gamma > 0))
         if as_json:
             sol = solver.solve(question, plan, deadline)
@@ -393,12 +390,10 @@ def evaluate_cmd(
             return
         configs = grid(_numbers(branches, "--branches"), _numbers(gamma, "--gamma"), _numbers(max_think, "--max-think"),
                        deadlines, drafter=drafter, min_think=min_think, temperature=temperature)
-        for c in configs:
-            c.plan(0)  # validates B, L, temperature before the model loads
         check_concurrency(concurrency, backend.remote is not None)
         problems = the_task.load(limit=limit, data=Path(data) if data else None)
         opened = _open(backend.kind, model, dtype, backend.remote)
-        draft = _drafter(drafter, opened.loaded, any(c.gamma for c in configs))
+        draft = _drafter(drafter, opened.loaded, any(c.plan.gamma for c in configs))
         with _progress_bar(task) as progress:
             records = evaluate(Solver(opened.backend, the_task, draft), problems, configs, _numbers(seeds, "--seeds"),
                                Path(out_path), progress, concurrency=concurrency)
@@ -425,21 +420,21 @@ def _surface_eval(task: str, the_task, out_path: str, limit: int | None, data: s
 
     from latts.eval.harness import evaluate
     from latts.tts.solver import Solver
-    from latts.eval.surface_run import WideRun, run_wide, surface_from_records
+    from latts.eval.surface_run import run_wide, surface_from_records, wide_run
 
     if set(_numbers(gamma, "--gamma")) != {0} or deadline is not None or min_think:
         raise LattsError("--surface measures accuracy only: no --gamma (speculation is lossless), "
                          "--deadline or --min-think")
     if min(branches) < 1:
         raise LattsError("--branches must be >= 1")
-    run = WideRun(max(branches), tuple(thinks), temperature)
+    run = wide_run(max(branches), thinks, temperature)
     problems = the_task.load(limit=limit, data=Path(data) if data else None)
     _, engine = _engine(model, dtype)
     with _progress_bar(task) as progress:
         records = evaluate(Solver(engine, the_task), problems, [run], seeds, Path(out_path), progress, runner=run_wide)
     estimates = surface_from_records(records, the_task, sorted(set(branches)))
     table = Table("B", "L", "accuracy", "95% interval", title=f"{task} accuracy surface ({len(records)} wide runs of "
-                  f"B={run.branches}): {out_path}")
+                  f"B={run.plan.branches}): {out_path}")
     for e in estimates:
         table.add_row(str(e.branches), str(e.think), f"{e.accuracy:.1%}", f"[{e.low:.1%}, {e.high:.1%}]")
     out.print(table)
@@ -534,7 +529,7 @@ def optimize(
         from latts.latency.profiler import Profile
         from latts.latency.profiler import profile as run_profile
         from latts.tts.solver import Solver
-        from latts.eval.surface_run import WideRun, expected_thinking, run_wide, surface_from_records
+        from latts.eval.surface_run import expected_thinking, run_wide, surface_from_records, wide_run
         from latts.tasks import get_task
 
         the_task = get_task(task)
@@ -545,13 +540,13 @@ def optimize(
         if min(gs) < 0:
             raise LattsError("--gamma values must be >= 0")
         bs = _numbers(branches, "--branches")
-        wide = WideRun(max(bs), tuple(_numbers(thinks, "--max-think")))
+        wide = wide_run(max(bs), _numbers(thinks, "--max-think"))
         problems = the_task.load(data=Path(data) if data else None)
         records = [r for r in read_records(Path(surface_path)) if r["task"] == task and r.get("kind") == "surface"]
         loaded, engine = _engine(model, dtype)
         solver = Solver(engine, the_task)
         if not records:
-            err.print(f"[dim]no {task} surface records in {escape(surface_path)}: one wide run of B={wide.branches} "
+            err.print(f"[dim]no {task} surface records in {escape(surface_path)}: one wide run of B={wide.plan.branches} "
                       f"per problem on {surface_limit} problems[/]")
             with _progress_bar(f"surface {task}") as progress:
                 records = evaluate(solver, problems[:surface_limit], [wide], [100], Path(surface_path), progress,
@@ -591,22 +586,22 @@ def optimize(
 
     measured = {(row.config["B"], row.config["gamma"], row.config["max_think"]): row for row in summarize(validated)}
     for r in recs:
-        if r.plan is None:
+        if r.best is None:
             continue
-        c = r.plan
-        cells = [f"{r.deadline_s:g}", str(c.branches), str(c.gamma), str(c.think), f"{c.accuracy:.1%}",
+        c, p = r.best, r.best.plan
+        cells = [f"{r.deadline_s:g}", str(p.branches), str(p.gamma), str(p.max_think), f"{c.accuracy:.1%}",
                  f"[{r.low:.1%}, {r.high:.1%}]", f"{c.latency_s:.2f}"]
         if validated:
-            m = measured.get((c.branches, c.gamma, c.think))
+            m = measured.get((p.branches, p.gamma, p.max_think))
             cells += [f"{m.accuracy:.1%} ({m.runs} runs)", f"{m.latency_s:.2f} ± {m.latency_std:.2f}"] if m else ["—"] * 2
         table.add_row(*cells)
     out.print(table)
     for r in recs:
-        if r.plan is None:
+        if r.best is None:
             out.print(f"no plan is predicted to fit {r.deadline_s:g} s")
     front = planner.frontier()
     out.print("Pareto frontier (predicted s → accuracy): " + ", ".join(
-        f"{c.latency_s:.1f}s B={c.branches} γ={c.gamma} L={c.think} {c.accuracy:.0%}" for c in front))
+        f"{c.latency_s:.1f}s B={c.plan.branches} γ={c.plan.gamma} L={c.plan.max_think} {c.accuracy:.0%}" for c in front))
     out.print(f"plans saved to {plans_file} (latts solve --task {task} --deadline T uses them)")
 
 
@@ -645,7 +640,8 @@ def demo(
         from dataclasses import replace
 
         from latts.config import check_deadline
-        from latts.tts.solver import Solver, default_plan
+        from latts.config import default_plan
+        from latts.tts.solver import Solver
         from latts.tasks import get_task
 
         check_deadline(deadline)
@@ -698,7 +694,8 @@ def serve(
             raise LattsError("latts serve needs fastapi and uvicorn: pip install 'latts[serve]'") from None
         from latts.config import MAX_BRANCHES, check_deadline
         from latts.planning import plans_path
-        from latts.tts.solver import Solver, default_plan
+        from latts.config import default_plan
+        from latts.tts.solver import Solver
         from latts.tasks import get_task
 
         check_deadline(default_budget)

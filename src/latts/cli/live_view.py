@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from latts.types import Branch, Generation
 
 if TYPE_CHECKING:
-    from latts.tts.solver import Solution
+    from latts.types import Solution
 
 _REFRESH_S = 0.25
 

@@ -15,43 +15,39 @@ import random
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from latts.config import Plan
 from latts.errors import LattsError
-from latts.tts.solver import Plan, Solver
+from latts.tts.solver import Solver
 from latts.tasks import Problem
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """One evaluated configuration: the plan without its seed, plus the deadline and the drafter's name."""
+    """One evaluated configuration: a plan (each run sets its own seed) and the deadline it runs under."""
 
-    branches: int
-    gamma: int
-    drafter: str
-    min_think: int
-    max_think: int
-    temperature: float
-    deadline_s: float | None
+    plan: Plan
+    deadline_s: float | None = None
 
     def key(self) -> str:
         """A stable string naming the configuration (the resume key, with problem and seed)."""
+        p = self.plan
         deadline = "none" if self.deadline_s is None else f"{self.deadline_s:g}"
-        drafter = self.drafter if self.gamma else "-"
-        return (f"B{self.branches}-g{self.gamma}-{drafter}-think{self.min_think}:{self.max_think}"
-                f"-T{self.temperature:g}-dl{deadline}")
+        drafter = p.drafter if p.gamma else "-"
+        return f"B{p.branches}-g{p.gamma}-{drafter}-think{p.min_think}:{p.max_think}-T{p.temperature:g}-dl{deadline}"
 
-    def plan(self, seed: int) -> Plan:
-        """The solver's plan for this configuration and seed."""
-        return Plan(branches=self.branches, gamma=self.gamma, drafter=self.drafter, min_think=self.min_think,
-                    max_think=self.max_think, temperature=self.temperature, seed=seed)
+    def seeded(self, seed: int) -> Plan:
+        """The solver's plan for one run of this configuration."""
+        return replace(self.plan, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view stored in every record."""
-        return {"B": self.branches, "gamma": self.gamma, "drafter": self.drafter, "min_think": self.min_think,
-                "max_think": self.max_think, "temperature": self.temperature, "deadline_s": self.deadline_s}
+        p = self.plan
+        return {"B": p.branches, "gamma": p.gamma, "drafter": p.drafter, "min_think": p.min_think,
+                "max_think": p.max_think, "temperature": p.temperature, "deadline_s": self.deadline_s}
 
 
 def grid(
@@ -63,9 +59,9 @@ def grid(
     min_think: int = 0,
     temperature: float = 0.7,
 ) -> list[Config]:
-    """Every combination of the given values, in a stable order."""
+    """Every combination of the given values, in a stable order (each plan validated as it is made)."""
     return [
-        Config(b, g, drafter, min_think, L, temperature, d)
+        Config(Plan(branches=b, gamma=g, drafter=drafter, min_think=min_think, max_think=L, temperature=temperature), d)
         for b, g, L, d in itertools.product(branches, gammas, max_thinks, deadlines)
     ]
 
@@ -120,7 +116,7 @@ class Recorder:
 def run_one(solver: Solver, problem: Problem, config: Config, seed: int) -> dict[str, Any]:
     """Solve one problem with one configuration and seed; the graded record."""
     sampling_seed = problem.sampling_seed(seed)
-    sol = solver.solve(problem, plan=config.plan(sampling_seed), deadline_s=config.deadline_s)
+    sol = solver.solve(problem, plan=config.seeded(sampling_seed), deadline_s=config.deadline_s)
     task = solver.task
     return {
         "task": task.name,

@@ -288,7 +288,7 @@ def frontier_points(points: Sequence[ConfigPoint]) -> list[ConfigPoint]:
 
     Why: the latency-optimal frontier of Fig. 7 — for any latency budget, the best accuracy reachable.
     """
-    by_cand = {Candidate(p.branches, p.gamma, p.think, p.row.accuracy, p.latency_s): p for p in points}
+    by_cand = {Candidate.of(p.branches, p.gamma, p.think, p.row.accuracy, p.latency_s): p for p in points}
     return [by_cand[c] for c in pareto_frontier(list(by_cand))]
 
 

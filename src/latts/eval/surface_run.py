@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from latts.config import BudgetForcing, SamplingParams
+from latts.config import BudgetForcing, Plan, SamplingParams
 from latts.errors import LattsError
 from latts.tts.solver import Solver
 from latts.eval.surface import Estimate, estimate_surface
@@ -25,34 +25,48 @@ from latts.tasks import Problem, Task
 
 @dataclass(frozen=True, slots=True)
 class WideRun:
-    """One surface configuration: ``branches`` (B_max) branches, answers at every budget in ``thinks``."""
+    """One surface configuration: a plan of B_max branches thinking up to its ``max_think``, each still-thinking
+    branch also answering at every smaller budget in ``checkpoints``."""
 
-    branches: int
-    thinks: tuple[int, ...]
-    temperature: float = 0.7
-    answer_tokens: int = 16
+    plan: Plan
+    checkpoints: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.branches < 1:
-            raise LattsError(f"branches must be >= 1, got {self.branches}")
-        if not self.thinks or min(self.thinks) < 1 or len(set(self.thinks)) != len(self.thinks):
+        if self.plan.gamma:
+            raise LattsError("a wide run measures accuracy only: no speculation (it is lossless)")
+        if sorted(set(self.checkpoints)) != list(self.checkpoints) or any(
+                not 1 <= c < self.plan.max_think for c in self.checkpoints):
             raise LattsError(f"thinking budgets must be distinct and >= 1, got {list(self.thinks)}")
-        SamplingParams(self.temperature)  # validates
+
+    @property
+    def thinks(self) -> tuple[int, ...]:
+        """Every budget answered, increasing: the checkpoints and the plan's own ``max_think``."""
+        return (*self.checkpoints, self.plan.max_think)
 
     def key(self) -> str:
         """The resume key (with problem and seed)."""
-        return f"surface-B{self.branches}-L{','.join(map(str, sorted(self.thinks)))}-T{self.temperature:g}"
+        return f"surface-B{self.plan.branches}-L{','.join(map(str, self.thinks))}-T{self.plan.temperature:g}"
+
+
+def wide_run(branches: int, thinks: Sequence[int], temperature: float = 0.7, answer_tokens: int = 16) -> WideRun:
+    """The wide run of ``branches`` branches answering at every budget of ``thinks``."""
+    if not thinks or min(thinks) < 1 or len(set(thinks)) != len(thinks):
+        raise LattsError(f"thinking budgets must be distinct and >= 1, got {list(thinks)}")
+    budgets = sorted(thinks)
+    plan = Plan(branches=branches, max_think=budgets[-1], temperature=temperature, answer_tokens=answer_tokens,
+                early_stop=False)
+    return WideRun(plan, tuple(budgets[:-1]))
 
 
 def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[str, Any]:
     """One wide run of ``problem``: the record with every branch's answer at every budget."""
     task: Task = solver.task
-    thinks = sorted(run.thinks)
-    budget = BudgetForcing(0, thinks[-1], answer_prompt=task.answer_prompt, answer_tokens=run.answer_tokens)
+    plan, thinks = run.plan, list(run.thinks)
+    budget = BudgetForcing(0, plan.max_think, answer_prompt=task.answer_prompt, answer_tokens=plan.answer_tokens)
     sampling_seed = problem.sampling_seed(seed)
-    sampling = SamplingParams(run.temperature, seed=sampling_seed)
-    gen = solver.engine.generate(task.prompt(problem), branches=run.branches, budget=budget, sampling=sampling,
-                                 checkpoints=thinks[:-1])
+    sampling = SamplingParams(plan.temperature, plan.top_p, seed=sampling_seed)
+    gen = solver.engine.generate(task.prompt(problem), branches=plan.branches, budget=budget, sampling=sampling,
+                                 checkpoints=run.checkpoints)
     own = [task.extract(b.text) for b in gen.branches]
     answers: dict[str, list[str | None]] = {str(thinks[-1]): own}
     for L in thinks[:-1]:
@@ -66,8 +80,8 @@ def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[
         "problem_id": problem.id,
         "config_key": run.key(),
         "kind": "surface",
-        "config": {"B": run.branches, "thinks": thinks, "temperature": run.temperature,
-                   "answer_tokens": run.answer_tokens},
+        "config": {"B": plan.branches, "thinks": thinks, "temperature": plan.temperature,
+                   "answer_tokens": plan.answer_tokens},
         "seed": seed,
         "sampling_seed": sampling_seed,
         "gold": problem.gold,

@@ -7,19 +7,37 @@ faster one wins; the Pareto frontier lists every plan no other plan beats on bot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from latts.config import Plan
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One (B, γ, L) with its estimated accuracy and predicted latency."""
+    """A plan's (B, γ, L) with its estimated accuracy and predicted latency."""
 
-    branches: int
-    gamma: int
-    think: int
+    plan: Plan
     accuracy: float
     latency_s: float
+
+    @classmethod
+    def of(cls, branches: int, gamma: int, think: int, accuracy: float, latency_s: float) -> Candidate:
+        """The candidate of a plan with ``branches``, ``gamma`` and thinking budget ``think`` (other settings default)."""
+        return cls(Plan(branches=branches, gamma=gamma, max_think=think), accuracy, latency_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plans file's form: B, γ, L, accuracy and predicted latency."""
+        p = self.plan
+        return {"branches": p.branches, "gamma": p.gamma, "think": p.max_think, "accuracy": self.accuracy,
+                "latency_s": self.latency_s}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Candidate:
+        """A candidate read back from :meth:`to_dict`'s form (KeyError, TypeError or ValueError if it is not one)."""
+        return cls.of(int(doc["branches"]), int(doc["gamma"]), int(doc["think"]), float(doc["accuracy"]),
+                      float(doc["latency_s"]))
 
 
 def candidates(
@@ -29,7 +47,7 @@ def candidates(
 ) -> list[Candidate]:
     """Every (B, L) of the surface crossed with every γ, with predicted latency."""
     gammas = list(gammas)
-    return [Candidate(b, g, L, acc, latency(b, g, L)) for (b, L), acc in accuracy.items() for g in gammas]
+    return [Candidate.of(b, g, L, acc, latency(b, g, L)) for (b, L), acc in accuracy.items() for g in gammas]
 
 
 def best_plan(cands: Sequence[Candidate], deadline_s: float) -> Candidate | None:
@@ -37,7 +55,8 @@ def best_plan(cands: Sequence[Candidate], deadline_s: float) -> Candidate | None
     fitting = [c for c in cands if c.latency_s <= deadline_s]
     if not fitting:
         return None
-    return min(fitting, key=lambda c: (-round(c.accuracy, 12), c.latency_s, c.branches, c.gamma, c.think))
+    return min(fitting, key=lambda c: (-round(c.accuracy, 12), c.latency_s, c.plan.branches, c.plan.gamma,
+                                       c.plan.max_think))
 
 
 def pareto_frontier(cands: Sequence[Candidate]) -> list[Candidate]:

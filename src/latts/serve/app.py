@@ -26,12 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from latts.config import MAX_GAMMA
+from latts.config import MAX_GAMMA, Plan
 from latts.errors import LattsError
-from latts.latency.optimizer import Candidate, best_plan
-from latts.planning import load_frontier
+from latts.latency.optimizer import Candidate
+from latts.planning import choose_plan, load_frontier
 from latts.serve.scheduler import Scheduler, Unservable
-from latts.tts.solver import Plan, Solution, Solver, default_plan
+from latts.tts.solver import Solver
+from latts.types import Solution
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,15 +199,9 @@ def _solve_time(end: float, budget_s: float) -> float:
 
 def _plan(body: ChatRequest, budget: float, frontier: list[Candidate] | None) -> Plan:
     """The request's plan: the saved latency-optimal one for its budget if any, else the default; then overrides."""
-    plan = default_plan(budget)
-    if frontier and body.branches is None and body.gamma is None and body.max_think is None:
-        saved = best_plan(frontier, budget)
-        if saved is not None:
-            plan = replace(plan, branches=saved.branches, gamma=saved.gamma, max_think=saved.think)
-    overrides = {k: v for k, v in {"branches": body.branches, "gamma": body.gamma, "max_think": body.max_think,
-                                   "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed}.items()
-                 if v is not None}
-    return replace(plan, **overrides)
+    overrides = {"branches": body.branches, "gamma": body.gamma, "max_think": body.max_think,
+                 "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed}
+    return choose_plan(budget, frontier, overrides)[0]
 
 
 def _completion(sol: Solution, solver: Solver, config: ServeConfig, budget: float, latency_s: float) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from latts.errors import LattsError
-from latts.tasks.base import ANSWER_PROMPT, MathTask, Problem, Task
+from latts.tasks.base import MathTask, Problem, Task
 
 TASK_NAMES: tuple[str, ...] = ("math500", "aime24", "aime25", "gpqa_diamond", "arith")
 
@@ -25,4 +25,4 @@ def get_task(name: str) -> Task:
     return TASK
 
 
-__all__ = ["ANSWER_PROMPT", "MathTask", "Problem", "Task", "TASK_NAMES", "get_task"]
+__all__ = ["MathTask", "Problem", "Task", "TASK_NAMES", "get_task"]

@@ -22,9 +22,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from latts.config import ANSWER_PROMPT
 from latts.errors import LattsError
 from latts.tasks.grading import as_integer, extract_boxed
-from latts.tasks.base import ANSWER_PROMPT, Problem, check_limit
+from latts.tasks.base import Problem, check_limit
 
 DEFAULT_LEVEL = 1  # calibrated for the default model: see the note above
 DEFAULT_COUNT = 200  # problems load() makes when no limit is given

@@ -10,10 +10,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Protocol, runtime_checkable
 
+from latts.config import ANSWER_PROMPT
 from latts.errors import LattsError
 from latts.tasks.grading import extract_boxed, math_equal
 
-ANSWER_PROMPT = "\n\nFinal answer: \\boxed{"  # what budget forcing appends to make a branch answer now
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 

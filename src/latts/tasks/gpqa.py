@@ -13,9 +13,10 @@ import io
 import random
 from pathlib import Path
 
+from latts.config import ANSWER_PROMPT
 from latts.errors import LattsError
 from latts.tasks.grading import extract_letter
-from latts.tasks.base import ANSWER_PROMPT, Problem, check_limit, read_jsonl, read_text, require
+from latts.tasks.base import Problem, check_limit, read_jsonl, read_text, require
 
 LETTERS = "ABCD"
 INSTRUCTION = (

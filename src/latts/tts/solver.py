@@ -11,114 +11,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
-from latts.config import BudgetForcing, SamplingParams, check_deadline
+from latts.config import BudgetForcing, Plan, SamplingParams, check_deadline, default_plan
 from latts.engine.drafters import Drafter
 from latts.backends.base import Backend
 from latts.engine.engine import Engine
 from latts.errors import LattsError
 from latts.tasks import Problem, Task, get_task
-from latts.types import Branch
+from latts.types import Branch, Solution
 from latts.tts.voting import Vote, decided, vote
 
 # Share of the deadline kept back for what follows the last decode step (voting, decoding text)
 # and for the step-time estimate being wrong; the deadline benchmark measures the overshoot.
 DEADLINE_MARGIN = 0.04
 DEADLINE_MARGIN_S = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """One test-time-scaling configuration: B branches, γ draft tokens, thinking budget L, sampling."""
-
-    branches: int = 8
-    gamma: int = 0
-    drafter: str = "ngram"
-    max_think: int = 512
-    min_think: int = 0
-    answer_tokens: int = 16
-    temperature: float = 0.7
-    top_p: float = 1.0
-    seed: int = 0
-    early_stop: bool = True
-    weighted: bool = False  # weight each vote by exp(mean token log-probability) of its branch
-
-    def __post_init__(self) -> None:
-        if self.branches < 1:
-            raise LattsError(f"branches must be >= 1, got {self.branches}")
-        BudgetForcing(self.min_think, self.max_think, answer_tokens=self.answer_tokens)  # validates
-        SamplingParams(self.temperature, self.top_p, seed=self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view."""
-        return asdict(self)
-
-
-def default_plan(deadline_s: float | None) -> Plan:
-    """The plan used when only a deadline is given: 8 voting branches, thinking until the deadline forces answers.
-
-    Issue 5's optimizer replaces this with the measured latency-optimal (B, γ, L) for the machine.
-    """
-    return Plan(branches=8, max_think=1024 if deadline_s is not None else 512)
-
-
-@dataclass(slots=True)
-class Solution:
-    """The voted answer of one question and how it was reached."""
-
-    question: str
-    answer: str | None
-    votes: list[tuple[str, float]]
-    abstained: int
-    branch_answers: list[str | None]
-    branches: list[Branch]
-    latency_s: float
-    prefill_s: float
-    tokens: int
-    plan: Plan
-    deadline_s: float | None
-    early_stopped: bool
-    steps: int
-    spec: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    prompt_tokens: int = 0
-
-    @property
-    def finish_reasons(self) -> list[str | None]:
-        """Why each branch ended."""
-        return [b.finish_reason for b in self.branches]
-
-    def to_dict(self, with_text: bool = True) -> dict[str, Any]:
-        """JSON-ready view: answer, votes, latency, plan and a summary per branch."""
-        return {
-            "question": self.question,
-            "answer": self.answer,
-            "votes": [[a, c] for a, c in self.votes],
-            "abstained": self.abstained,
-            "latency_s": round(self.latency_s, 4),
-            "prefill_s": round(self.prefill_s, 4),
-            "tokens": self.tokens,
-            "steps": self.steps,
-            "deadline_s": self.deadline_s,
-            "early_stopped": self.early_stopped,
-            "plan": self.plan.to_dict(),
-            "spec": self.spec,
-            "branches": [
-                {
-                    "index": b.index,
-                    "answer": a,
-                    "finish_reason": b.finish_reason,
-                    "n_tokens": b.n_tokens,
-                    "think_tokens": b.think_tokens,
-                    "ignored": b.ignored,
-                    "forced": b.forced,
-                    **({"text": b.text} if with_text else {}),
-                }
-                for b, a in zip(self.branches, self.branch_answers)
-            ],
-        }
 
 
 class Solver:
