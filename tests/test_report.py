@@ -17,18 +17,18 @@ import pytest
 from latts.errors import LattsError
 from latts.config import Plan
 from latts.eval.harness import Config
-from latts.eval.report import (
-    DASH,
+from latts.eval.figures import (
     accuracy_grid,
-    load_records,
     plot_accuracy_heatmap,
     plot_accuracy_vs_latency,
     plot_speedup_vs_gamma,
     plot_tokens_per_s_vs_batch,
     speedup_curves,
-    table1,
-    write_report,
 )
+from latts.eval.report import write_report
+from latts.eval.tables import DASH, load_records, table1
+from latts.latency.model import StepSample
+from latts.latency.profile import Profile
 
 T, F = True, False
 
@@ -184,12 +184,12 @@ def test_speedup_curves_and_accuracy_grid_values() -> None:
 
 def test_plots_without_data_write_nothing(tmp_path, caplog) -> None:
     no_spec = [r for r in grid_256() if r["config"]["gamma"] == 0]
-    caplog.set_level(logging.INFO, logger="latts.eval.report")
+    caplog.set_level(logging.INFO, logger="latts.eval.figures")
     assert plot_speedup_vs_gamma(no_spec, tmp_path / "s.png") is None
     assert "γ>0" in caplog.text
     assert plot_accuracy_vs_latency([], tmp_path / "a.png") is None
     assert plot_accuracy_heatmap([], tmp_path / "h.png") is None
-    no_k1 = {"model": "m", "steps": [{"branches": 2, "k": 4, "context": 64, "seconds": 0.1}]}
+    no_k1 = Profile("m", "float32", {}, [StepSample(branches=2, k=4, context=64, seconds=0.1)])
     assert plot_tokens_per_s_vs_batch(no_k1, tmp_path / "t.png") is None
     assert list(tmp_path.iterdir()) == []
 
@@ -237,6 +237,16 @@ def test_write_report_with_no_records(tmp_path) -> None:
         write_report([empty], tmp_path / "out")
 
 
+def test_write_report_with_a_bad_profile_names_it(tmp_path) -> None:
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in grid_256()))
+    bad = tmp_path / "notprofile.json"
+    bad.write_text('{"steps": "none"}')
+    with pytest.raises(LattsError, match="notprofile.json is not a latts profile"):
+        write_report([runs], tmp_path / "out", bad)
+    assert not (tmp_path / "out").exists()  # nothing written before the inputs are known good
+
+
 def test_load_records_missing_path_names_it(tmp_path) -> None:
     a = tmp_path / "a.jsonl"
     a.write_text(json.dumps(make_records(1, 0, 64, 0, [T], 1.0)[0]) + "\n")
@@ -263,12 +273,12 @@ def test_cli_report_writes_table_and_figures(tmp_path: Path) -> None:
 
 def test_parallel_series_needs_two_branch_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With only B=1 at γ=0 there is no parallel-scaling line to draw (nor to put in the legend)."""
-    import latts.eval.report as report
+    import latts.eval.figures as module
 
     records = make_records(1, 0, 16, 0, [T, F], 1.0) + make_records(1, 0, 64, 0, [T, T], 2.0)
     figures = []
-    save = report._save
-    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    save = module._save
+    monkeypatch.setattr(module, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
     assert plot_accuracy_vs_latency(records, tmp_path / "a.png") is not None
     labels = figures[0].axes[0].get_legend_handles_labels()[1]
     assert not any(label.startswith("parallel scaling") for label in labels), labels

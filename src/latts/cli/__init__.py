@@ -526,7 +526,7 @@ def optimize(
         from latts.eval.harness import evaluate, read_records
         from latts.engine.drafters import NGramDrafter
         from latts.planning import Planner, measure_alpha, plans_path, prompt_length, save_plans, validate
-        from latts.latency.profiler import Profile
+        from latts.latency.profile import Profile
         from latts.latency.profiler import profile as run_profile
         from latts.tts.solver import Solver
         from latts.eval.surface_run import expected_thinking, run_wide, surface_from_records, wide_run

@@ -1,6 +1,7 @@
 """Measure this machine: prefill time vs prompt length, decode-forward time vs (B, k, context), drafter cost.
 
-The measurements feed :class:`~latts.latency.model.LatencyModel`. Forwards are timed directly on the
+The measurements, gathered in a :class:`~latts.latency.profile.Profile`, feed
+:class:`~latts.latency.model.LatencyModel`. Forwards are timed directly on the
 engine's model (not through ``generate``), after a warm-up, as the median of a few repeats in each of
 three passes over all shapes (the median of the passes is kept), so the profile takes two or three
 minutes. The machine is described alongside, since a profile only holds for the machine (and load) it
@@ -9,15 +10,12 @@ was taken on.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,57 +25,14 @@ from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.kv_cache import KVCache
 from latts.errors import LattsError
-from latts.latency.model import LatencyModel, LoopSample, PrefillSample, StepSample
 from latts.engine.loading import cpu_name
+from latts.latency.model import LoopSample, PrefillSample, StepSample
+from latts.latency.profile import Profile
 
 DEFAULT_BRANCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_K = (1, 2, 4, 8)
 DEFAULT_CONTEXTS = (256, 1024)
 DEFAULT_PREFILLS = (64, 256, 1024)
-
-
-@dataclass(slots=True)
-class Profile:
-    """Everything measured, plus where: JSON-serialisable."""
-
-    model: str
-    dtype: str
-    machine: dict[str, Any]
-    steps: list[StepSample] = field(default_factory=list)
-    prefills: list[PrefillSample] = field(default_factory=list)
-    ngram_per_row_s: float = 0.0
-    switch_rows: int = 0  # the engine's quantized/dense weight-format switch when profiled
-    loops: list[LoopSample] = field(default_factory=list)
-
-    def fit(self) -> LatencyModel:
-        """The latency model fitted to this profile."""
-        return LatencyModel.fit(self.steps, self.prefills, draft_per_row=self.ngram_per_row_s,
-                                switch_rows=self.switch_rows, loops=self.loops)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view."""
-        return {"model": self.model, "dtype": self.dtype, "machine": self.machine,
-                "steps": [asdict(s) for s in self.steps], "prefills": [asdict(p) for p in self.prefills],
-                "ngram_per_row_s": self.ngram_per_row_s, "switch_rows": self.switch_rows,
-                "loops": [asdict(x) for x in self.loops]}
-
-    def save(self, path: Path) -> None:
-        """Write as JSON."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> Profile:
-        """Read a profile written by :meth:`save`, or a clear error."""
-        try:
-            d = json.loads(Path(path).read_text())
-            return cls(d["model"], d["dtype"], d["machine"], [StepSample(**s) for s in d["steps"]],
-                       [PrefillSample(**p) for p in d["prefills"]], d.get("ngram_per_row_s", 0.0),
-                       int(d.get("switch_rows", 0)), [LoopSample(**x) for x in d.get("loops", [])])
-        except OSError as e:
-            raise LattsError(f"cannot read profile {path}: {e.strerror}") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise LattsError(f"{path} is not a latts profile ({e})") from None
 
 
 def describe_machine() -> dict[str, Any]:

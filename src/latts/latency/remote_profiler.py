@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from latts.config import SamplingParams
 from latts.errors import LattsError
 from latts.latency.model import PrefillSample, StepSample
-from latts.latency.profiler import Profile
+from latts.latency.profile import Profile
 
 REMOTE_BRANCHES = (1, 2, 4, 8)
 REMOTE_CONTEXTS = (64, 512)
