@@ -42,6 +42,12 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
         (["B", "(C)", "--task", "gpqa_diamond"], "(C)", False),
         (["31", "She has 31 cards.\nThe answer is 31.", "--task", "arith"], "31", True),
         (["7", "I give up.\nNo idea."], None, False),
+        # a boxed (or typed) equation is graded by the single number it ends in
+        (["11", "9 + 2 = 11", "--task", "arith"], "9 + 2 = 11", True),
+        (["11", "So \\boxed{9 + 2 = 11}.", "--task", "arith"], "11", True),
+        (["12", "So \\boxed{9 + 2 = 11}.", "--task", "arith"], "11", False),
+        (["1000", "\\boxed{999 + 1 = 1,000}", "--task", "aime25"], "999 + 1 = 1,000", True),
+        (["1000", "There are $\\boxed{N = 1,000}$ ways."], "N = 1,000", True),
     ],
 )
 def test_grade_one_pair(args: list[str], extracted: str | None, correct: bool) -> None:

@@ -6,7 +6,14 @@ import threading
 
 import pytest
 
-from latts.tasks.grading import as_integer, extract_boxed, extract_letter, math_equal, normalize_answer
+from latts.tasks.grading import (
+    as_integer,
+    equation_value,
+    extract_boxed,
+    extract_letter,
+    math_equal,
+    normalize_answer,
+)
 from latts.tasks import get_task
 
 # (task, gold, model output, expected): the output goes through the task's extractor, then its grader
@@ -74,6 +81,66 @@ CASES = [
     ("arith", "31", "The answer is 31.", True),
     ("arith", "31", "So she has \\boxed{13} cards.", False),
 ]
+
+
+# The model often boxes the whole computation: a person grades the single number it ends in.
+EQUATION_CASES = [
+    ("arith", "11", "9 + 2 is eleven, so \\boxed{9 + 2 = 11}."),
+    ("arith", "11", "The total is $\\boxed{9+2=11}$"),
+    ("arith", "-2", "\\boxed{5 - 7 = -2}"),
+    ("arith", "35", "So \\boxed{5 \\times 7 = 35}."),
+    ("arith", "1000", "\\boxed{999 + 1 = 1,000}"),
+    ("aime24", "1000", "Hence $\\boxed{999 + 1 = 1,000}$."),
+    ("math500", "1000", "There are $\\boxed{N = 1,000}$ ways."),
+    ("math500", "12345", "So $\\boxed{x = 12,345}$."),
+]
+
+
+@pytest.mark.parametrize(("task", "gold", "output"), EQUATION_CASES)
+def test_boxed_equation_is_graded_by_its_right_hand_side(task: str, gold: str, output: str) -> None:
+    t = get_task(task)
+    assert t.grade(gold, t.extract(output)) is True
+
+
+@pytest.mark.parametrize(
+    ("task", "gold", "output"),
+    [
+        ("arith", "11", "\\boxed{9 + 2 = 12}"),  # the right-hand side is what counts, and it is wrong
+        ("arith", "11", "\\boxed{11 = 9 + 2}"),  # the right-hand side is not a single number
+        ("arith", "4", "\\boxed{x^2 = 4 + 0}"),
+        ("aime24", "12", "\\boxed{9 + 2 = 11}"),
+        ("math500", "12", "\\boxed{9 + 2 = 11}"),
+        ("math500", "5x - 7y + 11z + 4 = 0", "\\boxed{0}"),  # a gold equation is not reduced to its 0
+        ("math500", "1000", "\\boxed{x \\leq 1,000}"),
+    ],
+)
+def test_equation_rule_grades_only_the_single_number(task: str, gold: str, output: str) -> None:
+    t = get_task(task)
+    assert t.grade(gold, t.extract(output)) is False
+
+
+@pytest.mark.parametrize(
+    ("answer", "value"),
+    [
+        ("9 + 2 = 11", "11"),
+        ("$9+2=11$", "11"),
+        ("5 - 7 = -2", "-2"),
+        ("1/2 = 0.5", "0.5"),
+        ("999 + 1 = 1,000", "1000"),
+        ("x = 1{,}000", "1000"),
+        ("9 + 2 &= 11.", "11"),
+        ("a = b = 7", "7"),
+        ("11 = 9 + 2", None),
+        ("x <= 5", None),
+        ("x >= 5", None),
+        ("x == 5", None),
+        ("= 11", None),
+        ("x = 1,2", None),
+        ("11", None),
+    ],
+)
+def test_equation_value(answer: str, value: str | None) -> None:
+    assert equation_value(answer) == value
 
 
 @pytest.mark.parametrize(("task", "gold", "output", "expected"), CASES)

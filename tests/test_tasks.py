@@ -218,3 +218,17 @@ def test_sampling_seeds_differ_per_problem_and_are_stable_across_processes() -> 
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": h}).stdout.strip() for h in ("1", "2")}
     assert outs == {str(problems[0].sampling_seed(3))}
+
+
+@pytest.mark.parametrize("name", ["arith", "aime24"])
+def test_boxed_sums_vote_with_the_number_they_end_in(name: str) -> None:
+    """Branches that box the whole sum back the same answer as branches that box the number alone."""
+    from latts.tts.voting import vote
+
+    task = get_task(name)
+    outputs = ["\\boxed{9 + 2 = 11}", "\\boxed{11}", "So \\boxed{4 + 7 = 11}.", "\\boxed{12}",
+               "\\boxed{9 + 3 = 12}"]
+    result = vote([task.extract(o) for o in outputs], task.same)
+    assert [(task.grade("11", rep), weight) for rep, weight in result.counts] == [(True, 3.0), (False, 2.0)]
+    assert task.same("9 + 2 = 11", "11") and task.same("11", "4 + 7 = 11")
+    assert not task.same("9 + 2 = 11", "12")

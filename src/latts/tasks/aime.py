@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from latts.tasks.grading import as_integer, math_equal
+from latts.tasks.grading import as_integer, equation_value, math_equal
 from latts.tasks.base import MathTask
 
 
 class AimeTask(MathTask):
-    """An AIME year: answers are integers, so ``025`` equals ``25``; anything else goes to math-verify."""
+    """An AIME year: answers are integers, so ``025`` equals ``25`` (and ``9 + 2 = 11`` equals ``11``);
+    anything else goes to math-verify."""
 
     def __init__(self, name: str, filename: str) -> None:
         self.name = name
@@ -18,8 +19,11 @@ class AimeTask(MathTask):
         return pred is not None and self.same(gold, pred)
 
     def same(self, a: str, b: str) -> bool:
-        """Integer equality when both are integers, else math-verify with ``a`` first."""
-        ia, ib = as_integer(a), as_integer(b)
+        """Integer equality when both are integers, else math-verify with ``a`` first.
+
+        An equation ending in a single number (``999 + 1 = 1,000``) counts as that number.
+        """
+        ia, ib = as_integer(equation_value(a) or a), as_integer(equation_value(b) or b)
         if ia is not None and ib is not None:
             return ia == ib
         return math_equal(a, b)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from latts.config import ANSWER_PROMPT
 from latts.errors import LattsError
-from latts.tasks.grading import as_integer, extract_boxed
+from latts.tasks.grading import as_integer, equation_value, extract_boxed
 from latts.tasks.base import Problem, check_limit
 
 DEFAULT_LEVEL = 1  # calibrated for the default model: see the note above
@@ -170,23 +170,31 @@ class ArithTask:
     def extract(self, completion: str) -> str | None:
         """The number in the last ``\\boxed{}``, else after the last "answer is", else the last number, else None.
 
-        The last-number fallback matters for the small default model, which mostly answers bare sums
-        as "7 + 5 is 12." without any answer phrase.
+        A box holding an equation that ends in a single number (``\\boxed{9 + 2 = 11}``: the model often
+        boxes the whole sum) gives that number. The last-number fallback matters for the small default
+        model, which mostly answers bare sums as "7 + 5 is 12." without any answer phrase.
         """
         boxed = extract_boxed(completion)
         if boxed is not None:
+            value = equation_value(boxed)
+            if value is not None:
+                return value
             numbers = _NUMBER.findall(boxed)
             return numbers[0].replace(",", "") if len(numbers) == 1 else boxed
         hits = _ANSWER_IS.findall(completion) or _NUMBER.findall(completion)
         return hits[-1].replace(",", "").rstrip(".") if hits else None
 
     def grade(self, gold: str, pred: str | None) -> bool:
-        """Integer equality; None or a non-integer answer is wrong."""
+        """Integer equality (see :meth:`same`); None or a non-integer answer is wrong."""
         return pred is not None and self.same(gold, pred)
 
     def same(self, a: str, b: str) -> bool:
-        """Integer equality, or identical text when either side is not an integer."""
-        ia, ib = as_integer(a), as_integer(b)
+        """Integer equality, or identical text when either side is not an integer.
+
+        An equation ending in a single number (``9 + 2 = 11``, as typed to ``latts grade``) counts as that
+        number.
+        """
+        ia, ib = as_integer(equation_value(a) or a), as_integer(equation_value(b) or b)
         if ia is None or ib is None:
             return a.strip() == b.strip()
         return ia == ib

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 from latts.config import ANSWER_PROMPT
 from latts.errors import LattsError
-from latts.tasks.grading import extract_boxed, math_equal
+from latts.tasks.grading import equation_value, extract_boxed, math_equal
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -117,8 +117,16 @@ class MathTask:
         return hits[-1].strip().strip("$").strip() or None
 
     def grade(self, gold: str, pred: str | None) -> bool:
-        """math-verify equivalence, gold first; None (no answer) is wrong."""
-        return pred is not None and math_equal(gold, pred)
+        """math-verify equivalence, gold first; None (no answer) is wrong.
+
+        A prediction written as an equation ending in a single number (``999 + 1 = 1,000``) is also
+        right when that number is (see :func:`~latts.tasks.grading.equation_value`): math-verify
+        misses some of these.
+        """
+        if pred is None:
+            return False
+        value = equation_value(pred)
+        return math_equal(gold, pred) or (value is not None and math_equal(gold, value))
 
     def same(self, a: str, b: str) -> bool:
         """math-verify equivalence with ``a`` (the class representative) in the gold position."""

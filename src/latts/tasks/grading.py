@@ -143,6 +143,27 @@ def as_integer(answer: str) -> int | None:
     return int(s.split(".")[0])
 
 
+_EQUALS = re.compile(r"(?<![<>!=])=(?!=)")  # "=", not part of "<=", ">=", "!=" or "=="
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def equation_value(answer: str) -> str | None:
+    """The number an answer written as an equation ends in (``9 + 2 = 11`` -> ``11``), else None.
+
+    Why: models often box the whole computation, and a person grading reads the right-hand side as the
+    answer. Only a right-hand side that is a single number counts (``11``, ``-2``, ``0.5``, ``1,000``,
+    returned without thousands separators); ``11 = 9 + 2`` or ``x^2 = 4 + 0`` give None.
+    """
+    s = answer.strip()
+    if len(s) >= 2 and s[0] == "$" and s[-1] == "$":
+        s = s.strip("$").strip()
+    equals = list(_EQUALS.finditer(s))
+    if not equals or not s[: equals[-1].start()].strip(" &"):
+        return None
+    rhs = s[equals[-1].end() :].strip().rstrip(".").strip().replace("{,}", ",")
+    return rhs.replace(",", "") if _PLAIN_NUMBER.fullmatch(rhs) else None
+
+
 _SPACE = re.compile(r"\s+")
 _SPACE_NEAR_SYMBOL = re.compile(r"\s*([^A-Za-z0-9\s\\])\s*")
 
