@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
@@ -14,22 +13,15 @@ import pytest
 from latts.backends.openai import OpenAIBackend
 from latts.config import BudgetForcing, SamplingParams
 from latts.errors import LattsError
-from latts.engine.loading import DEFAULT_MODEL, bundled_path
+from latts.engine.loading import DEFAULT_MODEL
 from latts.config import Plan
 from latts.tts.solver import Solver
-from servers import free_port, latts_cmd, running
+from servers import free_port, latts_cmd, llama_server_cmd, running
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (make test installs it)")
 
 QUESTION = "What is 7 + 5? Answer with just the number."
-
-
-def llama_server_cmd(port: int) -> list[str]:
-    """llama-cpp-python's OpenAI-compatible server on the default model, named as latts names it."""
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_path(DEFAULT_MODEL)),
-            "--model_alias", DEFAULT_MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-            "--n_threads", "2", "--interrupt_requests", "False"]
 
 
 @pytest.fixture(scope="module")
