@@ -1,26 +1,9 @@
 """Projection weights in the fastest format for each batch shape, chosen by measurement.
 
 Decoding is memory-bound at small batches and compute-bound at large ones, and no single weight
-format wins both. All 30 layers' projections of SmolLM2-135M, ms per pass, 2 threads:
-
-| rows M = B x tokens | 1 | 2 | 4 | 8 | 16 | 32 | 64 |
-| --- | --- | --- | --- | --- | --- | --- | --- |
-| Xeon with AMX: fp32 ``F.linear`` | 22 | | 40 | 46 | 57 | 77 | |
-| Xeon with AMX: bf16, oneDNN pre-packed | 21 | | 21 | 20 | 23 | 30 | |
-| Xeon with AMX: int4 g32, bf16 activations | 7 | | 10 | 17 | 35 | 69 | |
-| Zen 3 (AVX2, no native bf16): fp32 ``F.linear`` | 34 | 73 | 70 | 83 | 99 | 110 | 180 |
-| Zen 3: fp32, oneDNN pre-packed | 16 | 20 | 22 | 36 | 52 | 80 | 139 |
-| Zen 3: int4 g32, bf16 activations | 11 | 12 | 19 | 35 | 80 | 130 | 282 |
-
-A later run on the Zen 3 (``benchmarks/weight_formats.py``, formats interleaved within each repeat):
-
-| rows M | 1 | 2 | 4 | 8 | 12 | 16 | 32 |
-| --- | --- | --- | --- | --- | --- | --- | --- |
-| fp32, oneDNN pre-packed | 28 | 24 | 28 | 36 | 41 | 53 | 80 |
-| torch int4 g32, bf16 activations | 12 | 12 | 19 | 36 | 45 | 66 | 144 |
-| latts q4, fp32 activations | 9 | 9 | 13 | 26 | 38 | 53 | 105 |
-| lm_head alone: fp32, oneDNN pre-packed | 5.2 | 5.3 | 5.8 | 7.4 | 8.5 | 10.6 | 16.7 |
-| lm_head alone: latts q8, fp32 activations | 3.1 | 1.6 | 2.5 | 5.1 | 7.3 | 9.7 | 21.1 |
+format wins both: a quantized weight reads the fewest bytes and wins at a few rows, a dense pre-packed
+one wins once the matmul is compute-bound (the per-format timings behind this, on the machines of this
+project, are in ``docs/measurement-history.md``; ``benchmarks/weight_formats.py`` measures them again).
 
 So a fast :class:`Projection` keeps a dense weight pre-packed by oneDNN in the activation dtype
 (bf16 where the CPU has native bf16, else fp32: the weight is not re-packed on every call, and
@@ -48,7 +31,7 @@ import torch.nn.functional as F
 from latts.engine import kernels
 
 INT4_GROUP = 32
-DEFAULT_QUANT_MAX_ROWS = 4  # until measured: quantized wins below 4-8 rows on every CPU measured (table above)
+DEFAULT_QUANT_MAX_ROWS = 4  # until measured: quantized wins below 4-8 rows on every CPU measured so far
 TUNE_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 _EXACT_RTOL = 1e-5
 _int4_mm = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)

@@ -1,7 +1,8 @@
 """A compact decoder-only transformer that runs the decode path of latts.
 
-Why not call the HF model's ``forward``: HF's per-op overhead, ``DynamicCache`` concatenation
-and ``repeat_kv`` cost 4-5x the memory-bandwidth floor on a CPU (see ``shared/PERF-NOTES.md``).
+Why not call the HF model's ``forward``: on a CPU, HF's per-op overhead, ``DynamicCache``
+concatenation and ``repeat_kv`` make a decode step cost 4-5x the memory-bandwidth floor (the time to
+read every weight once), and that gap grows with the batch and the context.
 This module re-packs the HF model's weights (fused q/k/v and gate/up projections) and runs
 attention against a preallocated, in-place :class:`~latts.engine.kv_cache.KVCache` with grouped
 query heads folded into the query length, so K/V are never expanded.

@@ -8,11 +8,10 @@ rises. Problem ``i`` of level ``L`` comes from ``random.Random(f"arith-{seed}-L{
 ``limit`` gives a prefix of a larger one and every run and machine sees the same problems.
 ``Problem.meta["expression"]`` is the arithmetic the problem describes (the answer is its value).
 
-Calibration (2026-11-22, smollm2-135m-instruct Q4_1, T=0.7, 8 branches, 16 problems each, this module's
-extractor): the default model cannot do word problems (level 3, a single addition in a story: 4.7% per
-sample, 25% abstained), but answers bare one-digit sums and products 41-49% of the time per sample, with
-a majority of 8 right 75-81% of the time. So DEFAULT_LEVEL is 1; ``benchmarks/tts_arith.py`` measures
-it on 100 problems.
+DEFAULT_LEVEL is 1 because the default model cannot do word problems but answers bare one-digit sums
+and products about half the time, where a majority of 8 branches is right far more often than one
+branch (the calibration is in ``docs/measurement-history.md``; ``benchmarks/tts_arith.py`` measures it
+on 100 problems).
 """
 
 from __future__ import annotations
