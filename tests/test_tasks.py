@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import operator
-import os
 import re
 from pathlib import Path
 
@@ -17,10 +16,9 @@ from latts.tasks.arith import DEFAULT_LEVEL, LEVELS, ArithTask
 from latts.tasks.gpqa import LETTERS
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "latts"
-# GPQA-Diamond is never shipped: these checks run on the JSONL file LATTS_GPQA_DATA names, when it is set
-GPQA = Path(os.environ["LATTS_GPQA_DATA"]) if os.environ.get("LATTS_GPQA_DATA") else None
-needs_gpqa = pytest.mark.skipif(GPQA is None or not GPQA.is_file(),
-                                reason="set LATTS_GPQA_DATA to a GPQA-Diamond JSONL file (never shipped)")
+# GPQA-Diamond is never shipped: these checks run on the project's shared data beside the checkout, when present
+GPQA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpqa_diamond.jsonl"
+needs_gpqa = pytest.mark.skipif(not GPQA.is_file(), reason=f"{GPQA} not present (GPQA-Diamond is never shipped)")
 
 
 @pytest.mark.parametrize(("name", "count"), [("math500", 500), ("aime24", 30), ("aime25", 30)])
