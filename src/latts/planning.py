@@ -6,27 +6,35 @@ of the task's own prompts (α depends on the text, the drafter and the temperatu
 the surface crossed with the γ values gets a predicted latency and the surface's accuracy; the best
 plan per deadline is Eq. 1 of the paper (:func:`latts.latency.optimizer.best_plan`). :func:`validate` then runs
 the chosen plans for real and records them (``source: optimizer``) beside their predictions.
+:func:`optimize` is the whole workflow of ``latts optimize``: measure what is missing, then plan and save.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from latts.config import Plan, SamplingParams, default_plan
+from latts.backends import Opened, open_backend
+from latts.config import Plan, SamplingParams, check_deadline, default_plan
 from latts.engine.drafters import NGramDrafter
+from latts.engine.loading import DEFAULT_MODEL
 from latts.errors import LattsError
-from latts.eval.harness import Config, evaluate, run_one
+from latts.eval.harness import Config, evaluate, read_records, run_one
+from latts.eval.surface_run import expected_thinking, run_wide, surface_from_records, wide_run
 from latts.latency.model import LatencyModel, expected_verify_width
 from latts.latency.optimizer import Candidate, best_plan, candidates, pareto_frontier
+from latts.latency.profile import Profile
+from latts.latency.profiler import profile as run_profile
 from latts.paths import cache_dir
+from latts.progress import Reporter
 from latts.tts.solver import Solver
 from latts.eval.surface import Estimate
-from latts.tasks import Problem
+from latts.tasks import Problem, get_task
 from latts.types import SpecStats
 
 
@@ -224,3 +232,83 @@ def prompt_length(solver: Solver, problems: Sequence[Problem]) -> int:
     """Median prompt length in tokens of the task's prompts for ``problems``."""
     return int(statistics.median(len(solver.engine.encode(solver.task.prompt(p))) for p in problems))
 
+
+@dataclass(frozen=True, slots=True)
+class Optimized:
+    """What :func:`optimize` found and saved, for the caller to show or use."""
+
+    task: str
+    alphas: dict[int, Acceptance]  # the n-gram drafter's acceptance per γ > 0, measured on this task
+    recommendations: list[Recommendation]  # the best plan per deadline, in the order asked
+    frontier: list[Candidate]  # the Pareto frontier of predicted latency and surface accuracy
+    plans_file: Path  # where the plans were saved (``latts solve`` and ``latts serve`` read them)
+    validated: list[dict[str, Any]]  # the records of the validation runs ([] without validation)
+
+
+def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 20.0), *,
+             profile: str | os.PathLike[str] = "profile.json", surface: str | os.PathLike[str] = "runs/surface.jsonl",
+             thinks: Sequence[int] = (16, 32, 64, 128), surface_problems: int = 30,
+             branches: Sequence[int] = (1, 2, 4, 8, 16), gammas: Sequence[int] = (0, 1, 2, 3, 4),
+             validate_problems: int = 0, seeds: Sequence[int] = (1,),
+             validate_out: str | os.PathLike[str] = "runs/validate.jsonl",
+             data: str | os.PathLike[str] | None = None, plans: str | os.PathLike[str] | None = None,
+             model: str = DEFAULT_MODEL, dtype: str = "auto",
+             reporter: Reporter | None = None) -> Optimized:
+    """The latency-optimal (B, γ, L) of ``model`` on ``task`` per deadline, saved where ``solve`` finds them.
+
+    What is missing is measured first: the accuracy surface (one wide run of max(``branches``) branches with
+    budgets ``thinks`` on ``surface_problems`` problems, resumable in ``surface``) when ``surface`` holds no
+    records of the task, and this machine's profile when ``profile`` is not a file; the drafter's acceptance
+    per γ of ``gammas`` is always measured. With ``validate_problems`` > 0 the chosen plans are then run for
+    real on that many problems × ``seeds`` (records in ``validate_out``). ``plans`` defaults to this
+    machine's cache (:func:`plans_path`). The arguments, the dataset and ``surface`` are read and checked before
+    the model loads.
+    """
+    reporter = reporter or Reporter()
+    the_task = get_task(task)
+    for d in deadlines:
+        check_deadline(d)
+    if min(gammas) < 0:
+        raise LattsError("--gamma values must be >= 0")
+    wide = wide_run(max(branches), thinks)
+    problems = the_task.load(data=Path(data) if data else None)
+    records = [r for r in read_records(Path(surface)) if r["task"] == task and r.get("kind") == "surface"]
+    opened = open_backend("embedded", model, dtype)
+    reporter.opened(opened)
+    solver = Solver(opened.backend, the_task)
+    if not records:
+        reporter.note(f"no {task} surface records in {surface}: one wide run of B={wide.plan.branches} per problem on "
+                      f"{surface_problems} problems")
+        with reporter.progress(f"surface {task}") as progress:
+            records = evaluate(solver, problems[:surface_problems], [wide], [100], Path(surface), progress,
+                               runner=run_wide)
+    b_max = max(r["config"]["B"] for r in records)
+    estimates = surface_from_records(records, the_task, [b for b in branches if b <= b_max] or [1])
+    prof = _profile(profile, opened, reporter)
+    temperature = records[0]["config"]["temperature"]
+    alphas = measure_alpha(solver, problems[:2], gammas, temperature)
+    wide_alphas = measure_alpha(solver, problems[:2], gammas, temperature, min_n=NGramDrafter.CONFIDENT_N)
+    planner = Planner(prof.fit(), estimates, alphas, prompt_length(solver, problems[:16]),
+                      thinking=lambda b, L: expected_thinking(records, b, L), wide_alphas=wide_alphas)
+    recs = planner.recommend(deadlines)
+    plans_file = Path(plans) if plans else plans_path(opened.name, task)
+    save_plans(planner, plans_file, opened.name, task)
+    validated: list[dict[str, Any]] = []
+    if validate_problems > 0:
+        with reporter.progress(f"validate {task}") as progress:
+            validated = validate(solver, problems[:validate_problems], recs, seeds, Path(validate_out), temperature,
+                                 progress)
+    return Optimized(task, alphas, recs, planner.frontier(), plans_file, validated)
+
+
+def _profile(path: str | os.PathLike[str], opened: Opened, reporter: Reporter) -> Profile:
+    """The profile at ``path`` (it must be of ``opened``'s model), or one measured now and saved there."""
+    if Path(path).is_file():
+        prof = Profile.load(Path(path))
+        if prof.model != opened.name:
+            raise LattsError(f"{path} profiles {prof.model}, not {opened.name}")
+        return prof
+    reporter.note(f"no profile at {path}: measuring this machine (a few minutes)")
+    prof = run_profile(opened.backend, progress=reporter.note)
+    prof.save(Path(path))
+    return prof
