@@ -1,0 +1,86 @@
+"""Where the ``latts`` command line writes: results on stdout, everything else (load and warm-up times, notes,
+progress bars, errors) on stderr, so that a command's results can be piped."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from latts.progress import ProgressFn, Reporter
+
+err = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr (verbatim, never read as markup) and exit with code 2."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def print_json(doc: dict[str, Any]) -> None:
+    """``doc`` as one JSON line on stdout (never wrapped or highlighted, unlike a rich print)."""
+    sys.stdout.write(json.dumps(doc) + "\n")
+
+
+def note(message: str) -> None:
+    """A dim line on stderr, printed as given (not read as markup)."""
+    err.print(f"[dim]{escape(message)}[/]")
+
+
+def announce(opened: Any) -> None:
+    """Say on stderr what was opened and how long loading and warm-up took (counted in no deadline)."""
+    if opened.loaded is not None:
+        loaded = opened.loaded
+        built = f" (of which latts' CPU kernels {loaded.kernels_s:.1f} s)" if loaded.kernels_s >= 1 else ""
+        err.print(f"[dim]{loaded.name} ({loaded.weights}) loaded in {loaded.load_s:.1f} s{built}, "
+                  f"warm-up {opened.backend.warmup_s:.1f} s (not counted in any deadline)[/]")
+    else:
+        b = opened.backend
+        err.print(f"[dim]{b.model} at {b.base_url} ({b.branch_mode} branches, server γ={b.server_gamma}), "
+                  f"warm-up {b.warmup_s:.1f} s (not counted in any deadline)[/]")
+
+
+@contextmanager
+def progress_bar(title: str) -> Iterator[ProgressFn]:
+    """A rich progress bar on stderr, named ``eval <title>``; yields the ``progress`` callback of
+    :func:`latts.eval.harness.evaluate`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[last]}"), console=err) as bar:
+        job = bar.add_task(f"eval {title}", total=None, last="")
+
+        def progress(done: int, total: int, record: dict[str, Any] | None) -> None:
+            verdict = record.get("correct") if record else None  # a surface record has one per (branch, L)
+            mark = (" ✓" if verdict else " ✗") if isinstance(verdict, bool) else ""
+            bar.update(job, completed=done, total=total, last="" if record is None else record["config_key"] + mark)
+
+        yield progress
+
+
+class ConsoleReporter(Reporter):
+    """A workflow's progress on stderr: the load announcement (unless ``announce`` is off), notes and bars."""
+
+    def __init__(self, announce: bool = True) -> None:
+        self.announce = announce
+
+    def opened(self, opened: Any) -> None:
+        """Announce the backend (see :func:`announce`)."""
+        if self.announce:
+            announce(opened)
+
+    def note(self, message: str) -> None:
+        """A dim line on stderr."""
+        note(message)
+
+    def progress(self, title: str) -> AbstractContextManager[ProgressFn]:
+        """A rich progress bar on stderr (see :func:`progress_bar`)."""
+        return progress_bar(title)
