@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-
-from typing import TYPE_CHECKING
 
 from latts.types import Branch, Generation
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from latts.types import Solution
 
 _REFRESH_S = 0.25
+T = TypeVar("T")
 
 
 def _tail(text: str, width: int = 70) -> str:
@@ -51,6 +52,16 @@ class BranchView:
             text = b.text[-300:] if b.text else self.tokenizer.decode(b.token_ids[-40:], skip_special_tokens=True)
             table.add_row(str(b.index), str(b.n_tokens), b.finish_reason or "…", _tail(text))
         self.live.update(table, refresh=True)
+
+
+def watch(console: Console | None, tokenizer: object, branches: int,
+          run: Callable[[Callable[[list[Branch]], None] | None], T]) -> T:
+    """``run(on_step)``'s result; with a ``console``, the branches shown live on it meanwhile (``on_step`` is
+    the view's update), without one nothing shown (``on_step`` None)."""
+    if console is None:
+        return run(None)
+    with BranchView(console, tokenizer, branches) as view:
+        return run(view.update)
 
 
 def print_summary(console: Console, result: Generation) -> None:
