@@ -27,6 +27,7 @@ import torch
 from latts.config import SamplingParams
 from latts.engine.engine import Engine
 from latts.engine.loading import DEFAULT_MODEL, hf_folder, load, resolve
+from latts.request import GenerateRequest
 
 SAMPLING = SamplingParams(temperature=0.7, seed=0)
 
@@ -81,7 +82,8 @@ def peak_rss_gib() -> float:
 
 def latts_step_ms(engine: Engine, ctx: int, B: int, steps: int) -> float:
     """Median decode-step time of one latts run (prefill excluded), the same statistic as :func:`hf_step_ms`."""
-    gen = engine.generate(prompt_ids(ctx), branches=B, max_new_tokens=steps + 1, sampling=SAMPLING, ignore_eos=True)
+    gen = engine.generate(GenerateRequest(prompt_ids(ctx), branches=B, max_new_tokens=steps + 1,
+                                          sampling=SAMPLING, ignore_eos=True))
     times = gen.branches[0].token_times  # every row gets a token per step: row 0's stamps are the steps'
     return statistics.median(b - a for a, b in zip(times, times[1:])) * 1e3
 

@@ -22,6 +22,7 @@ from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.loading import DEFAULT_MODEL, load
 from latts.latency.profiler import DEFAULT_BRANCHES, DEFAULT_CONTEXTS, DEFAULT_K, grid, measure_steps, profile
+from latts.request import GenerateRequest
 
 TARGET = 0.15
 RUN_REPEATS = 3
@@ -67,9 +68,9 @@ def main() -> int:
     gens: dict[tuple[int, int, int, int], list] = {run: [] for run in RUNS}
     for _ in range(RUN_REPEATS):  # round-robin: a slow spell of the machine hits one repeat of several runs
         for b, gamma, tokens, ctx in RUNS:
-            gens[(b, gamma, tokens, ctx)].append(engine.generate(
+            gens[(b, gamma, tokens, ctx)].append(engine.generate(GenerateRequest(
                 prompts[ctx], branches=b, max_new_tokens=tokens, sampling=SamplingParams(temperature=0.0),
-                ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None))
+                ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None)))
     run_errs = []
     for (b, gamma, tokens, ctx), runs in gens.items():
         measured = statistics.median(g.latency_s for g in runs)

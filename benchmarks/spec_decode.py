@@ -39,6 +39,7 @@ from latts.config import SamplingParams
 from latts.engine.drafters import NGramDrafter, make_drafter
 from latts.engine.engine import Engine
 from latts.engine.loading import DEFAULT_MODEL, cache_root, cpu_name, hf_folder, load
+from latts.request import GenerateRequest
 
 MODES = {"greedy": SamplingParams(temperature=0.0), "sampled": SamplingParams(temperature=0.7, seed=0)}
 
@@ -111,8 +112,9 @@ def run_group(engine: Engine, prompts: list[list[int]], B: int, configs: list[tu
     sums = {(name, gamma): [0.0, 0.0, 0, 0, 0] for name, _, gamma in runs}
     for i, ids in enumerate(prompts):
         for name, drafter, gamma in runs[i % len(runs):] + runs[: i % len(runs)]:
-            g = engine.generate(ids, branches=B, max_new_tokens=tokens, sampling=params, ignore_eos=True,
-                                gamma=gamma, drafter=drafter if gamma else None)
+            g = engine.generate(GenerateRequest(ids, branches=B, max_new_tokens=tokens, sampling=params,
+                                                ignore_eos=True, gamma=gamma,
+                                                drafter=drafter if gamma else None))
             acc = sums[(name, gamma)]
             acc[0] += g.decode_s
             acc[1] += g.latency_s

@@ -9,6 +9,7 @@ import pytest
 from latts.config import BudgetForcing, SamplingParams
 from latts.engine.drafters import NGramDrafter
 from latts.errors import LattsError
+from latts.request import GenerateRequest
 
 SHORT = "Say hi."  # the model answers in a handful of tokens and stops
 LONG = "Write a very long essay about the history of the sea, with many chapters."
@@ -20,7 +21,8 @@ def _ids(engine, text: str) -> list[int]:
 
 def test_min_think_suppresses_stops_with_the_ignore_string(engine) -> None:
     budget = BudgetForcing(min_think=40, max_think=80, ignore="Wait", answer_tokens=8)
-    got = engine.generate(SHORT, branches=3, sampling=SamplingParams(temperature=0.8, seed=2), budget=budget)
+    got = engine.generate(GenerateRequest(SHORT, branches=3, sampling=SamplingParams(temperature=0.8, seed=2),
+                                          budget=budget))
     ignore = _ids(engine, "Wait")
     for b in got.branches:
         assert b.ignored >= 1, "the model stops after a few tokens, so a stop must have been suppressed"
@@ -35,7 +37,8 @@ def test_min_think_suppresses_stops_with_the_ignore_string(engine) -> None:
 
 def test_max_think_forces_an_answer_within_bounds(engine) -> None:
     budget = BudgetForcing(max_think=24, answer_tokens=6)
-    got = engine.generate(LONG, branches=4, sampling=SamplingParams(temperature=0.7, seed=0), budget=budget)
+    got = engine.generate(GenerateRequest(LONG, branches=4, sampling=SamplingParams(temperature=0.7, seed=0),
+                                          budget=budget))
     answer = _ids(engine, budget.answer_prompt)
     for b in got.branches:
         assert b.forced == "max_think"
@@ -50,28 +53,30 @@ def test_max_think_forces_an_answer_within_bounds(engine) -> None:
 def test_forced_text_continues_exactly_like_a_fresh_prompt(engine) -> None:
     """The ragged catch-up forward over forced tokens leaves the cache as if they had been in the prompt."""
     budget = BudgetForcing(min_think=30, max_think=60, answer_tokens=4)
-    got = engine.generate(SHORT, branches=2, sampling=None, budget=budget)
+    got = engine.generate(GenerateRequest(SHORT, branches=2, sampling=None, budget=budget))
     b = got.branches[0]
     ignore = _ids(engine, budget.ignore)
     cut = next(j for j in range(len(b.token_ids)) if b.token_ids[j : j + len(ignore)] == ignore) + len(ignore)
     prefix = engine.encode(SHORT) + b.token_ids[:cut]
-    fresh = engine.generate(prefix, branches=1, max_new_tokens=12, sampling=None, ignore_eos=True)
+    fresh = engine.generate(GenerateRequest(prefix, branches=1, max_new_tokens=12, sampling=None,
+                                            ignore_eos=True))
     assert b.token_ids[cut : cut + 12] == fresh.branches[0].token_ids[: len(b.token_ids[cut : cut + 12])]
     assert len(b.token_ids) - cut >= 6
 
 
 def test_budget_forcing_with_speculation_matches_plain_greedy(engine) -> None:
     budget = BudgetForcing(min_think=48, max_think=96, answer_tokens=8)
-    plain = engine.generate(SHORT, branches=4, sampling=None, budget=budget)
-    spec = engine.generate(SHORT, branches=4, sampling=None, budget=budget, gamma=3, drafter=NGramDrafter())
+    plain = engine.generate(GenerateRequest(SHORT, branches=4, sampling=None, budget=budget))
+    spec = engine.generate(GenerateRequest(SHORT, branches=4, sampling=None, budget=budget, gamma=3,
+                                           drafter=NGramDrafter()))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
     assert all(b.ignored >= 1 for b in spec.branches)
 
 
 def test_deadline_forces_answers_before_it(engine) -> None:
     budget = BudgetForcing(max_think=4000, answer_tokens=6)
-    got = engine.generate(LONG, branches=4, sampling=SamplingParams(temperature=0.7, seed=1), budget=budget,
-                          deadline=time.monotonic() + 2.0)
+    got = engine.generate(GenerateRequest(LONG, branches=4, sampling=SamplingParams(temperature=0.7, seed=1),
+                                          budget=budget, deadline=time.monotonic() + 2.0))
     assert {b.forced for b in got.branches} == {"deadline"}
     for b in got.branches:
         assert "Final answer: \\boxed{" in b.text
@@ -86,8 +91,8 @@ def test_on_step_can_cancel_the_request(engine) -> None:
         calls.append(1)
         return len(calls) >= 5
 
-    got = engine.generate(LONG, branches=3, max_new_tokens=200, sampling=SamplingParams(seed=0),
-                          on_step=stop_after_five)
+    got = engine.generate(GenerateRequest(LONG, branches=3, max_new_tokens=200,
+                                          sampling=SamplingParams(seed=0)), on_step=stop_after_five)
     assert got.steps == 5
     assert {b.finish_reason for b in got.branches} == {"cancelled"}
     assert all(b.n_tokens == 6 for b in got.branches)  # the prefill's token and five steps
@@ -112,24 +117,26 @@ def test_checkpoint_probes_answer_like_runs_with_that_budget(engine) -> None:
     from dataclasses import replace
 
     budget = BudgetForcing(max_think=40, answer_tokens=6)
-    wide = engine.generate(LONG, branches=2, budget=budget, checkpoints=(1, 12, 28))  # greedy, fp32
+    wide = engine.generate(GenerateRequest(LONG, branches=2, budget=budget,
+                                           checkpoints=(1, 12, 28)))  # greedy, fp32
     assert sorted((p.parent, p.checkpoint) for p in wide.probes) == [(b, L) for b in (0, 1) for L in (1, 12, 28)]
     for L in (1, 12, 28):
-        direct = engine.generate(LONG, branches=1, budget=replace(budget, max_think=L)).branches[0]
+        direct = engine.generate(GenerateRequest(LONG, branches=1,
+                                                 budget=replace(budget, max_think=L))).branches[0]
         for p in (p for p in wide.probes if p.checkpoint == L):
             assert p.forced == "checkpoint" and p.think_tokens == L
             assert p.token_ids == direct.token_ids, (L, p.text, direct.text)
             assert p.finish_reason == direct.finish_reason
     # the branches themselves went on, untouched by their probes
-    full = engine.generate(LONG, branches=2, budget=budget)
+    full = engine.generate(GenerateRequest(LONG, branches=2, budget=budget))
     assert [b.token_ids for b in wide.branches] == [b.token_ids for b in full.branches]
     assert all(b.forced == "max_think" for b in wide.branches)
 
 
 def test_sampled_probes_continue_their_parent(engine) -> None:
     budget = BudgetForcing(max_think=30, answer_tokens=5)
-    wide = engine.generate(LONG, branches=3, budget=budget, checkpoints=(10,),
-                           sampling=SamplingParams(temperature=1.0, seed=4))
+    wide = engine.generate(GenerateRequest(LONG, branches=3, budget=budget, checkpoints=(10,),
+                                           sampling=SamplingParams(temperature=1.0, seed=4)))
     assert len(wide.probes) == 3
     answer = _ids(engine, budget.answer_prompt)
     for p in wide.probes:
@@ -149,4 +156,4 @@ def test_bad_checkpoints_are_refused(engine, kwargs, message) -> None:
     if kwargs.get("gamma"):
         kwargs["drafter"] = NGramDrafter()
     with pytest.raises(LattsError, match=message):
-        engine.generate(SHORT, branches=2, **kwargs)
+        engine.generate(GenerateRequest(SHORT, branches=2, **kwargs))

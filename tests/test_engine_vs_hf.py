@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from latts.config import SamplingParams
+from latts.request import GenerateRequest
 
 PROMPTS = [
     "Write a long story about a dragon who learns to count.",
@@ -27,7 +28,7 @@ def test_greedy_matches_hf_generate(engine, hf_model, prompt: str, branches: int
     ids = engine.encode(prompt)
     n = 72
     ref = hf_greedy(hf_model, ids, n)
-    got = engine.generate(ids, branches=branches, max_new_tokens=n, sampling=None)
+    got = engine.generate(GenerateRequest(ids, branches=branches, max_new_tokens=n, sampling=None))
     assert len(got.branches) == branches
     for b in got.branches:
         k = len(b.token_ids)
@@ -45,7 +46,7 @@ def test_sampled_rows_follow_their_own_context(engine, hf_model) -> None:
     """
     ids = engine.encode("List some fruits, one per line.")
     params = SamplingParams(temperature=1.0, top_k=3, seed=2)
-    got = engine.generate(ids, branches=8, max_new_tokens=40, sampling=params, stop=["\n"])
+    got = engine.generate(GenerateRequest(ids, branches=8, max_new_tokens=40, sampling=params, stop=["\n"]))
     lengths = {b.n_tokens for b in got.branches}
     assert len(lengths) > 1, "rows should finish at different steps for this test to mean anything"
     for b in got.branches:

@@ -15,6 +15,7 @@ from latts.config import BudgetForcing, SamplingParams
 from latts.errors import LattsError
 from latts.engine.loading import DEFAULT_MODEL
 from latts.config import Plan
+from latts.request import GenerateRequest
 from latts.tts.solver import Solver
 from servers import free_port, latts_cmd, llama_server_cmd, running
 
@@ -43,8 +44,8 @@ def test_branch_mode_is_detected_not_trusted(backend) -> None:
 
 
 def test_branches_sample_differently_and_stream_timestamps(backend) -> None:
-    gen = backend.generate("Write one sentence about the sea.", branches=3, max_new_tokens=12,
-                           sampling=SamplingParams(temperature=1.0, seed=3))
+    gen = backend.generate(GenerateRequest("Write one sentence about the sea.", branches=3, max_new_tokens=12,
+                                           sampling=SamplingParams(temperature=1.0, seed=3)))
     assert [b.finish_reason for b in gen.branches] == ["length"] * 3 or all(
         b.finish_reason in ("length", "eos") for b in gen.branches)
     texts = [b.text for b in gen.branches]
@@ -56,21 +57,22 @@ def test_branches_sample_differently_and_stream_timestamps(backend) -> None:
 
 
 def test_greedy_is_reproducible(backend) -> None:
-    a = backend.generate("Count from 1 to 5.", max_new_tokens=16)
-    b = backend.generate("Count from 1 to 5.", max_new_tokens=16)
+    a = backend.generate(GenerateRequest("Count from 1 to 5.", max_new_tokens=16))
+    b = backend.generate(GenerateRequest("Count from 1 to 5.", max_new_tokens=16))
     assert a.branches[0].text == b.branches[0].text and a.branches[0].text
 
 
 def test_stop_string_ends_a_branch_before_it(backend) -> None:
-    gen = backend.generate("Count from 1 to 20, separated by commas.", max_new_tokens=64, stop=["7"])
+    gen = backend.generate(GenerateRequest("Count from 1 to 20, separated by commas.", max_new_tokens=64,
+                                           stop=["7"]))
     b = gen.branches[0]
     assert b.finish_reason == "stop" and "7" not in b.text and "6" in b.text
 
 
 def test_budget_forcing_forces_answers_at_max_think(backend) -> None:
     budget = BudgetForcing(min_think=0, max_think=12, answer_tokens=8)
-    gen = backend.generate("Explain step by step how to add 17 and 25.", branches=2, budget=budget,
-                           sampling=SamplingParams(temperature=0.7, seed=1))
+    gen = backend.generate(GenerateRequest("Explain step by step how to add 17 and 25.", branches=2,
+                                           budget=budget, sampling=SamplingParams(temperature=0.7, seed=1)))
     for b in gen.branches:
         assert b.forced == "max_think" and b.think_tokens == 12
         assert "Final answer: \\boxed{" in b.text
@@ -81,7 +83,8 @@ def test_budget_forcing_forces_answers_at_max_think(backend) -> None:
 
 def test_budget_forcing_suppresses_early_stops(backend) -> None:
     budget = BudgetForcing(min_think=24, max_think=40, answer_tokens=6)
-    gen = backend.generate(QUESTION, branches=1, budget=budget, sampling=SamplingParams(temperature=0.0))
+    gen = backend.generate(GenerateRequest(QUESTION, branches=1, budget=budget,
+                                           sampling=SamplingParams(temperature=0.0)))
     b = gen.branches[0]
     assert b.ignored >= 1 and "Wait" in b.text  # the bare answer ends fast; s1 makes it go on
     assert b.think_tokens >= 24 or b.forced == "max_think"
@@ -90,8 +93,8 @@ def test_budget_forcing_suppresses_early_stops(backend) -> None:
 def test_deadline_forces_answers_in_time(backend) -> None:
     budget = BudgetForcing(min_think=1900, max_think=1900, answer_tokens=8)
     t0 = time.monotonic()
-    gen = backend.generate("Tell me a long story.", branches=2, budget=budget, deadline=t0 + 4.0,
-                           sampling=SamplingParams(temperature=0.7))
+    gen = backend.generate(GenerateRequest("Tell me a long story.", branches=2, budget=budget,
+                                           deadline=t0 + 4.0, sampling=SamplingParams(temperature=0.7)))
     took = time.monotonic() - t0
     assert took <= 4.0 * 1.05
     assert all(b.finish_reason in ("answered", "deadline", "eos") for b in gen.branches)
@@ -114,7 +117,7 @@ def test_solve_votes_over_remote_branches(backend) -> None:
 
 def test_plan_with_another_gamma_is_refused(backend) -> None:
     with pytest.raises(LattsError, match="speculation is set when it starts"):
-        backend.generate("hi", gamma=3)
+        backend.generate(GenerateRequest("hi", gamma=3))
 
 
 def test_unknown_model_and_unreachable_server_are_one_line_errors(server) -> None:
@@ -128,7 +131,7 @@ def test_http_errors_surface_the_servers_message(backend) -> None:
     # past the server's 2048-token context: llama-cpp-python fails the stream after its HTTP 200, so the
     # backend asks again unstreamed to get the server's own words
     with pytest.raises(LattsError, match=r"answered HTTP 400: .*maximum context length is 2048"):
-        backend.generate("word " * 3000, chat=False, max_new_tokens=4)
+        backend.generate(GenerateRequest("word " * 3000, chat=False, max_new_tokens=4))
 
 
 def test_cli_solve_through_the_server(server) -> None:

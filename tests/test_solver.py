@@ -13,6 +13,7 @@ from latts.config import Plan
 from latts.tts.solver import Solver
 from latts.tasks import get_task
 from latts.tts.voting import vote
+from latts.request import GenerateRequest
 
 QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have?"
 
@@ -98,8 +99,9 @@ def test_weighted_vote_uses_branch_log_probabilities(solver) -> None:
 def test_logprobs_are_the_models_own(engine, hf_model) -> None:
     """Each branch's summed log-probability equals HF's teacher-forced one, its first token included."""
     ids = engine.encode(QUESTION)
-    gen = engine.generate(ids, branches=2, max_new_tokens=12, sampling=SamplingParams(temperature=0.9, seed=4),
-                          logprobs=True, ignore_eos=True)
+    gen = engine.generate(GenerateRequest(ids, branches=2, max_new_tokens=12,
+                                          sampling=SamplingParams(temperature=0.9, seed=4), logprobs=True,
+                                          ignore_eos=True))
     for b in gen.branches:
         seq = torch.tensor([ids + b.token_ids])
         with torch.inference_mode():

@@ -12,6 +12,7 @@ from latts.config import SamplingParams
 from latts.engine.drafters import NGramDrafter, make_drafter
 from latts.engine.sampler import greedy_accept, rejection_sample
 from latts.errors import LattsError
+from latts.request import GenerateRequest
 
 PROMPT = "Explain step by step how to compute 17 * 23."
 
@@ -24,10 +25,10 @@ def drafters(engine, draft_folder):
 @pytest.mark.parametrize("kind", ["ngram", "model"])
 @pytest.mark.parametrize("gamma", [3, 4])
 def test_greedy_speculation_is_token_identical(engine, draft_folder, branches, kind, gamma) -> None:
-    plain = engine.generate(PROMPT, branches=branches, max_new_tokens=100, ignore_eos=True)
+    plain = engine.generate(GenerateRequest(PROMPT, branches=branches, max_new_tokens=100, ignore_eos=True))
     drafter = drafters(engine, draft_folder)[kind]
-    spec = engine.generate(PROMPT, branches=branches, max_new_tokens=100, ignore_eos=True,
-                           gamma=gamma, drafter=drafter)
+    spec = engine.generate(GenerateRequest(PROMPT, branches=branches, max_new_tokens=100, ignore_eos=True,
+                                           gamma=gamma, drafter=drafter))
     for a, b in zip(plain.branches, spec.branches):
         assert len(b.token_ids) == 100
         assert b.token_ids == a.token_ids
@@ -62,8 +63,9 @@ class _Ragged:
 
 def test_ragged_proposals_keep_greedy_output_identical(engine) -> None:
     """Rows verifying different numbers of drafts (only the proposed positions computed) decode what plain does."""
-    plain = engine.generate(PROMPT, branches=4, max_new_tokens=96, ignore_eos=True)
-    spec = engine.generate(PROMPT, branches=4, max_new_tokens=96, ignore_eos=True, gamma=3, drafter=_Ragged())
+    plain = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=96, ignore_eos=True))
+    spec = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=96, ignore_eos=True, gamma=3,
+                                           drafter=_Ragged()))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
     assert spec.branches[0].spec_proposed == 0 < spec.branches[3].spec_proposed  # row 0 never drafts
     assert spec.branches[3].spec_accepted > 0
@@ -165,8 +167,9 @@ def test_sampled_speculation_matches_plain_distribution(engine, draft_folder, ki
     def pairs(gamma: int, drafter) -> Counter:
         c: Counter = Counter()
         for seed in range(4):
-            got = engine.generate(ids, branches=512, max_new_tokens=2, ignore_eos=True,
-                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma, drafter=drafter)
+            got = engine.generate(GenerateRequest(ids, branches=512, max_new_tokens=2, ignore_eos=True,
+                                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma,
+                                                  drafter=drafter))
             c.update(tuple(b.token_ids[:2]) for b in got.branches)
         return c
 
@@ -202,7 +205,7 @@ def test_unknown_drafter_and_missing_drafter(engine) -> None:
     with pytest.raises(LattsError, match="unknown drafter"):
         make_drafter("eagle", engine.loaded)
     with pytest.raises(LattsError, match="needs a drafter"):
-        engine.generate(PROMPT, gamma=2)
+        engine.generate(GenerateRequest(PROMPT, gamma=2))
 
 
 def test_greedy_accept_equals_one_hot_rejection_sampling() -> None:
@@ -241,8 +244,10 @@ def test_speculation_with_budget_forcing_keeps_the_answer_distribution(engine) -
     def answers(gamma: int) -> Counter:
         c: Counter = Counter()
         for seed in range(3):
-            got = engine.generate(ids, branches=96, sampling=SamplingParams(temperature=0.7, seed=seed),
-                                  gamma=gamma, drafter=NGramDrafter() if gamma else None, budget=budget)
+            got = engine.generate(GenerateRequest(ids, branches=96,
+                                                  sampling=SamplingParams(temperature=0.7, seed=seed),
+                                                  gamma=gamma, drafter=NGramDrafter() if gamma else None,
+                                                  budget=budget))
             c.update(task.extract(b.text) for b in got.branches)
         return c
 

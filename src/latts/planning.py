@@ -32,6 +32,7 @@ from latts.latency.profile import Profile
 from latts.latency.profiler import profile as run_profile
 from latts.paths import cache_dir
 from latts.progress import Reporter
+from latts.request import GenerateRequest
 from latts.tts.solver import Solver
 from latts.eval.surface import Estimate
 from latts.tasks import Problem, get_task
@@ -58,9 +59,10 @@ def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[
     for g in sorted({g for g in gammas if g > 0}):
         total = SpecStats(NGramDrafter.name, g)  # the counts of every problem's run, pooled
         for p in problems:
-            gen = solver.engine.generate(solver.task.prompt(p), branches=1, max_new_tokens=tokens,
-                                         sampling=SamplingParams(temperature, seed=seed), gamma=g,
-                                         drafter=NGramDrafter(min_n=min_n), ignore_eos=True)
+            gen = solver.backend.generate(GenerateRequest(
+                solver.task.prompt(p), branches=1, max_new_tokens=tokens,
+                sampling=SamplingParams(temperature, seed=seed), gamma=g, drafter=NGramDrafter(min_n=min_n),
+                ignore_eos=True))
             total.proposed += gen.spec.proposed
             total.accepted += gen.spec.accepted
             total.rounds += gen.spec.rounds
@@ -230,7 +232,7 @@ def run_as_optimizer(solver: Solver, problem: Problem, config: Config, seed: int
 
 def prompt_length(solver: Solver, problems: Sequence[Problem]) -> int:
     """Median prompt length in tokens of the task's prompts for ``problems``."""
-    return int(statistics.median(len(solver.engine.encode(solver.task.prompt(p))) for p in problems))
+    return int(statistics.median(solver.backend.count_prompt_tokens(solver.task.prompt(p)) for p in problems))
 
 
 @dataclass(frozen=True, slots=True)

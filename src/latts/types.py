@@ -24,7 +24,7 @@ class Branch:
 
     Budget forcing: ``think_tokens`` counts the thinking part, ``ignored`` the suppressed stops,
     ``forced`` why the answer was forced (``max_think``, ``deadline`` or ``checkpoint``; None if it
-    ended by itself). A checkpoint probe (see ``Engine.generate(checkpoints=...)``) is a copy of branch
+    ended by itself). A checkpoint probe (see ``GenerateRequest.checkpoints``) is a copy of branch
     ``parent`` forced to answer after ``checkpoint`` thinking tokens while the branch itself went on.
     """
 

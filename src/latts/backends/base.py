@@ -2,18 +2,18 @@
 (:class:`latts.engine.engine.Engine`) or a remote OpenAI-compatible server
 (:class:`latts.backends.openai.OpenAIBackend`).
 
-The solver, the evaluation harness and ``latts serve`` only use what :class:`Backend` lists, so every
-one of them runs unchanged on either.
+The solver, the evaluation harness, the planner and ``latts serve`` only use what :class:`Backend`
+lists, so every one of them runs unchanged on either. What a backend cannot do (checkpoint probes on a
+server, a γ the server was not started with) it refuses with a :class:`~latts.errors.LattsError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from latts.config import BudgetForcing, SamplingParams
-from latts.engine.drafters import Drafter
-from latts.types import Branch, Generation
+from latts.request import GenerateRequest, OnStep
+from latts.types import Generation
 
 
 @runtime_checkable
@@ -22,22 +22,13 @@ class Backend(Protocol):
 
     tokenizer: object  # a Hugging Face tokenizer: chat template, decode
     concurrent: bool  # True when generate() may be called from several threads at once
+    warmup_s: float  # seconds the warm-up took (never inside a deadline)
 
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        branches: int = 1,
-        max_new_tokens: int = 256,
-        sampling: SamplingParams | None = None,
-        stop: Sequence[str] = (),
-        deadline: float | None = None,
-        chat: bool = True,
-        on_step: Callable[[list[Branch]], bool | None] | None = None,
-        ignore_eos: bool = False,
-        gamma: int = 0,
-        drafter: Drafter | None = None,
-        budget: BudgetForcing | None = None,
-        logprobs: bool = False,
-    ) -> Generation:
-        """Decode ``branches`` continuations of ``prompt``; see :meth:`latts.engine.engine.Engine.generate`."""
+    def generate(self, request: GenerateRequest, on_step: OnStep | None = None) -> Generation:
+        """Decode ``request``; ``on_step`` sees the branches after every step and may end the request
+        (unfinished branches become ``cancelled``). Keep it cheap."""
+        ...
+
+    def count_prompt_tokens(self, prompt: str | Sequence[int], chat: bool = True) -> int:
+        """How many tokens ``prompt`` is, formatted as ``generate`` formats it (chat template when ``chat``)."""
         ...

@@ -28,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from latts.config import BudgetForcing, SamplingParams, check_generation_args
+from latts.config import BudgetForcing, SamplingParams
 from latts.errors import LattsError
+from latts.request import GenerateRequest, OnStep
 from latts.types import Branch, Generation
 
 BRANCH_MODES = ("auto", "n", "requests")
@@ -163,7 +164,8 @@ class OpenAIBackend:
         """One short request so the time estimates come from this server; seconds spent."""
         t0 = time.perf_counter()
         for b in branches:
-            self.generate("Say hi.", branches=b, max_new_tokens=4, sampling=SamplingParams(temperature=1.0))
+            self.generate(GenerateRequest("Say hi.", branches=b, max_new_tokens=4,
+                                          sampling=SamplingParams(temperature=1.0)))
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
@@ -188,47 +190,40 @@ class OpenAIBackend:
             raise LattsError("empty prompt")
         return self.tokenizer.decode(ids)
 
-    # ----------------------------------------------------------------- generation
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        branches: int = 1,
-        max_new_tokens: int = 256,
-        sampling: SamplingParams | None = None,
-        stop: Sequence[str] = (),
-        deadline: float | None = None,
-        chat: bool = True,
-        on_step: Callable[[list[Branch]], bool | None] | None = None,
-        ignore_eos: bool = False,
-        gamma: int = 0,
-        drafter: object | None = None,
-        budget: BudgetForcing | None = None,
-        logprobs: bool = False,
-    ) -> Generation:
-        """Decode ``branches`` continuations of ``prompt`` on the server (arguments as the embedded engine's).
+    def count_prompt_tokens(self, prompt: str | Sequence[int], chat: bool = True) -> int:
+        """How many tokens the raw prompt sent to the server is (by the served model's tokenizer)."""
+        return len(self.tokenizer(self.prompt_text(prompt, chat), add_special_tokens=False)["input_ids"])
 
-        ``drafter`` is ignored: the server drafts. ``token_times`` holds one client-side timestamp per
-        streamed piece (one token per piece on llama.cpp and vLLM by default).
+    # ----------------------------------------------------------------- generation
+    def generate(self, request: GenerateRequest, on_step: OnStep | None = None) -> Generation:
+        """Decode ``request``'s branches on the server (see :class:`~latts.request.GenerateRequest`).
+
+        ``drafter`` is ignored: the server drafts, and ``gamma`` must be what it runs. Checkpoint
+        probes, token log-probabilities and top-k are refused: the server cannot provide them.
+        ``token_times`` holds one client-side timestamp per streamed piece (one token per piece on
+        llama.cpp and vLLM by default).
         """
         t0 = time.monotonic()
-        sampling = sampling or SamplingParams(temperature=0.0)
-        check_generation_args(branches, max_new_tokens)
-        if gamma != self.server_gamma:
+        r = request
+        if r.gamma != self.server_gamma:
             raise LattsError(f"the server's speculation is set when it starts (told: γ={self.server_gamma}); "
-                             f"a plan with γ={gamma} cannot run on it")
-        if logprobs:
+                             f"a plan with γ={r.gamma} cannot run on it")
+        if r.logprobs:
             raise LattsError("weighted voting needs token log-probabilities, which the openai backend does not collect")
-        if sampling.top_k:
+        if r.sampling.top_k:
             raise LattsError("top-k is not part of the OpenAI completions API; use top-p")
-        text = self.prompt_text(prompt, chat)
+        if r.checkpoints:
+            raise LattsError("checkpoint probes need the embedded engine: they copy a branch's cache row, "
+                             "which a server does not expose")
+        text = self.prompt_text(r.prompt, r.chat)
         n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        out = [Branch(index=i) for i in range(branches)]
-        if deadline is not None and t0 >= deadline:
+        out = [Branch(index=i) for i in range(r.branches)]
+        if r.deadline is not None and t0 >= r.deadline:
             for b in out:
                 b.finish_reason = "deadline"
             return Generation(out, n_prompt, 0.0, 0.0, 0, None)
-        run = _Run(self, text, out, sampling, tuple(s for s in stop if s), deadline, budget, max_new_tokens,
-                   on_step, ignore_eos, t0)
+        run = _Run(self, text, out, r.sampling, r.stop, r.deadline, r.budget, r.max_new_tokens, on_step,
+                   r.ignore_eos, t0)
         asyncio.run(run.main())
         first = [b.token_times[0] for b in out if b.token_times]
         prefill = min(first) if first else 0.0
@@ -240,7 +235,7 @@ class _Run:
 
     def __init__(self, backend: OpenAIBackend, prompt: str, out: list[Branch], sampling: SamplingParams,
                  stops: tuple[str, ...], deadline: float | None, budget: BudgetForcing | None, max_new_tokens: int,
-                 on_step: Callable[[list[Branch]], bool | None] | None, ignore_eos: bool, t0: float) -> None:
+                 on_step: OnStep | None, ignore_eos: bool, t0: float) -> None:
         self.be, self.prompt, self.out, self.sampling = backend, prompt, out, sampling
         self.stops, self.deadline, self.budget, self.max_new_tokens = stops, deadline, budget, max_new_tokens
         self.on_step, self.t0 = on_step, t0

@@ -41,6 +41,7 @@ def generate(
     """Decode B branches of one prompt in one batch (optionally speculatively) and show them."""
     from latts.cli.live_view import print_summary, watch
     from latts.config import SamplingParams
+    from latts.request import GenerateRequest
 
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     _check_generate_args(prompt, branches, max_tokens, deadline, gamma, drafter)
@@ -48,8 +49,9 @@ def generate(
     engine = opened.backend
     spec = {"gamma": gamma, "drafter": drafter_for(drafter, opened.loaded, True)} if gamma > 0 else {}
     t_deadline = time.monotonic() + deadline if deadline is not None else None
-    result = watch(None if as_json else out, engine.tokenizer, branches, lambda on_step: engine.generate(
-        prompt, branches, max_tokens, sampling, stop or (), t_deadline, on_step=on_step, **spec))
+    request = GenerateRequest(prompt, branches, max_tokens, sampling, stop or (), t_deadline, **spec)
+    result = watch(None if as_json else out, engine.tokenizer, branches,
+                   lambda on_step: engine.generate(request, on_step=on_step))
     if as_json:
         loaded = opened.loaded
         print_json({"model": loaded.name, "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights,

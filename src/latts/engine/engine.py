@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from latts.config import MAX_GAMMA, BudgetForcing, SamplingParams, check_generation_args
+from latts.config import BudgetForcing, SamplingParams
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
 from latts.engine.sampler import greedy_accept, rejection_sample, sample, target_probabilities
 from latts.errors import LattsError
 from latts.engine.loading import LoadedModel
+from latts.request import GenerateRequest, OnStep
 from latts.types import Branch, Generation, SpecStats
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class Engine:
         """Run a few tiny requests so first-call costs never land inside a user's deadline; seconds spent."""
         t0 = time.perf_counter()
         for b in branches:
-            self.generate([1, 2, 3, 4], branches=b, max_new_tokens=4, sampling=SamplingParams(temperature=1.0))
+            self.generate(GenerateRequest([1, 2, 3, 4], branches=b, max_new_tokens=4,
+                                          sampling=SamplingParams(temperature=1.0)))
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
@@ -66,73 +68,32 @@ class Engine:
             raise LattsError(f"prompt token ids must be in [0, {vocab})")
         return ids
 
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        branches: int = 1,
-        max_new_tokens: int = 256,
-        sampling: SamplingParams | None = None,
-        stop: Sequence[str] = (),
-        deadline: float | None = None,
-        chat: bool = True,
-        on_step: Callable[[list[Branch]], bool | None] | None = None,
-        ignore_eos: bool = False,
-        gamma: int = 0,
-        drafter: Drafter | None = None,
-        budget: BudgetForcing | None = None,
-        logprobs: bool = False,
-        checkpoints: Sequence[int] = (),
-    ) -> Generation:
-        """Decode ``branches`` continuations of ``prompt`` together.
+    def count_prompt_tokens(self, prompt: str | Sequence[int], chat: bool = True) -> int:
+        """How many tokens ``prompt`` is once encoded as ``generate`` encodes it."""
+        return len(self.encode(prompt, chat))
 
-        Args:
-            prompt: text (formatted with the chat template when ``chat``) or token ids.
-            branches: B, the number of continuations decoded in one batch.
-            max_new_tokens: per-branch token budget (with ``budget``: raised to fit thinking + answer).
-            sampling: temperature / top-p / top-k / seed; ``None`` means greedy.
-            stop: strings that end a branch; its ``text`` stops before the first one.
-            deadline: ``time.monotonic()`` value by which all work must end. With ``budget``, branches
-                are forced to answer once the time left only suffices for that.
-            chat: apply the chat template to a text prompt.
-            on_step: called with the branches after every step (live views, early stopping); keep it
-                cheap. Returning True ends the request: unfinished branches become ``cancelled``.
-            ignore_eos: decode past end-of-sequence tokens (fixed-length runs for benchmarks).
-            gamma: draft tokens per row and step (speculative decoding; 0 = plain decoding).
-            drafter: who proposes the drafts (required when ``gamma > 0``).
-            budget: s1 budget forcing (min/max thinking tokens, forced answers).
-            logprobs: accumulate each branch's sampled-token log-probabilities (under the model's
-                own distribution, temperature 1) in ``Branch.logprob_sum`` — weighted voting uses them.
-            checkpoints: thinking lengths (with ``budget``, below its ``max_think``) at which every
-                branch still thinking is copied into a probe that is forced to answer right there,
-                while the branch itself goes on: one wide run then yields the answers of every shorter
-                budget (the accuracy surface). Probes come back in ``Generation.probes``; each is
-                answered exactly as a run with ``max_think`` = its checkpoint would answer. Plain
-                decoding only (``gamma`` 0): speculation changes latency, not answers.
+    def generate(self, request: GenerateRequest, on_step: OnStep | None = None) -> Generation:
+        """Decode ``request``'s branches together (see :class:`~latts.request.GenerateRequest`).
+
+        ``on_step`` is called with the branches after every step (live views, early stopping); keep it
+        cheap. Returning True ends the request: unfinished branches become ``cancelled``.
         """
         t0 = time.monotonic()
-        sampling = sampling or SamplingParams(temperature=0.0)
-        check_generation_args(branches, max_new_tokens)
-        if not 0 <= gamma <= MAX_GAMMA:
-            raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
+        r = request
+        branches, sampling, gamma, drafter, budget = r.branches, r.sampling, r.gamma, r.drafter, r.budget
         if gamma > 0 and drafter is None:
             raise LattsError("speculative decoding (gamma > 0) needs a drafter")
-        ids = self.encode(prompt, chat)
+        ids = self.encode(r.prompt, r.chat)
         forcing = self._forcing(budget) if budget is not None else None
-        checkpoints = sorted(set(checkpoints))
-        if checkpoints:
-            if forcing is None or gamma:
-                raise LattsError("checkpoints need budget forcing and plain decoding (gamma 0)")
-            if checkpoints[0] < 1 or checkpoints[-1] >= budget.max_think:
-                raise LattsError(f"checkpoints must be between 1 and max_think - 1 ({budget.max_think - 1})")
-        if forcing is not None:
-            max_new_tokens = forcing.capacity
+        checkpoints = r.checkpoints
+        max_new_tokens = forcing.capacity if forcing is not None else r.max_new_tokens
         context = self.model.max_positions
         if len(ids) + max_new_tokens + gamma + (len(forcing.answer) if forcing else 0) > context:
             raise LattsError(
                 f"prompt ({len(ids)} tokens) + max tokens ({max_new_tokens}) exceeds the model's context of {context}"
             )
-        stops = tuple(s for s in stop if s)
-        eos = frozenset() if ignore_eos else self.eos
+        stops, deadline, logprobs = r.stop, r.deadline, r.logprobs
+        eos = frozenset() if r.ignore_eos else self.eos
         out = [Branch(index=i) for i in range(branches)]
         if deadline is not None and t0 >= deadline:
             for b in out:

@@ -168,7 +168,7 @@ def evaluate(
     written as it finishes, and when a run fails the ones already under way are still written, so a
     rerun resumes from where the failure left off.
     """
-    check_concurrency(concurrency, getattr(solver.engine, "concurrent", False))
+    check_concurrency(concurrency, solver.backend.concurrent)
     recorder = Recorder(out)
     try:
         todo = [

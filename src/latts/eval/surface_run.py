@@ -2,7 +2,7 @@
 
 ``latts eval --surface`` runs each problem once with ``B_max`` branches and the largest thinking
 budget; at every smaller budget L the engine copies each still-thinking branch into a probe that is
-forced to answer right there (``Engine.generate(checkpoints=...)``), so a single run yields, per
+forced to answer right there (``GenerateRequest(checkpoints=...)``), so a single run yields, per
 branch, the answer it would have given with budget L. A branch that ended by itself before L answers
 with its own text. Records go to the same resumable JSONL as ``latts eval``; :func:`surface_from_records`
 turns them into accuracy(B, L) with bootstrap intervals (see :mod:`latts.eval.surface`).
@@ -18,6 +18,7 @@ from typing import Any
 
 from latts.config import BudgetForcing, Plan, SamplingParams
 from latts.errors import LattsError
+from latts.request import GenerateRequest
 from latts.tts.solver import Solver
 from latts.eval.surface import Estimate, estimate_surface
 from latts.tasks import Problem, Task
@@ -65,8 +66,8 @@ def run_wide(solver: Solver, problem: Problem, run: WideRun, seed: int) -> dict[
     budget = BudgetForcing(0, plan.max_think, answer_prompt=task.answer_prompt, answer_tokens=plan.answer_tokens)
     sampling_seed = problem.sampling_seed(seed)
     sampling = SamplingParams(plan.temperature, plan.top_p, seed=sampling_seed)
-    gen = solver.engine.generate(task.prompt(problem), branches=plan.branches, budget=budget, sampling=sampling,
-                                 checkpoints=run.checkpoints)
+    gen = solver.backend.generate(GenerateRequest(task.prompt(problem), branches=plan.branches, budget=budget,
+                                                  sampling=sampling, checkpoints=run.checkpoints))
     own = [task.extract(b.text) for b in gen.branches]
     answers: dict[str, list[str | None]] = {str(thinks[-1]): own}
     for L in thinks[:-1]:

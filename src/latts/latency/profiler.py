@@ -28,6 +28,7 @@ from latts.errors import LattsError
 from latts.engine.loading import cpu_name
 from latts.latency.model import LoopSample, PrefillSample, StepSample
 from latts.latency.profile import Profile
+from latts.request import GenerateRequest
 
 DEFAULT_BRANCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_K = (1, 2, 4, 8)
@@ -119,8 +120,9 @@ def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps:
     """
     ids = torch.randint(100, 20000, (context,), generator=torch.Generator().manual_seed(7)).tolist()
     sampling = SamplingParams(0.0 if gamma else 0.7, seed=0)
-    gen = engine.generate(ids, branches=branches, max_new_tokens=steps * (gamma + 1), sampling=sampling,
-                          ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None)
+    gen = engine.generate(GenerateRequest(ids, branches=branches, max_new_tokens=steps * (gamma + 1),
+                                          sampling=sampling, ignore_eos=True, gamma=gamma,
+                                          drafter=NGramDrafter() if gamma else None))
     # every step of the run is one round; both widths timed over one prefilled prompt
     plain, *verify = measure_steps(engine, [(branches, k, context) for k in sorted({1, gamma + 1})], repeats=5,
                                    passes=1)

@@ -17,6 +17,7 @@ from latts.config import SamplingParams
 from latts.errors import LattsError
 from latts.latency.model import PrefillSample, StepSample
 from latts.latency.profile import Profile
+from latts.request import GenerateRequest
 
 REMOTE_BRANCHES = (1, 2, 4, 8)
 REMOTE_CONTEXTS = (64, 512)
@@ -49,8 +50,8 @@ def profile_remote(
         for b in branches:
             steps = []
             for r in range(repeats):
-                gen = backend.generate(ids, branches=b, max_new_tokens=tokens, chat=False, ignore_eos=True,
-                                       sampling=SamplingParams(1.0, seed=r))
+                gen = backend.generate(GenerateRequest(ids, branches=b, max_new_tokens=tokens, chat=False,
+                                                       ignore_eos=True, sampling=SamplingParams(1.0, seed=r)))
                 times = [br.token_times for br in gen.branches if len(br.token_times) >= 2]
                 if len(times) < b:
                     raise LattsError(f"the server streamed too few tokens for B={b}, context {ctx}")

@@ -125,7 +125,7 @@ class MinService:
 def create_app(solver: Solver, config: ServeConfig, min_service: MinService) -> FastAPI:
     """The FastAPI application serving ``solver`` (its backend, task prompt and answer format)."""
     app = FastAPI(title="latts", description="latency-aware test-time scaling, OpenAI-compatible")
-    capacity = 4 if getattr(solver.engine, "concurrent", False) else 1
+    capacity = 4 if solver.backend.concurrent else 1
     scheduler = Scheduler(capacity)
     # the saved plans are read once here, not on every request
     frontier = load_frontier(Path(config.plans_file)) if config.plans_file else None

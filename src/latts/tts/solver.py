@@ -15,8 +15,8 @@ import time
 from latts.config import BudgetForcing, Plan, SamplingParams, check_deadline, default_plan
 from latts.engine.drafters import Drafter
 from latts.backends.base import Backend
-from latts.engine.engine import Engine
 from latts.errors import LattsError
+from latts.request import GenerateRequest
 from latts.tasks import Problem, Task, get_task
 from latts.types import Branch, Solution
 from latts.tts.voting import Vote, decided, vote
@@ -32,8 +32,8 @@ class Solver:
     the embedded :class:`~latts.engine.engine.Engine` or a remote server
     (:class:`~latts.backends.openai.OpenAIBackend`); see :class:`~latts.backends.base.Backend`."""
 
-    def __init__(self, engine: Engine | Backend, task: Task | str = "math500", drafter: Drafter | None = None) -> None:
-        self.engine = engine
+    def __init__(self, backend: Backend, task: Task | str = "math500", drafter: Drafter | None = None) -> None:
+        self.backend = backend
         self.task = get_task(task) if isinstance(task, str) else task
         self.drafter = drafter
         self._ngram: dict[str, Drafter] = {}  # per spelling (ngram, ngram:N)
@@ -85,7 +85,8 @@ class Solver:
                 return False
             for b in branches:
                 if b.finish_reason and b.index not in answers:
-                    answers[b.index] = self.task.extract(self.engine.tokenizer.decode(b.token_ids, skip_special_tokens=True))
+                    text = self.backend.tokenizer.decode(b.token_ids, skip_special_tokens=True)
+                    answers[b.index] = self.task.extract(text)
             remaining = sum(1 for b in branches if not b.finish_reason)
             done = [b for b in branches if b.index in answers]
             weights = [_weight(b) for b in done] if plan.weighted else None
@@ -95,11 +96,10 @@ class Solver:
                 return True
             return False
 
-        gen = self.engine.generate(
-            self.task.prompt(problem), branches=plan.branches, sampling=sampling, deadline=deadline,
-            on_step=watch, gamma=plan.gamma, drafter=self._drafter_for(plan), budget=budget,
-            logprobs=plan.weighted,
-        )
+        request = GenerateRequest(self.task.prompt(problem), branches=plan.branches, sampling=sampling,
+                                  deadline=deadline, gamma=plan.gamma, drafter=self._drafter_for(plan),
+                                  budget=budget, logprobs=plan.weighted)
+        gen = self.backend.generate(request, on_step=watch)
         branch_answers = [self.task.extract(b.text) for b in gen.branches]
         result = self._vote(branch_answers, [_weight(b) for b in gen.branches] if plan.weighted else None)
         return Solution(
