@@ -1,10 +1,15 @@
 """The embedded engine: B branches of one prompt decoded together in one batch.
 
-The prompt is prefilled once; its K/V are shared by every branch (see ``kv_cache``). Each step
-feeds every live branch's last token in one forward, samples the next, and retires branches that
-finished (EOS, stop string, token budget) by compacting the batch, so finished branches cost
-nothing. A monotonic ``deadline`` ends all branches with finish reason ``deadline`` as soon as the
-next step would not fit before it.
+The prompt is prefilled once; its K/V are shared by every branch (see ``kv_cache``). Then each step
+is schedule → step → postprocess (as in nano-vllm's engine):
+
+- ``_schedule`` holds the deadline: a monotonic ``deadline`` ends all branches with finish reason
+  ``deadline`` as soon as the next step would not fit before it (and, with budget forcing, forces
+  answers once the time left only covers them);
+- ``_step`` runs one forward over every live row (its drafts when speculating, its forced text when
+  it has some) and chooses each row's new tokens;
+- ``_postprocess`` applies them: every finishing and forcing rule, log-probabilities, K/V progress,
+  checkpoint probes, and compaction of the batch, so finished branches cost nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -79,127 +85,147 @@ class Engine:
         cheap. Returning True ends the request: unfinished branches become ``cancelled``.
         """
         t0 = time.monotonic()
-        r = request
-        branches, sampling, gamma, drafter, budget = r.branches, r.sampling, r.gamma, r.drafter, r.budget
-        if gamma > 0 and drafter is None:
+        ids, forcing, max_new_tokens = self._admit(request)
+        if request.deadline is not None and t0 >= request.deadline:
+            out = [Branch(index=i, finish_reason="deadline") for i in range(request.branches)]
+            return Generation(out, len(ids), 0.0, 0.0, 0, None)
+        batch = self._prefill(request, ids, forcing, max_new_tokens, t0)
+        while batch.live and self._schedule(batch):
+            self._postprocess(batch, self._step(batch))
+            if on_step is not None and on_step(batch.out[: request.branches]):
+                batch.cancel()
+                break
+        self._step_hint[request.branches] = batch.step_s
+        for b in batch.out:
+            b.text = self._final_text(b, request.stop)
+        B = request.branches
+        return Generation(batch.out[:B], len(ids), batch.t_prefill - t0, time.monotonic() - batch.t_prefill,
+                          batch.steps, batch.spec, probes=batch.out[B:])
+
+    def _admit(self, request: GenerateRequest) -> tuple[list[int], _Forcing | None, int]:
+        """What the request needs that only this model can check: prompt ids, forcing in its tokens, and
+        the per-branch token budget (with forcing: room for thinking and answer), all within the context."""
+        if request.gamma > 0 and request.drafter is None:
             raise LattsError("speculative decoding (gamma > 0) needs a drafter")
-        ids = self.encode(r.prompt, r.chat)
-        forcing = self._forcing(budget) if budget is not None else None
-        checkpoints = r.checkpoints
-        max_new_tokens = forcing.capacity if forcing is not None else r.max_new_tokens
+        ids = self.encode(request.prompt, request.chat)
+        forcing = self._forcing(request.budget) if request.budget is not None else None
+        max_new_tokens = forcing.capacity if forcing is not None else request.max_new_tokens
         context = self.model.max_positions
-        if len(ids) + max_new_tokens + gamma + (len(forcing.answer) if forcing else 0) > context:
+        if len(ids) + max_new_tokens + request.gamma + (len(forcing.answer) if forcing else 0) > context:
             raise LattsError(
                 f"prompt ({len(ids)} tokens) + max tokens ({max_new_tokens}) exceeds the model's context of {context}"
             )
-        stops, deadline, logprobs = r.stop, r.deadline, r.logprobs
-        eos = frozenset() if r.ignore_eos else self.eos
-        out = [Branch(index=i) for i in range(branches)]
-        if deadline is not None and t0 >= deadline:
-            for b in out:
-                b.finish_reason = "deadline"
-            return Generation(out, len(ids), 0.0, 0.0, 0, None)
+        return ids, forcing, max_new_tokens
 
-        m = self.model
-        s = m.shape
-        P = len(ids)
-        spec = SpecStats(drafter.name, gamma) if drafter is not None and gamma > 0 else None
+    def _prefill(self, request: GenerateRequest, ids: list[int], forcing: _Forcing | None, max_new_tokens: int,
+                 t0: float) -> _Batch:
+        """Prefill the prompt once for all branches and give every branch its first token."""
+        m, s, B, P = self.model, self.model.shape, request.branches, len(ids)
+        drafter = request.drafter if request.gamma > 0 else None
         # slack past the budget: speculation verifies γ more positions, and a catch-up forward pads every
         # row to the longest forced text
-        slack = gamma + (max(len(forcing.answer), len(forcing.ignore)) if forcing is not None else 0)
+        slack = request.gamma + (max(len(forcing.answer), len(forcing.ignore)) if forcing is not None else 0)
         # every checkpoint may have a probe of every branch alive at once: rows for all of them
-        rows_cap = branches * (1 + len(checkpoints))
+        rows_cap = B * (1 + len(request.checkpoints))
         cache = KVCache(s.n_layers, rows_cap, s.n_kv_heads, P, max_new_tokens + slack, s.head_dim, m.dtype)
-        gen = torch.Generator().manual_seed(sampling.seed)
-        logits = m.prefill(torch.tensor([ids]), cache)  # [1, V]
-        first = sample(logits.expand(branches, -1), sampling, gen).tolist()
-        if spec is not None:
-            drafter.begin(ids, branches, max_new_tokens)
+        gen = torch.Generator().manual_seed(request.sampling.seed)
+        logits = m.prefill(torch.tensor([ids]), cache).expand(B, -1)  # [B, V]: one prompt for B branches
+        first = sample(logits, request.sampling, gen).tolist()  # [B]
+        if drafter is not None:
+            drafter.begin(ids, B, max_new_tokens)
         t_prefill = time.monotonic()
-        rows = [_Row(list(ids), fed=P) for _ in range(branches)]  # per branch: history and K/V progress
-        live = list(range(branches))  # live[slot] = branch index; live rows are cache rows 0..n-1
-        append = _Appender(self, out, rows, max_new_tokens, stops, eos, forcing, frozenset(checkpoints))
-        kept = append(live, [[t] for t in first], t_prefill - t0)
-        if logprobs:
-            _add_logprobs(out, live, [[t] for t in first], kept, logits.expand(branches, -1)[:, None])
-        self._fork_probes(out, rows, live, cache, append, t_prefill - t0)
-
+        out = [Branch(index=i) for i in range(B)]
+        rows = [_Row(list(ids), fed=P) for _ in range(B)]  # per branch: history and K/V progress
+        eos = frozenset() if request.ignore_eos else self.eos
+        append = _Appender(self, out, rows, max_new_tokens, request.stop, eos, forcing, frozenset(request.checkpoints))
+        spec = SpecStats(drafter.name, request.gamma) if drafter is not None else None
         # until a step has been timed, the prefill (which costs at least a step) stands in for one
-        steps, step_s = 0, self._step_hint.get(branches, t_prefill - t0)
-        while live:
-            live = self._compact(out, live, rows, cache, drafter if spec is not None else None)
-            if not live:
-                break
-            now = time.monotonic()
-            if deadline is not None:
-                if now + step_s > deadline:
-                    for i in live:
-                        out[i].finish_reason = "deadline"
-                    break
-                if forcing is not None and now + step_s * forcing.answer_steps > deadline:
-                    for i in live:
-                        append.force_answer(i, "deadline", now - t0)
-            pending = [len(rows[i].history) - rows[i].fed for i in live]
-            start = torch.tensor([rows[i].fed for i in live])  # position of each row's first unfed token
-            catch_up = max(pending) > 1
-            if not catch_up:
-                last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]: each row's one unfed token
-            if catch_up:  # forced text to feed: one ragged forward over it, no speculation this step
-                feed = torch.zeros((len(live), max(pending)), dtype=torch.long)
-                for r, i in enumerate(live):
-                    feed[r, : pending[r]] = torch.tensor(rows[i].history[rows[i].fed :])
-                width = torch.tensor(pending)
-                logits = m.decode(feed, start, cache, width)[torch.arange(len(live)), width - 1]
-                new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
-                step_logits = logits[:, None]
-            elif spec is None:
-                logits = m.decode(last, start, cache)[:, -1]  # [n, V]
-                new = [[tok] for tok in sample(logits, sampling, gen).tolist()]
-                step_logits = logits[:, None]
-            else:
-                new, step_logits = self._speculate(out, live, [rows[i].history for i in live], last, start,
-                                                   cache, gamma, drafter, sampling, gen, spec)
-            t = time.monotonic()
-            step_s = (t - now) if steps == 0 else (1 - _STEP_EMA) * step_s + _STEP_EMA * (t - now)
-            steps += 1
-            kept = append(live, new, t - t0)
-            if logprobs:
-                _add_logprobs(out, live, new, kept, step_logits)
+        step_s = self._step_hint.get(B, t_prefill - t0)
+        batch = _Batch(request, out, rows, list(range(B)), cache, append, gen, drafter, spec, t0, t_prefill,
+                       step_s)
+        self._postprocess(batch, _Step([[t] for t in first], logits[:, None], t_prefill - t0))
+        return batch
+
+    def _schedule(self, b: _Batch) -> bool:
+        """Hold the deadline before a step: False (every live branch ended ``deadline``) when the step would
+        not fit before it; with forcing, make every live branch answer once the time left only covers that."""
+        b.now = time.monotonic()
+        deadline, forcing = b.request.deadline, b.append.forcing
+        if deadline is None:
+            return True
+        if b.now + b.step_s > deadline:
+            for i in b.live:
+                b.out[i].finish_reason = "deadline"
+            return False
+        if forcing is not None and b.now + b.step_s * forcing.answer_steps > deadline:
+            for i in b.live:
+                b.append.force_answer(i, "deadline", b.now - b.t0)
+        return True
+
+    def _step(self, b: _Batch) -> _Step:
+        """One forward over every live row: each row's forced text (catch-up), or its last token with its
+        drafts (speculation) or alone; then each row's new tokens."""
+        live, rows, sampling = b.live, b.rows, b.request.sampling
+        pending = [len(rows[i].history) - rows[i].fed for i in live]  # [n] tokens not yet in the cache
+        start = torch.tensor([rows[i].fed for i in live])  # [n] position of each row's first unfed token
+        if max(pending) > 1:  # forced text to feed: one ragged forward over it, no speculation this step
+            feed = torch.zeros((len(live), max(pending)), dtype=torch.long)  # [n, max pending]
             for r, i in enumerate(live):
-                if catch_up:
-                    rows[i].fed += pending[r]
+                feed[r, : pending[r]] = torch.tensor(rows[i].history[rows[i].fed :])
+            width = torch.tensor(pending)  # [n]
+            logits = self.model.decode(feed, start, b.cache, width)  # [n, max pending, V]
+            logits = logits[torch.arange(len(live)), width - 1]  # [n, V]: after each row's last forced token
+            new = [[tok] for tok in sample(logits, sampling, b.gen).tolist()]
+            logits = logits[:, None]  # [n, 1, V]
+        else:
+            last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]: each row's one unfed token
+            pending = None
+            if b.spec is None:
+                logits = self.model.decode(last, start, b.cache)[:, -1]  # [n, V]
+                new = [[tok] for tok in sample(logits, sampling, b.gen).tolist()]
+                logits = logits[:, None]  # [n, 1, V]
+            else:
+                new, logits = self._speculate(b, last, start)  # logits [n, width + 1, V]
+        t = time.monotonic()
+        b.step_s = (t - b.now) if b.steps == 0 else (1 - _STEP_EMA) * b.step_s + _STEP_EMA * (t - b.now)
+        b.steps += 1
+        return _Step(new, logits, t - b.t0, pending, start)
+
+    def _postprocess(self, b: _Batch, step: _Step) -> None:
+        """Apply a step's tokens: finishing and forcing rules, log-probabilities, K/V progress, the drafter's
+        feedback, checkpoint probes; then drop the finished rows from the batch."""
+        kept = b.append(b.live, step.new, step.at)  # [n] tokens each row kept
+        if b.request.logprobs:
+            _add_logprobs(b.out, b.live, step.new, kept, step.logits)
+        if step.start is not None:  # a decode step (the prefill's own tokens are not in the cache yet)
+            for r, i in enumerate(b.live):
+                if step.pending is not None:
+                    b.rows[i].fed += step.pending[r]
                 else:  # the fed token and the drafts accepted before it, as far as they stayed in the history
-                    rows[i].fed += 1 + min(len(new[r]) - 1, kept[r])
-            if spec is not None and not catch_up:  # a suppressed stop can cut accepted drafts: tell the drafter
-                drafter.observe([int(p) + 1 for p in start], [min(len(t) - 1, k) for t, k in zip(new, kept)])
-            self._fork_probes(out, rows, live, cache, append, t - t0)
-            if on_step is not None and on_step(out[:branches]):
-                for i in live:
-                    if not out[i].finish_reason:
-                        out[i].finish_reason = "cancelled"
-                break
-        self._step_hint[branches] = step_s
+                    b.rows[i].fed += 1 + min(len(step.new[r]) - 1, kept[r])
+            if b.spec is not None and step.pending is None:  # a suppressed stop can cut accepted drafts
+                b.drafter.observe([int(p) + 1 for p in step.start],
+                                  [min(len(t) - 1, k) for t, k in zip(step.new, kept)])
+        self._fork_probes(b, step.at)
+        self._compact(b)
 
-        for b in out:
-            b.text = self._final_text(b, stops)
-        return Generation(out[:branches], P, t_prefill - t0, time.monotonic() - t_prefill, steps, spec,
-                          probes=out[branches:])
-
-    def _fork_probes(self, out: list[Branch], rows: list[_Row], live: list[int], cache: KVCache,
-                     append: _Appender, at: float) -> None:
+    def _fork_probes(self, b: _Batch, at: float) -> None:
         """Copy every branch that just reached a checkpoint (tokens, state, cache row) into a new live probe
-        forced to answer now. A branch no longer thinking is skipped: its own answer stands for that budget."""
-        for parent, checkpoint in append.take_forks():
-            b, row = out[parent], rows[parent]
-            if row.phase != "think" or b.finish_reason:
+        forced to answer now. A branch no longer thinking is skipped: its own answer stands for that
+        budget."""
+        for parent, checkpoint in b.append.take_forks():
+            branch, row = b.out[parent], b.rows[parent]
+            if row.phase != "think" or branch.finish_reason:
                 continue
-            probe = Branch(index=len(out), token_ids=list(b.token_ids), token_times=list(b.token_times),
-                           think_tokens=b.think_tokens, ignored=b.ignored, parent=parent, checkpoint=checkpoint)
-            out.append(probe)
-            rows.append(_Row(list(row.history), fed=row.fed))
-            cache.move_row(live.index(parent), len(live), row.fed - cache.prompt_len)  # K/V written so far
-            live.append(probe.index)
-            append.force_answer(probe.index, "checkpoint", at)
+            probe = Branch(index=len(b.out), token_ids=list(branch.token_ids),
+                           token_times=list(branch.token_times), think_tokens=branch.think_tokens,
+                           ignored=branch.ignored, parent=parent, checkpoint=checkpoint)
+            b.out.append(probe)
+            b.rows.append(_Row(list(row.history), fed=row.fed))
+            written = row.fed - b.cache.prompt_len  # the parent's K/V so far
+            b.cache.move_row(b.live.index(parent), len(b.live), written)
+            b.live.append(probe.index)
+            b.append.force_answer(probe.index, "checkpoint", at)
 
     def _forcing(self, budget: BudgetForcing) -> _Forcing:
         """Token-level budget forcing: the ignore/answer texts tokenized, the thinking-end token found."""
@@ -210,47 +236,39 @@ class Engine:
         capacity = budget.max_think + len(ignore) + len(answer) + budget.answer_tokens + 1
         return _Forcing(budget, ignore, answer, think_end, capacity, budget.answer_prompt.rstrip().endswith("{"))
 
-    def _speculate(
-        self,
-        out: list[Branch],
-        live: list[int],
-        hists: list[list[int]],
-        last: torch.Tensor,
-        start: torch.Tensor,
-        cache: KVCache,
-        gamma: int,
-        drafter: Drafter,
-        sampling: SamplingParams,
-        gen: torch.Generator,
-        spec: SpecStats,
-    ) -> tuple[list[list[int]], torch.Tensor]:
+    def _speculate(self, b: _Batch, last: torch.Tensor,
+                   start: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
         """One round: draft up to γ tokens per row, verify every row's proposed positions (+1) in one forward,
         accept per row.
 
         Returns each row's new tokens and the verify logits ``[n, width + 1, V]`` they were chosen from.
         """
+        gamma, sampling, drafter, spec = b.request.gamma, b.request.sampling, b.drafter, b.spec
+        hists = [b.rows[i].history for i in b.live]
         t0 = time.perf_counter()
-        drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, gen)  # [n, γ], [n], [n, γ, V]?
+        drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, b.gen)  # [n, γ], [n], [n, γ, V]?
         # verify only the proposed positions (ragged rows): padding would cost compute for nothing
         width = int(n_proposed.max())
         if width < gamma:
             drafts = drafts[:, :width]
             q = q[:, :width] if q is not None else None
         t1 = time.perf_counter()
-        logits = self.model.decode(torch.cat([last, drafts], 1), start, cache, n_proposed + 1)  # [n, width+1, V]
+        feed = torch.cat([last, drafts], 1)  # [n, width + 1]
+        logits = self.model.decode(feed, start, b.cache, n_proposed + 1)  # [n, width + 1, V]
         if sampling.greedy:
             accepted, nxt = greedy_accept(drafts, n_proposed, logits)
         else:
-            accepted, nxt = rejection_sample(drafts, n_proposed, target_probabilities(logits, sampling), q, gen)
+            p = target_probabilities(logits, sampling)
+            accepted, nxt = rejection_sample(drafts, n_proposed, p, q, b.gen)
         t2 = time.perf_counter()
         acc = accepted.tolist()
         drafter.observe([len(h) for h in hists], acc)
         proposed = n_proposed.tolist()
         spec.record(proposed, acc, t1 - t0, t2 - t1)
-        for i, n, a in zip(live, proposed, acc):
-            out[i].spec_rounds += 1
-            out[i].spec_proposed += n
-            out[i].spec_accepted += a
+        for i, n, a in zip(b.live, proposed, acc):
+            b.out[i].spec_rounds += 1
+            b.out[i].spec_proposed += n
+            b.out[i].spec_accepted += a
         rows = drafts.tolist()
         return [rows[r][: acc[r]] + [tok] for r, tok in enumerate(nxt.tolist())], logits
 
@@ -260,23 +278,18 @@ class Engine:
         tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
         return any(s in tail for s in stops)
 
-    def _compact(
-        self, out: list[Branch], live: list[int], rows: list[_Row], cache: KVCache, drafter: Drafter | None
-    ) -> list[int]:
+    def _compact(self, b: _Batch) -> None:
         """Drop finished branches, moving the last live row into each freed slot (drafter state too)."""
-        done = [slot for slot, i in enumerate(live) if out[i].finish_reason]
-        if not done:
-            return live
-        live = list(live)
+        done = [slot for slot, i in enumerate(b.live) if b.out[i].finish_reason]
         for slot in sorted(done, reverse=True):
-            last = len(live) - 1
+            last = len(b.live) - 1
             if slot != last:
-                cache.move_row(last, slot, rows[live[last]].fed - cache.prompt_len)  # slots written so far
-                if drafter is not None:
-                    drafter.move_row(last, slot)
-                live[slot] = live[last]
-            live.pop()
-        return live
+                written = b.rows[b.live[last]].fed - b.cache.prompt_len  # slots written so far
+                b.cache.move_row(last, slot, written)
+                if b.drafter is not None:
+                    b.drafter.move_row(last, slot)
+                b.live[slot] = b.live[last]
+            b.live.pop()
 
     def _final_text(self, b: Branch, stops: tuple[str, ...]) -> str:
         text = self.tokenizer.decode(b.token_ids, skip_special_tokens=True)
@@ -299,6 +312,42 @@ def _add_logprobs(out: list[Branch], live: list[int], new: list[list[int]], kept
             toks = torch.tensor(new[r][: kept[r]])
             out[i].logprob_sum += float(logp[r, torch.arange(kept[r]), toks].sum())
             out[i].logprob_count += kept[r]
+
+
+class _Step(NamedTuple):
+    """What one forward gave the live rows: their new tokens and the logits ``[n, w, V]`` they came from."""
+
+    new: list[list[int]]
+    logits: torch.Tensor
+    at: float  # seconds since the request started
+    pending: list[int] | None = None  # catch-up: forced tokens each row fed (None: one token and its drafts)
+    start: torch.Tensor | None = None  # [n] each row's first fed position (None: the prefill's first tokens)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One request in flight: its branches (and probes), their rows in the cache, and the step clock."""
+
+    request: GenerateRequest
+    out: list[Branch]  # branches, then probes
+    rows: list[_Row]  # per entry of ``out``
+    live: list[int]  # live[slot] = index into ``out``; live rows are cache rows 0..n-1
+    cache: KVCache
+    append: _Appender
+    gen: torch.Generator
+    drafter: Drafter | None  # only when speculating
+    spec: SpecStats | None
+    t0: float
+    t_prefill: float
+    step_s: float  # estimated seconds per step (EMA), held against the deadline
+    steps: int = 0
+    now: float = 0.0  # when the current step was scheduled
+
+    def cancel(self) -> None:
+        """The caller ended the request: every unfinished live branch is ``cancelled``."""
+        for i in self.live:
+            if not self.out[i].finish_reason:
+                self.out[i].finish_reason = "cancelled"
 
 
 @dataclass(slots=True)
