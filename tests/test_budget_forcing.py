@@ -157,3 +157,20 @@ def test_bad_checkpoints_are_refused(engine, kwargs, message) -> None:
         kwargs["drafter"] = NGramDrafter()
     with pytest.raises(LattsError, match=message):
         engine.generate(GenerateRequest(SHORT, branches=2, **kwargs))
+
+
+def test_answer_end_is_one_rule_for_both_backends() -> None:
+    """Where a forced answer ends (the engine's finish and the openai backend's cut): the opened brace
+    closes, else the line ends, else the answer token budget is spent."""
+    from latts.engine.budget import answer_end
+
+    boxed = BudgetForcing(answer_tokens=4)  # the default answer prompt opens \boxed{
+    assert answer_end("42} so", 2, boxed) == 3
+    assert answer_end("\\frac{1}{2}}.", 4, boxed) == 12  # nested braces are the answer's own
+    assert answer_end("42\n", 2, boxed) is None  # a line end does not end a braced answer
+    assert answer_end("4242", 3, boxed) is None
+    assert answer_end("4242", 4, boxed) == 4  # the token budget: all of it
+    line = BudgetForcing(answer_prompt="\nAnswer:", answer_tokens=4)
+    assert answer_end(" 42\nso", 2, line) == 3
+    assert answer_end(" 42}", 2, line) is None
+    assert answer_end(" 42", 4, line) == 3

@@ -10,7 +10,8 @@ What the embedded engine does inside one batch, this backend does over HTTP:
 - **Budget forcing** the way s1 does it client-side, on the raw prompt (the model's own chat
   template, applied here with its tokenizer): stop at end-of-sequence, append the ignore string and
   continue while the branch is under ``min_think``; at ``max_think`` append the answer prompt and
-  decode at most ``answer_tokens`` more, cut where the answer's brace closes.
+  decode at most ``answer_tokens`` more, cut where the answer ends by the embedded engine's own rule
+  (:func:`latts.engine.budget.answer_end`: where the answer's brace closes).
 - **The deadline**: every request streams; each piece gets a client-side timestamp. When the time
   left only covers an answer (time to first token + answer tokens × time per token, measured on
   this server's own streams), the thinking streams are closed and the answers forced from what
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latts.config import BudgetForcing, SamplingParams
+from latts.engine.budget import answer_end
 from latts.errors import LattsError
 from latts.request import GenerateRequest, OnStep
 from latts.types import Branch, Generation
@@ -67,10 +69,11 @@ class _Segment:
     """One streamed completion of one branch: its text and why it ended."""
 
     text: str = ""
-    # eos (the server stopped: end of sequence), length (max_tokens), stop (a stop string), brace (the
-    # forced answer's brace closed), until (our time limit closed it)
+    # eos (the server stopped: end of sequence), length (max_tokens), stop (a stop string), answered (the
+    # forced answer ended: answer_end), until (our time limit closed it)
     reason: str | None = None
     tokens: int = 0
+    pieces: int = 0  # streamed pieces (each one token or more)
 
 
 class OpenAIBackend:
@@ -291,7 +294,7 @@ class _Run:
         b, f = self.out[i], self.budget
         if f is None:
             seg = await self._segment(client, [i], self.max_new_tokens, self.deadline, 0)
-            self._finish(b, {"until": "deadline", "brace": "stop"}.get(seg[0].reason, seg[0].reason))
+            self._finish(b, {"until": "deadline"}.get(seg[0].reason, seg[0].reason))
             return
         part = 0
         while True:
@@ -314,8 +317,8 @@ class _Run:
             b.forced = "deadline" if seg.reason == "until" else "max_think"
             break
         self._append(i, f.answer_prompt)
-        seg = (await self._segment(client, [i], f.answer_tokens, self.deadline, part, brace=True))[0]
-        self._finish(b, {"brace": "answered", "length": "answered", "until": "deadline"}.get(seg.reason, seg.reason))
+        seg = (await self._segment(client, [i], f.answer_tokens, self.deadline, part, answer=True))[0]
+        self._finish(b, {"length": "answered", "until": "deadline"}.get(seg.reason, seg.reason))
 
     async def _shared_first(self, client: Any, i: int, max_tokens: int) -> _Segment:
         """The first thinking segment of every branch from one ``n = B`` request (one shared prefill)."""
@@ -328,7 +331,7 @@ class _Run:
         self.out[i].text += text
 
     async def _segment(self, client: Any, rows: list[int], max_tokens: int, until: float | None, part: int,
-                       brace: bool = False) -> list[_Segment]:
+                       answer: bool = False) -> list[_Segment]:
         """Stream one completion (``n = len(rows)`` choices) continuing each row's text, until ``until``."""
         segs = [_Segment() for _ in rows]
         if until is not None and time.monotonic() >= until:
@@ -354,7 +357,7 @@ class _Run:
                         if k >= len(rows) or segs[k].reason:
                             continue
                         if ch.text:
-                            self._receive(rows[k], segs[k], ch.text, brace, now, t_req, last, k)
+                            self._receive(rows[k], segs[k], ch.text, answer, now, t_req, last, k)
                         if ch.finish_reason and not segs[k].reason:
                             segs[k].reason = "eos" if ch.finish_reason == "stop" else ch.finish_reason
                     if all(s.reason for s in segs):
@@ -390,9 +393,9 @@ class _Run:
                          "python's server interrupts a request when another arrives: start it with "
                          "--interrupt_requests False)")
 
-    def _receive(self, i: int, seg: _Segment, piece: str, brace: bool, now: float, t_req: float, last: list,
+    def _receive(self, i: int, seg: _Segment, piece: str, answer: bool, now: float, t_req: float, last: list,
                  k: int) -> None:
-        """Add a streamed piece to branch ``i``: timestamps, stop strings, the answer's closing brace."""
+        """Add a streamed piece to branch ``i``: timestamps, stop strings, the end of a forced answer."""
         b, be = self.out[i], self.be
         if last[k] is None:
             be.ttft_s = (1 - _EMA) * be.ttft_s + _EMA * (now - t_req)
@@ -401,13 +404,11 @@ class _Run:
         last[k] = now
         self.pieces[i] += 1
         b.token_times.append(now - self.t0)
-        if brace:  # the forced answer ends where the brace the answer prompt opened closes
-            depth = sum({"{": 1, "}": -1}.get(c, 0) for c in seg.text)
-            for j, c in enumerate(piece):
-                depth += {"{": 1, "}": -1}.get(c, 0)
-                if depth < 0:
-                    piece, seg.reason = piece[: j + 1], "brace"
-                    break
+        seg.pieces += 1
+        if answer:  # the forced answer ends where the embedded engine's rule says (the brace closes, ...)
+            end = answer_end(seg.text + piece, seg.pieces, self.budget)
+            if end is not None:
+                piece, seg.reason = piece[: end - len(seg.text)], "answered"
         seg.text += piece
         b.text += piece
         for s in self.stops:

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from latts.config import BudgetForcing, SamplingParams
+from latts.config import SamplingParams
+from latts.engine.budget import Appender, Forcing, Row
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
 from latts.engine.sampler import greedy_accept, rejection_sample, sample, target_probabilities
@@ -102,13 +103,13 @@ class Engine:
         return Generation(batch.out[:B], len(ids), batch.t_prefill - t0, time.monotonic() - batch.t_prefill,
                           batch.steps, batch.spec, probes=batch.out[B:])
 
-    def _admit(self, request: GenerateRequest) -> tuple[list[int], _Forcing | None, int]:
+    def _admit(self, request: GenerateRequest) -> tuple[list[int], Forcing | None, int]:
         """What the request needs that only this model can check: prompt ids, forcing in its tokens, and
         the per-branch token budget (with forcing: room for thinking and answer), all within the context."""
         if request.gamma > 0 and request.drafter is None:
             raise LattsError("speculative decoding (gamma > 0) needs a drafter")
         ids = self.encode(request.prompt, request.chat)
-        forcing = self._forcing(request.budget) if request.budget is not None else None
+        forcing = Forcing.build(self.tokenizer, request.budget) if request.budget is not None else None
         max_new_tokens = forcing.capacity if forcing is not None else request.max_new_tokens
         context = self.model.max_positions
         if len(ids) + max_new_tokens + request.gamma + (len(forcing.answer) if forcing else 0) > context:
@@ -117,7 +118,7 @@ class Engine:
             )
         return ids, forcing, max_new_tokens
 
-    def _prefill(self, request: GenerateRequest, ids: list[int], forcing: _Forcing | None, max_new_tokens: int,
+    def _prefill(self, request: GenerateRequest, ids: list[int], forcing: Forcing | None, max_new_tokens: int,
                  t0: float) -> _Batch:
         """Prefill the prompt once for all branches and give every branch its first token."""
         m, s, B, P = self.model, self.model.shape, request.branches, len(ids)
@@ -135,9 +136,10 @@ class Engine:
             drafter.begin(ids, B, max_new_tokens)
         t_prefill = time.monotonic()
         out = [Branch(index=i) for i in range(B)]
-        rows = [_Row(list(ids), fed=P) for _ in range(B)]  # per branch: history and K/V progress
+        rows = [Row(list(ids), fed=P) for _ in range(B)]  # per branch: history and K/V progress
         eos = frozenset() if request.ignore_eos else self.eos
-        append = _Appender(self, out, rows, max_new_tokens, request.stop, eos, forcing, frozenset(request.checkpoints))
+        append = Appender(self.tokenizer, out, rows, max_new_tokens, request.stop, eos, forcing,
+                          frozenset(request.checkpoints))
         spec = SpecStats(drafter.name, request.gamma) if drafter is not None else None
         # until a step has been timed, the prefill (which costs at least a step) stands in for one
         step_s = self._step_hint.get(B, t_prefill - t0)
@@ -221,20 +223,11 @@ class Engine:
                            token_times=list(branch.token_times), think_tokens=branch.think_tokens,
                            ignored=branch.ignored, parent=parent, checkpoint=checkpoint)
             b.out.append(probe)
-            b.rows.append(_Row(list(row.history), fed=row.fed))
+            b.rows.append(Row(list(row.history), fed=row.fed))
             written = row.fed - b.cache.prompt_len  # the parent's K/V so far
             b.cache.move_row(b.live.index(parent), len(b.live), written)
             b.live.append(probe.index)
             b.append.force_answer(probe.index, "checkpoint", at)
-
-    def _forcing(self, budget: BudgetForcing) -> _Forcing:
-        """Token-level budget forcing: the ignore/answer texts tokenized, the thinking-end token found."""
-        enc = lambda text: list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []  # noqa: E731
-        think_end = self.tokenizer.convert_tokens_to_ids("</think>") if "</think>" in self.tokenizer.get_vocab() else None
-        answer = enc(("</think>" if think_end is not None else "") + budget.answer_prompt)
-        ignore = enc(budget.ignore)
-        capacity = budget.max_think + len(ignore) + len(answer) + budget.answer_tokens + 1
-        return _Forcing(budget, ignore, answer, think_end, capacity, budget.answer_prompt.rstrip().endswith("{"))
 
     def _speculate(self, b: _Batch, last: torch.Tensor,
                    start: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
@@ -271,12 +264,6 @@ class Engine:
             b.out[i].spec_accepted += a
         rows = drafts.tolist()
         return [rows[r][: acc[r]] + [tok] for r, tok in enumerate(nxt.tolist())], logits
-
-    def _hit_stop(self, token_ids: list[int], stops: tuple[str, ...]) -> bool:
-        """Whether the text of the last few tokens contains a stop string."""
-        window = max(len(s) for s in stops) + 8
-        tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
-        return any(s in tail for s in stops)
 
     def _compact(self, b: _Batch) -> None:
         """Drop finished branches, moving the last live row into each freed slot (drafter state too)."""
@@ -330,10 +317,10 @@ class _Batch:
 
     request: GenerateRequest
     out: list[Branch]  # branches, then probes
-    rows: list[_Row]  # per entry of ``out``
+    rows: list[Row]  # per entry of ``out``
     live: list[int]  # live[slot] = index into ``out``; live rows are cache rows 0..n-1
     cache: KVCache
-    append: _Appender
+    append: Appender
     gen: torch.Generator
     drafter: Drafter | None  # only when speculating
     spec: SpecStats | None
@@ -348,129 +335,3 @@ class _Batch:
         for i in self.live:
             if not self.out[i].finish_reason:
                 self.out[i].finish_reason = "cancelled"
-
-
-@dataclass(slots=True)
-class _Row:
-    """Per-branch decoding state: prompt + tokens so far, and how many positions have K/V in the cache."""
-
-    history: list[int]
-    fed: int
-    phase: str = "think"  # think -> (respond, after </think>) or answer (forced)
-    answer_start: int = 0  # token index where the forced answer's own tokens begin
-
-
-@dataclass(frozen=True, slots=True)
-class _Forcing:
-    """Budget forcing in token ids."""
-
-    budget: BudgetForcing
-    ignore: list[int]
-    answer: list[int]
-    think_end: int | None
-    capacity: int  # tokens a branch can ever hold: thinking, one ignore overshoot, answer prompt, answer
-    brace: bool  # the answer prompt opens a brace: the answer ends where it closes
-
-    @property
-    def answer_steps(self) -> float:
-        """Decode steps a forced answer costs: its prompt (one forward) and its tokens."""
-        return self.budget.answer_tokens + 2
-
-
-class _Appender:
-    """Adds each step's tokens to the branches and applies finishing and budget-forcing rules."""
-
-    def __init__(self, engine: Engine, out: list[Branch], rows: list[_Row], max_new_tokens: int,
-                 stops: tuple[str, ...], eos: frozenset[int], forcing: _Forcing | None,
-                 checkpoints: frozenset[int] = frozenset()) -> None:
-        self.engine, self.out, self.rows = engine, out, rows
-        self.max_new_tokens, self.stops, self.eos, self.forcing = max_new_tokens, stops, eos, forcing
-        self.checkpoints = checkpoints
-        self._forks: list[tuple[int, int]] = []  # (branch, checkpoint) reached this step, still thinking
-
-    def take_forks(self) -> list[tuple[int, int]]:
-        """(branch, checkpoint) pairs reached this step, each to be copied into a probe; clears the list."""
-        forks, self._forks = self._forks, []
-        return forks
-
-    def _note_checkpoints(self, i: int, before: int) -> None:
-        """Queue a probe of branch ``i`` for every checkpoint its thinking count just passed."""
-        now = self.out[i].think_tokens
-        self._forks.extend((i, c) for c in sorted(self.checkpoints) if before < c <= now)
-
-    def __call__(self, live: list[int], new_tokens: list[list[int]], at: float) -> list[int]:
-        """Append ``new_tokens[slot]`` to branch ``live[slot]``; per row, how many of them were kept."""
-        return [self._row(i, toks, at) for i, toks in zip(live, new_tokens)]
-
-    def _push(self, i: int, toks: list[int], at: float) -> None:
-        b, row = self.out[i], self.rows[i]
-        b.token_ids.extend(toks)
-        row.history.extend(toks)
-        b.token_times.extend([at] * len(toks))
-
-    def force_answer(self, i: int, why: str, at: float) -> None:
-        """Make branch ``i`` answer now: append the answer prompt (once) and switch it to answering."""
-        row, b, f = self.rows[i], self.out[i], self.forcing
-        if f is None or row.phase != "think" or b.finish_reason:
-            return
-        self._push(i, f.answer, at)
-        row.phase = "answer"
-        row.answer_start = b.n_tokens
-        b.forced = why
-
-    def _row(self, i: int, toks: list[int], at: float) -> int:
-        b, row, f = self.out[i], self.rows[i], self.forcing
-        for kept, tok in enumerate(toks):
-            stopping = tok in self.eos or (f is not None and tok == f.think_end)
-            if f is not None and row.phase == "think" and stopping:
-                if b.think_tokens < f.budget.min_think:  # s1: suppress the stop, make it go on
-                    self._push(i, f.ignore, at)
-                    b.think_tokens += len(f.ignore)
-                    b.ignored += 1
-                    self._note_checkpoints(i, b.think_tokens - len(f.ignore))
-                    self._check_think_limit(i, at)
-                    return kept
-                if tok == f.think_end:
-                    self._push(i, [tok], at)
-                    row.phase = "respond"
-                    continue
-            self._push(i, [tok], at)
-            if tok in self.eos:
-                b.finish_reason = "eos"
-            elif self.stops and self.engine._hit_stop(b.token_ids, self.stops):
-                b.finish_reason = "stop"
-            elif row.phase == "answer" and self._answer_done(i):
-                b.finish_reason = "answered"
-            elif b.n_tokens >= self.max_new_tokens:
-                b.finish_reason = "length"
-            elif row.phase == "think" and f is not None:
-                b.think_tokens += 1
-                self._note_checkpoints(i, b.think_tokens - 1)
-                if self._check_think_limit(i, at):
-                    return kept + 1
-            if b.finish_reason:
-                return kept + 1
-        return len(toks)
-
-    def _check_think_limit(self, i: int, at: float) -> bool:
-        """Force the answer when the thinking budget is spent; True if it was."""
-        if self.out[i].think_tokens >= self.forcing.budget.max_think:
-            self.force_answer(i, "max_think", at)
-            return True
-        return False
-
-    def _answer_done(self, i: int) -> bool:
-        """A forced answer ends when its brace closes (or its line ends) or its token budget is spent."""
-        b, row, f = self.out[i], self.rows[i], self.forcing
-        answer = b.token_ids[row.answer_start :]
-        if len(answer) >= f.budget.answer_tokens:
-            return True
-        text = self.engine.tokenizer.decode(answer, skip_special_tokens=True)
-        if f.brace:
-            depth = 0
-            for ch in text:
-                depth += {"{": 1, "}": -1}.get(ch, 0)
-                if depth < 0:
-                    return True
-            return False
-        return "\n" in text.strip(" ")
