@@ -38,7 +38,8 @@ import torch
 from latts.config import SamplingParams
 from latts.engine.drafters import NGramDrafter, make_drafter
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, cache_root, cpu_name, hf_folder, load
+from latts.engine.loading import DEFAULT_MODEL, cache_root, hf_folder, load
+from latts.engine.machine import cpu_name
 from latts.request import GenerateRequest
 
 MODES = {"greedy": SamplingParams(temperature=0.0), "sampled": SamplingParams(temperature=0.7, seed=0)}

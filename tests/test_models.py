@@ -12,6 +12,7 @@ import torch
 from latts.engine import loading as models
 from latts.errors import LattsError
 from latts.engine.loading import DEFAULT_MODEL, bundled_path, load, parse_dtype, resolve
+from latts.engine.machine import default_dtype
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_parse_dtype(name: str, dtype: torch.dtype) -> None:
 def test_parse_dtype_auto() -> None:
     got = parse_dtype("auto")
     assert got in (torch.float32, torch.bfloat16)
-    assert got is models.default_dtype()
+    assert got is default_dtype()
 
 
 @pytest.mark.parametrize("name", ["float64", "float16", "FP32", ""])

@@ -25,7 +25,7 @@ from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.kv_cache import KVCache
 from latts.errors import LattsError
-from latts.engine.loading import cpu_name
+from latts.engine.machine import cpu_name
 from latts.latency.model import LoopSample, PrefillSample, StepSample
 from latts.latency.profile import Profile
 from latts.request import GenerateRequest
