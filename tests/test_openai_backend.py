@@ -82,12 +82,21 @@ def test_budget_forcing_forces_answers_at_max_think(backend) -> None:
 
 
 def test_budget_forcing_suppresses_early_stops(backend) -> None:
-    budget = BudgetForcing(min_think=24, max_think=40, answer_tokens=6)
+    budget = BudgetForcing(min_think=24, max_think=400, answer_tokens=6)
     gen = backend.generate(GenerateRequest(QUESTION, branches=1, budget=budget,
                                            sampling=SamplingParams(temperature=0.0)))
     b = gen.branches[0]
     assert b.ignored >= 1 and "Wait" in b.text  # the bare answer ends fast; s1 makes it go on
-    assert b.think_tokens >= 24 or b.forced == "max_think"
+    # it went on until it had thought min_think tokens, then ended by itself (far below max_think)
+    assert b.finish_reason == "eos" and b.forced is None, (b.finish_reason, b.forced, b.text)
+    # the thinking count is every segment's tokens plus the ignore strings', exactly
+    count = lambda text: len(backend.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    segments = b.text.split(budget.ignore)
+    assert len(segments) == b.ignored + 1, b.text  # the model never wrote the ignore string itself
+    wait = count(budget.ignore)
+    assert b.think_tokens == sum(count(s) for s in segments) + b.ignored * wait, (b.think_tokens, b.text)
+    # and min_think was judged on that count: the last stop came below it, the end at or above it
+    assert sum(count(s) for s in segments[:-1]) + (b.ignored - 1) * wait < 24 <= b.think_tokens
 
 
 def test_deadline_forces_answers_in_time(backend) -> None:

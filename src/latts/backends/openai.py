@@ -369,11 +369,9 @@ class _Run:
             if stream is not None:
                 await stream.close()
         if any(s.reason is None for s in segs):
-            await self._explain_cut_stream(client, rows[0], segs)
-            if s.reason != "length":
-                s.tokens = self._count(s.text)
-            else:
-                s.tokens = max_tokens
+            await self._explain_cut_stream(client, rows[0], segs)  # raises
+        for s in segs:  # what each branch's thinking count grows by: a full segment is max_tokens long
+            s.tokens = max_tokens if s.reason == "length" else self._count(s.text)
         return segs
 
     async def _explain_cut_stream(self, client: Any, row: int, segs: list[_Segment]) -> None:
