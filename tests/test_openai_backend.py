@@ -129,6 +129,21 @@ def test_plan_with_another_gamma_is_refused(backend) -> None:
         backend.generate(GenerateRequest("hi", gamma=3))
 
 
+def test_a_server_that_speculates_warms_up_and_profiles_with_its_own_gamma(server) -> None:
+    # the user says the server drafts 2 tokens a step: warm-up and profile must ask for that γ, not 0
+    from latts.latency.remote_profiler import profile_remote
+
+    spec = OpenAIBackend(server, DEFAULT_MODEL, slots=1, server_gamma=2)
+    assert spec.warmup() > 0
+    prof = profile_remote(spec, branches=(1,), contexts=(32,), tokens=4, repeats=1)
+    assert [(s.branches, s.context) for s in prof.steps] == [(1, 34)] and prof.machine["server_gamma"] == 2
+
+
+def test_checkpoint_probes_are_refused(backend) -> None:
+    with pytest.raises(LattsError, match="checkpoint probes need the embedded engine"):
+        backend.generate(GenerateRequest("hi", budget=BudgetForcing(max_think=20), checkpoints=(5,)))
+
+
 def test_unknown_model_and_unreachable_server_are_one_line_errors(server) -> None:
     with pytest.raises(LattsError, match="'qwen-72b' is not served by .*it serves: smollm2-135m-instruct"):
         OpenAIBackend(server, "qwen-72b", tokenizer=DEFAULT_MODEL)

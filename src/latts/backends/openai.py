@@ -168,7 +168,7 @@ class OpenAIBackend:
         t0 = time.perf_counter()
         for b in branches:
             self.generate(GenerateRequest("Say hi.", branches=b, max_new_tokens=4,
-                                          sampling=SamplingParams(temperature=1.0)))
+                                          sampling=SamplingParams(temperature=1.0), gamma=self.server_gamma))
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 

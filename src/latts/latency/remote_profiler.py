@@ -51,7 +51,8 @@ def profile_remote(
             steps = []
             for r in range(repeats):
                 gen = backend.generate(GenerateRequest(ids, branches=b, max_new_tokens=tokens, chat=False,
-                                                       ignore_eos=True, sampling=SamplingParams(1.0, seed=r)))
+                                                       ignore_eos=True, sampling=SamplingParams(1.0, seed=r),
+                                                       gamma=backend.server_gamma))
                 times = [br.token_times for br in gen.branches if len(br.token_times) >= 2]
                 if len(times) < b:
                     raise LattsError(f"the server streamed too few tokens for B={b}, context {ctx}")
