@@ -11,18 +11,22 @@
   15-90 µs a call here, mostly dispatch and set-up (``rms_norm``, ``attend``).
 
 The extension (``cpu.cpp``) is compiled once per machine and torch version with torch's C++
-extension builder (about a minute on 2 cores; cached under ``~/.cache/latts/kernels``). Where it
+extension builder (about a minute on 2 cores; cached under ``~/.cache/latts/kernels/<build_id>``). Where it
 cannot be built (no C++ compiler, no AVX2/FMA/F16C, or ``LATTS_NO_KERNELS=1``), :func:`compiled`
 returns None and the engine keeps torch's ops.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import hashlib
 import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -33,7 +37,12 @@ from latts.paths import cache_dir
 log = logging.getLogger(__name__)
 
 BLOCK = 32
-_SOURCE = Path(__file__).with_name("cpu.cpp")
+_HERE = Path(__file__).parent
+_SOURCES = (_HERE / "cpu.cpp", _HERE / "step.cpp")
+_HEADERS = (_HERE / "simd.h",)
+# -march=native: the integer dot products use AVX-512 VNNI where this CPU has it and AVX2 where it
+# does not, chosen at compile time (the build is per machine anyway)
+_CFLAGS = ("-O3", "-march=native", "-mtune=native", "-fopenmp")
 
 
 def _cpu_has_avx2() -> bool:
@@ -41,31 +50,86 @@ def _cpu_has_avx2() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
+def _cpu_flags() -> str:
+    """This CPU's feature flags: a build with ``-march=native`` holds for them only."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def build_id() -> str:
+    """What the kernels' sources, compile flags, CPU features and torch version make of them, as a short hash.
+
+    Cached measurements (profiles, plans, tuned row counts) record it: a different build (an edited
+    kernel, another CPU) means different costs. ``torch-ops`` when latts' kernels are off here.
+    """
+    if not _wanted():
+        return "torch-ops"
+    h = hashlib.sha256()
+    for path in (*_SOURCES, *_HEADERS):
+        h.update(path.read_bytes())
+    h.update(" ".join(_CFLAGS).encode())
+    h.update(_cpu_flags().encode())
+    h.update(torch.__version__.encode())
+    return "native-" + h.hexdigest()[:12]
+
+
+def _wanted() -> bool:
+    return os.environ.get("LATTS_NO_KERNELS") != "1" and _cpu_has_avx2()
+
+
 @functools.cache
 def compiled() -> ModuleType | None:
     """The compiled kernels, or None where they cannot be built or run here."""
-    if os.environ.get("LATTS_NO_KERNELS") == "1" or not _cpu_has_avx2():
+    if not _wanted():
         return None
     from torch.utils import cpp_extension
 
     venv_bin = str(Path(sys.executable).parent)  # the ``ninja`` wheel's binary, when not on PATH
     if shutil.which("ninja") is None and shutil.which("ninja", path=venv_bin):
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
-    build = cache_dir("kernels", f"torch-{torch.__version__}")
+    # one folder per build: checkouts and CPUs never overwrite each other's library
+    build = cache_dir("kernels", build_id())
     try:
         build.mkdir(parents=True, exist_ok=True)
-        if not any(build.glob("*.so")):
-            log.warning("building latts' CPU kernels (once per machine, about a minute)")
-        return cpp_extension.load(
-            name="latts_cpu_kernels",
-            sources=[str(_SOURCE)],
-            build_directory=str(build),
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-        )
+        with _build_lock(build):
+            if not any(build.glob("*.so")):
+                log.warning("building latts' CPU kernels (once per machine, about a minute)")
+            return cpp_extension.load(
+                name="latts_cpu_kernels",
+                sources=[str(s) for s in _SOURCES],
+                extra_include_paths=[str(_HERE)],
+                build_directory=str(build),
+                extra_cflags=list(_CFLAGS),
+                extra_ldflags=["-fopenmp"],
+            )
     except Exception as exc:  # no compiler, no ninja, a failed build: torch's kernels still work
         log.warning("latts' CPU kernels unavailable, using torch's (%s: %s)", type(exc).__name__, exc)
         return None
+
+
+@contextlib.contextmanager
+def _build_lock(build: Path) -> Iterator[None]:
+    """Hold the build folder for this process: an OS lock that dies with it, unlike torch's lock file.
+
+    torch's builder marks a build in progress with a ``lock`` file and waits while one exists; a
+    process killed mid-build leaves it behind and every later load then waits forever. Under this
+    lock no other latts process is building here, so a leftover ``lock`` is stale and removed.
+    """
+    with open(build / "latts.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (build / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _blocks(w: torch.Tensor) -> torch.Tensor | None:
