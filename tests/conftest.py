@@ -16,6 +16,12 @@ def fp32_model() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def fast_model() -> LoadedModel:
+    """The bundled model in this CPU's fast formats (``--dtype auto``: the native step where kernels build)."""
+    return load(DEFAULT_MODEL, "auto")
+
+
+@pytest.fixture(scope="session")
 def engine(fp32_model: LoadedModel) -> Engine:
     """An fp32 engine on the default model."""
     return Engine(fp32_model)

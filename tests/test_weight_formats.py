@@ -50,11 +50,6 @@ def test_reference_float32_has_no_fast_formats(fp32_model) -> None:
     assert fp32_model.quant_max_rows == 0 and fp32_model.model.kernels is None
 
 
-@pytest.fixture(scope="module")
-def fast_model():
-    return load("smollm2-135m-instruct", "auto")
-
-
 def test_tuning_sets_a_measured_threshold(fast_model) -> None:
     projections = [p for p in fast_model.model.projections() if p.quant is not None]
     layers = fast_model.model.projections()[:-1]

@@ -109,7 +109,7 @@ class Projection:
         self.weight = torch.ops.mkldnn._reorder_linear_weight(dense, 16) if self.packed else dense
         self.bias = bias.detach().to(dtype) if bias is not None else None
         # quant_kind: 'q4' / 'q8' (latts' kernels, fp32 activations), 'int4' (torch's, bf16 activations)
-        self.quant_kind, self.quant = _quantized(weight) if fast else (None, None)
+        self.quant_kind, self.quant, self.blocks = _quantized(weight) if fast else (None, None, None)
         self.quant_max_rows = DEFAULT_QUANT_MAX_ROWS if self.quant is not None else 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,21 +145,24 @@ class Projection:
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-def _quantized(weight: torch.Tensor) -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor] | None]:
-    """``(kind, x2d -> x2d @ weight.T)`` through an exact block-quantized copy of ``weight``; Nones if it has none.
+def _quantized(
+    weight: torch.Tensor,
+) -> tuple[str | None, Callable[[torch.Tensor], torch.Tensor] | None, kernels.Blocks | None]:
+    """``(kind, x2d -> x2d @ weight.T, blocks)`` through an exact block-quantized copy of ``weight``; Nones if none.
 
-    latts' own kernels first (fp32 activations: as exact as the dense fp32 matmul); else torch's
-    int4 kernel, whose bf16 activations cost ≈ 3e-3 relative error.
+    latts' own kernels first (fp32 activations: as exact as the dense fp32 matmul; the blocks are
+    also what the native decode step reads); else torch's int4 kernel, whose bf16 activations cost
+    ≈ 3e-3 relative error.
     """
     ext = kernels.compiled()
     if ext is not None:  # fp32 inside; x's dtype out
         if (q4 := kernels.pack_q4(weight)) is not None:
-            return "q4", lambda x: ext.q4_linear(x.float(), *q4).to(x.dtype)
+            return "q4", lambda x: ext.q4_linear(x.float(), *q4).to(x.dtype), kernels.Blocks("q4", *q4)
         if (q8 := kernels.pack_q8(weight)) is not None:
-            return "q8", lambda x: ext.q8_linear(x.float(), *q8).to(x.dtype)
+            return "q8", lambda x: ext.q8_linear(x.float(), *q8).to(x.dtype), kernels.Blocks("q8", *q8, None)
     if can_int4() and (int4 := exact_int4(weight)) is not None:
-        return "int4", lambda x: int4_linear(x, int4)  # bf16 out
-    return None, None
+        return "int4", lambda x: int4_linear(x, int4), None  # bf16 out
+    return None, None, None
 
 
 def tune_quant_rows(projections: Sequence[Projection], rows: Sequence[int] = TUNE_ROWS, repeats: int = 5) -> int:

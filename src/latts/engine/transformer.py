@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latts.engine import kernels
+from latts.engine import kernels, native
 from latts.engine.kv_cache import KVCache
 from latts.engine.linear import Projection
 from latts.errors import LattsError
@@ -132,6 +132,9 @@ class Transformer(nn.Module):
         self._rope_sin = torch.empty(0)
         # one branch: the lean path; False runs the general one, the reference tests compare it with
         self.lean_single_step = True
+        # decode steps in one native call where the weights are blocks latts' kernels multiply
+        # (None: torch's ops; setting it to None switches a model back to them)
+        self.native = native.build(self) if fast else None
 
     def projections(self) -> list[Projection]:
         """Every projection, the lm_head included: what weight-format tuning measures and switches."""
@@ -216,6 +219,8 @@ class Transformer(nn.Module):
         row has no padding to skip); their K/V slots lie past the row's real tokens, so no real query
         attends to them until real tokens overwrite them.
         """
+        if self.native is not None:
+            return self.native(tokens, start, cache, lengths)
         s = self.shape
         B, k = tokens.shape
         if cache.single and self.lean_single_step:

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 BLOCK = 32
 _HERE = Path(__file__).parent
 _SOURCES = (_HERE / "cpu.cpp", _HERE / "step.cpp")
-_HEADERS = (_HERE / "simd.h",)
+_HEADERS = tuple(sorted(_HERE.glob("*.h")))
 # -march=native: the integer dot products use AVX-512 VNNI where this CPU has it and AVX2 where it
 # does not, chosen at compile time (the build is per machine anyway)
 _CFLAGS = ("-O3", "-march=native", "-mtune=native", "-fopenmp")
@@ -132,6 +133,20 @@ def _build_lock(build: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class Blocks(NamedTuple):
+    """A weight as GGUF-style blocks of 32 along its input dimension: what the native step multiplies.
+
+    ``kind`` 'q4': ``d * q + m`` per block, q in 0..15 packed two per byte (``qs`` ``[out, in / 2]``);
+    'q8': ``d * q``, q in -128..127 (``qs`` ``[out, in]`` int8, ``m`` None). ``d``/``m`` ``[out, in / 32]``
+    hold fp16 bits as int16.
+    """
+
+    kind: str
+    qs: torch.Tensor
+    d: torch.Tensor
+    m: torch.Tensor | None
+
+
 def _blocks(w: torch.Tensor) -> torch.Tensor | None:
     """``w`` ``[out, in]`` as fp32 blocks ``[out, in / 32, 32]``, or None if ``in`` is not a multiple of 32."""
     out_f, in_f = w.shape
@@ -147,13 +162,26 @@ def pack_q4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] 
     if blocks is None:
         return None
     lo, hi = blocks.amin(-1), blocks.amax(-1)
-    d, m = ((hi - lo) / 15).half(), lo.half()
-    q = _levels(blocks - m.float()[..., None], d).clamp(0, 15)
-    if not torch.equal(d.float()[..., None] * q + m.float()[..., None], blocks):
+    found = _q4_levels(blocks, ((hi - lo) / 15).half(), lo.half())  # Q4_1: m is the block's least value
+    if found is None:  # Q4_0: d * (q - 8), and the value of largest magnitude is level 0, i.e. -8d
+        extreme = torch.where(hi.abs() > lo.abs(), hi, lo)
+        found = _q4_levels(blocks, (-extreme / 8).half(), extreme.half())
+    if found is None:
         return None
+    q, d, m = found
     q = q.to(torch.uint8)
     qs = (q[..., :16] | (q[..., 16:] << 4)).reshape(w.shape[0], -1).contiguous()
     return qs, d.view(torch.int16).contiguous(), m.view(torch.int16).contiguous()
+
+
+def _q4_levels(
+    blocks: torch.Tensor, d: torch.Tensor, m: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(q, d, m)`` if every block is exactly ``d * q + m`` with q in 0..15 for the given fp16 ``d``, ``m``."""
+    q = _levels(blocks - m.float()[..., None], d).clamp(0, 15)
+    if not torch.equal(d.float()[..., None] * q + m.float()[..., None], blocks):
+        return None
+    return q, d, m
 
 
 def pack_q8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -174,4 +202,5 @@ def pack_q8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
 def _levels(values: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``values / d`` rounded per block (0 where a block's scale is 0)."""
     scale = d.float()[..., None]
-    return torch.where(scale > 0, values / scale.clamp(min=torch.finfo(torch.float16).tiny), 0).round()
+    nonzero = scale != 0  # Q4_0's scale is negative when the block's extreme value is positive
+    return torch.where(nonzero, values / torch.where(nonzero, scale, 1.0), 0).round()

@@ -1,0 +1,107 @@
+"""The native decode step: a whole decode or verify step of the layer stack in one call into latts' kernels.
+
+At a few rows a step is a few milliseconds of arithmetic spread over hundreds of small operations;
+as torch ops their dispatch and set-up cost more than the arithmetic (17.5 ms for a B=1 step of the
+default model with no context, against a ≈ 3 ms weight-read floor). :class:`NativeStep` hands the
+whole step to ``step.cpp``: 8-bit activations times the GGUF's own weight blocks in integers (VNNI
+where the CPU has it), attention against the shared prompt and each row's slots, both cores in one
+parallel region. Python keeps rows, sampling, drafting and budget forcing.
+
+It runs where every projection (the lm_head included) is held as exact Q4/Q8 blocks and latts'
+kernels are built; elsewhere the engine keeps its torch path. The prompt's prefill stays on that
+torch path too (dense, compute-bound, where oneDNN's matmuls are strong).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from latts.engine import kernels
+from latts.engine.linear import Projection
+
+_KINDS = {"q4": 0, "q8": 1}
+_NONE = torch.empty(0)
+
+
+def _projection_tensors(p: Projection) -> list[torch.Tensor]:
+    blocks = p.blocks
+    bias = p.bias.float().contiguous() if p.bias is not None else _NONE
+    return [blocks.qs, blocks.d, blocks.m if blocks.m is not None else _NONE, bias]
+
+
+class NativeStep:
+    """Decode/verify steps of a :class:`~latts.engine.transformer.Transformer` through ``step.cpp``.
+
+    Same contract as ``Transformer.decode``: logits ``[B, k, V]`` for tokens ``[B, k]`` at positions
+    ``start[b] + i``, ragged rows (``lengths``) with zero logits at the padding.
+    """
+
+    def __init__(self, model: "Transformer", ext) -> None:  # noqa: F821 - circular import
+        s = model.shape
+        tensors: list[torch.Tensor] = []
+        kinds: list[int] = []
+        for layer in model.layers:
+            for p in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                tensors += _projection_tensors(p)
+                kinds.append(_KINDS[p.blocks.kind])
+            qk_norm = layer.qk_norm.float().contiguous() if layer.qk_norm is not None else _NONE
+            tensors += [layer.norm_attn.float().contiguous(), layer.norm_mlp.float().contiguous(), qk_norm]
+        tensors += [model.embed, model.norm.float().contiguous(), *_projection_tensors(model.lm_head)]
+        kinds.append(_KINDS[model.lm_head.blocks.kind])
+        intermediate = model.layers[0].down.in_features
+        dims = [s.n_layers, s.n_heads, s.n_kv_heads, s.head_dim, s.hidden, intermediate, s.vocab]
+        scales = [float(layer.scale) for layer in model.layers]
+        self._model = ext.Model(tensors, kinds, dims, [float(s.rms_eps), *scales])
+        self._inv_freq = model.inv_freq
+        self._rope_scaling = model.rope_scaling
+        self._cos = torch.empty(0, s.head_dim)
+        self._sin = torch.empty(0, s.head_dim)
+
+    @staticmethod
+    def supports(model: "Transformer") -> bool:  # noqa: F821
+        """Whether every projection of ``model`` is held as blocks the native step multiplies."""
+        s = model.shape
+        return (
+            all(p.blocks is not None for p in model.projections())
+            and model.embed.dtype in (torch.float32, torch.bfloat16)
+            and s.head_dim % 16 == 0
+            and s.head_dim <= 512
+            and s.hidden % 32 == 0
+            and (s.n_heads * s.head_dim) % 32 == 0
+        )
+
+    def _rope(self, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 cos and signed-sin tables (as ``Transformer.rope_tables``), grown geometrically."""
+        if self._cos.shape[0] < n_positions:
+            n = max(n_positions, 2 * self._cos.shape[0], 256)
+            freqs = torch.outer(torch.arange(n, dtype=torch.float32), self._inv_freq)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            sin = emb.sin()
+            sin[:, : sin.shape[1] // 2].neg_()
+            self._cos = (emb.cos() * self._rope_scaling).contiguous()
+            self._sin = (sin * self._rope_scaling).contiguous()
+        return self._cos, self._sin
+
+    def __call__(
+        self, tokens: torch.Tensor, start: torch.Tensor, cache, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``[B, k, V]`` of one step (see ``Transformer.decode``)."""
+        B, k = tokens.shape
+        start = start.to(torch.long).contiguous()
+        lengths = (torch.full((B,), k) if lengths is None else lengths.to(torch.long)).contiguous()
+        cos, sin = self._rope(int((start + lengths).max()))
+        logits = self._model.step(tokens.to(torch.long).contiguous(), start, lengths, cache.prefix_k,
+                                  cache.prefix_v, cache.k, cache.v, cos, sin)
+        if logits.shape[0] == B * k:
+            return logits.view(B, k, -1)
+        out = logits.new_zeros(B * k, logits.shape[1])
+        out[(torch.arange(k)[None, :] < lengths[:, None]).flatten()] = logits
+        return out.view(B, k, -1)
+
+
+def build(model: "Transformer") -> NativeStep | None:  # noqa: F821
+    """The native step for ``model``, or None where it cannot run (no kernels, weights not in blocks)."""
+    ext = kernels.compiled()
+    if ext is None or not hasattr(ext, "Model") or not NativeStep.supports(model):
+        return None
+    return NativeStep(model, ext)

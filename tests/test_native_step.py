@@ -1,0 +1,146 @@
+"""The native decode step (8-bit activations x weight blocks, one call per step) against references.
+
+- The integer projection equals, to fp32 rounding, a float64 emulation of its quantization (so the
+  only error is the 8-bit activations', the same as llama.cpp's CPU path).
+- Whole steps on tiny models of every supported architecture (weights snapped to Q8_0 / Q4_1 blocks)
+  follow HF's fp32 forward within that error, ragged verifies included.
+- A token's logits do not depend on which other rows or tokens share its step, bit for bit: what
+  keeps greedy speculation token-identical to plain greedy decoding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latts.engine import kernels
+from latts.engine.kv_cache import KVCache
+from latts.engine.transformer import Transformer
+from test_transformer_archs import tiny
+
+ext = kernels.compiled()
+pytestmark = pytest.mark.skipif(ext is None, reason="latts' CPU kernels cannot be built here")
+
+
+def _emulated(x: torch.Tensor, w: torch.Tensor, q4: tuple | None) -> torch.Tensor:
+    """float64 ``x @ w.T`` with ``x`` quantized as the kernel does: per block of 32, levels round(x * 127 / max|x|).
+
+    Q4 blocks' offsets ``m`` multiply the exact block sums of ``x`` (not its quantized values).
+    """
+    T, K = x.shape
+    xb = x.view(T, K // 32, 32)
+    amax = xb.abs().amax(-1, keepdim=True)
+    levels = torch.where(amax > 0, xb * (127 / amax), torch.zeros(())).round()
+    xq = (levels.double() * (amax.double() / 127)).view(T, K)
+    if q4 is None:
+        return xq @ w.double().T
+    m = q4[2].view(torch.float16).double()  # [N, K/32]
+    without_m = w.double() - m.repeat_interleave(32, dim=1)
+    return xq @ without_m.T + xb.double().sum(-1) @ m.T
+
+
+def _snap_q8(w: torch.Tensor) -> torch.Tensor:
+    """``w`` rounded to Q8_0 blocks (fp16 scale, levels in -127..127), as a GGUF would store it."""
+    blocks = w.view(w.shape[0], -1, 32)
+    d = (blocks.abs().amax(-1, keepdim=True) / 127).half().float()
+    return (d * torch.where(d > 0, blocks / d, 0).round().clamp(-127, 127)).view_as(w)
+
+
+def _snap_q4_1(w: torch.Tensor) -> torch.Tensor:
+    """``w`` rounded to Q4_1 blocks (fp16 scale and minimum, levels 0..15)."""
+    blocks = w.view(w.shape[0], -1, 32)
+    lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+    d, m = ((hi - lo) / 15).half().float(), lo.half().float()
+    return (d * torch.where(d > 0, (blocks - m) / d, 0).round().clamp(0, 15) + m).view_as(w)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 17])
+def test_int8_projection_is_its_quantization_exactly(hf_model, rows: int) -> None:
+    layer = hf_model.model.layers[5]
+    gen = torch.Generator().manual_seed(rows)
+    cases = [
+        (layer.mlp.gate_proj.weight.detach(), "q4"),  # Q4_1 in the GGUF
+        (layer.self_attn.o_proj.weight.detach(), "q4"),
+        (hf_model.model.embed_tokens.weight.detach()[:4096], "q8"),  # the tied lm_head: Q8_0
+    ]
+    for w, kind in cases:
+        x = torch.randn(rows, w.shape[1], generator=gen) * 3
+        packed = kernels.pack_q4(w) if kind == "q4" else (*kernels.pack_q8(w), torch.empty(0))
+        y = ext.int8_linear(x, 0 if kind == "q4" else 1, *packed)
+        ref = _emulated(x, w, packed if kind == "q4" else None)
+        assert float((y.double() - ref).abs().max() / ref.abs().max()) < 2e-6
+        # the 8-bit activations' own error against the exact product: 1-2% on Gaussian inputs (127 levels a block)
+        exact = x.double() @ w.double().T
+        assert float((y.double() - exact).norm() / exact.norm()) < 5e-2
+
+
+def test_q4_0_blocks_are_found_and_exact() -> None:
+    """GGUF's Q4_0 (``d * (q - 8)``, no offset) is the q4 kernel's ``d * q + m`` with ``m = -8d``."""
+    gen = torch.Generator().manual_seed(0)
+    d = (torch.rand(16, 4, 1, generator=gen) + 0.1).half().float() * torch.where(torch.rand(16, 4, 1) > 0.5, 1, -1)
+    q = torch.randint(0, 16, (16, 4, 32), generator=gen).float()
+    q[..., 3] = 0  # ggml's quantizer puts the value of largest magnitude at level 0
+    w = (d * (q - 8)).view(16, 128)
+    qs, ds, ms = kernels.pack_q4(w)
+    assert torch.equal(ms.view(torch.float16).float(), -8 * ds.view(torch.float16).float())
+    y = ext.int8_linear(torch.ones(1, 128), 0, qs, ds, ms)
+    torch.testing.assert_close(y[0], w.sum(1), rtol=1e-5, atol=1e-4)
+
+
+def _quantized_tiny(arch: str, snap) -> torch.nn.Module:
+    hf = tiny(arch)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.copy_(snap(p))
+    return hf
+
+
+@pytest.mark.parametrize("snap", [_snap_q8, _snap_q4_1])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_native_steps_follow_hf_on_every_architecture(arch: str, snap) -> None:
+    hf = _quantized_tiny(arch, snap)
+    ours = Transformer(hf, torch.float32, fast=True)
+    assert ours.native is not None
+    s = ours.shape
+    ids = torch.randint(0, 128, (1, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(ids).logits[0]
+    P, rows = 10, 3
+    cache = KVCache(s.n_layers, rows, s.n_kv_heads, P, 32, s.head_dim, torch.float32)
+    ours.prefill(ids[:, :P], cache)
+
+    def close(got: torch.Tensor, want: torch.Tensor) -> None:
+        # two layers of 8-bit activations: ~1% of the logits' spread, never a different shape of output
+        assert float((got - want).norm() / want.norm()) < 0.03
+
+    out = ours.decode(ids[:, P : P + 1].expand(rows, 1), torch.full((rows,), P), cache)
+    for row in range(rows):
+        close(out[row, 0], ref[P])
+    out = ours.decode(ids[:, P + 1 : P + 5].expand(rows, 4), torch.full((rows,), P + 1), cache)
+    close(out[1], ref[P + 1 : P + 5])
+    # ragged verify: rows from different positions, over stale slots, with unequal lengths
+    starts, lengths = torch.tensor([P + 2, P + 3, P + 4]), torch.tensor([1, 3, 2])
+    toks = torch.stack([ids[0, p : p + 3] for p in starts.tolist()])
+    out = ours.decode(toks, starts, cache, lengths)
+    for row, (p, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+        close(out[row, :n], ref[p : p + n])
+        assert not out[row, n:].any()
+
+
+def test_a_tokens_logits_do_not_depend_on_its_step_mates(fast_model) -> None:
+    """Bit for bit: decoded alone or beside other rows and tokens (a verify), a token gets the same logits."""
+    m = fast_model.model
+    assert m.native is not None
+    s = m.shape
+    ids = fast_model.encode_chat("What is 7 times 8?")
+    P = len(ids)
+    cont = torch.tensor([[28, 29, 30, 31], [40, 41, 42, 43], [50, 51, 52, 53]])
+    cache = KVCache(s.n_layers, 3, s.n_kv_heads, P, 16, s.head_dim, m.dtype)
+    m.prefill(torch.tensor([ids]), cache)
+    together = m.decode(cont, torch.full((3,), P), cache)  # [3, 4, V]
+    for row in range(3):
+        single = KVCache(s.n_layers, 1, s.n_kv_heads, P, 16, s.head_dim, m.dtype)
+        m.prefill(torch.tensor([ids]), single)
+        steps = [m.decode(cont[row : row + 1, i : i + 1], torch.tensor([P + i]), single)[0, 0] for i in range(4)]
+        assert torch.equal(torch.stack(steps), together[row])
