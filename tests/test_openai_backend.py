@@ -15,6 +15,7 @@ from latts.config import BudgetForcing, SamplingParams
 from latts.errors import LattsError
 from latts.engine.loading import DEFAULT_MODEL
 from latts.config import Plan
+from latts.provenance import MeasuredWith
 from latts.request import GenerateRequest
 from latts.tts.solver import Solver
 from servers import free_port, latts_cmd, llama_server_cmd, running
@@ -137,6 +138,8 @@ def test_a_server_that_speculates_warms_up_and_profiles_with_its_own_gamma(serve
     assert spec.warmup() > 0
     prof = profile_remote(spec, branches=(1,), contexts=(32,), tokens=4, repeats=1)
     assert [(s.branches, s.context) for s in prof.steps] == [(1, 34)] and prof.machine["server_gamma"] == 2
+    # no local kernels measured it: the record names the server's model, and no local engine will match it
+    assert prof.measured_with == MeasuredWith(f"remote:{DEFAULT_MODEL}", "remote", "remote", 0)
 
 
 def test_checkpoint_probes_are_refused(backend) -> None:

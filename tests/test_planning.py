@@ -7,14 +7,16 @@ import pytest
 from latts.errors import LattsError
 from latts.latency.model import LatencyModel
 from latts.config import Plan, default_plan
-from latts.planning import Acceptance, Planner, choose_plan, plan_for_deadline, save_plans
+from latts.planning import Acceptance, Planner, choose_plan, load_frontier, plan_for_deadline, save_plans
 from latts.eval.surface import Estimate
+from latts.provenance import MeasuredWith
 
 # 10 ms per step whatever B and k; prefill and answer free: a run costs rounds x 10 ms
 FLAT = LatencyModel(overhead=0.010, w_token=0.0, w_attn=0.0, w_row=0.0, prefill_base=0.0, prefill_per_token=0.0)
 # accuracy grows with B and with L
 SURFACE = [Estimate(b, L, acc, acc - 0.05, acc + 0.05)
            for (b, L), acc in {(1, 100): 0.30, (4, 100): 0.45, (1, 400): 0.40, (4, 400): 0.60}.items()]
+HERE = MeasuredWith("native-0123456789ab", "bfloat16 q4+q8", "Test CPU", 2, "2.13.0+cpu")  # what measured them
 
 
 def _planner(alphas: dict[int, tuple[float, ...]]) -> Planner:
@@ -78,35 +80,43 @@ def test_frontier_and_saved_plans_round_trip(tmp_path) -> None:
     front = p.frontier()
     assert [(c.accuracy, c.latency_s) for c in front] == [(0.45, pytest.approx(0.25)), (0.60, pytest.approx(1.0))]
     path = tmp_path / "plans" / "m--arith.json"
-    save_plans(p, path, "m", "arith")
-    got = plan_for_deadline(path, 2.0)
+    save_plans(p, path, "m", "arith", HERE)
+    got = plan_for_deadline(path, 2.0, HERE)
     assert (got.plan.branches, got.plan.gamma, got.plan.max_think) == (4, 3, 400)
-    assert plan_for_deadline(path, 0.5).plan.max_think == 100
-    assert plan_for_deadline(path, 0.1) is None
-    assert plan_for_deadline(tmp_path / "none.json", 2.0) is None
+    assert plan_for_deadline(path, 0.5, HERE).plan.max_think == 100
+    assert plan_for_deadline(path, 0.1, HERE) is None
+    assert plan_for_deadline(tmp_path / "none.json", 2.0, HERE) is None
     path.write_text("{not json")
     with pytest.raises(LattsError, match="not a latts plans file"):
-        plan_for_deadline(path, 2.0)
+        plan_for_deadline(path, 2.0, HERE)
 
 
 def test_choose_plan_follows_the_frontier_unless_told_otherwise(tmp_path) -> None:
     """One rule for solve and serve: the saved plan sets B, γ, L for a deadline unless the caller set one of them."""
     p = _planner({3: (1.0, 4.0)})
     path = tmp_path / "plans.json"
-    save_plans(p, path, "m", "arith")
-    plan, chosen = choose_plan(2.0, path, {"temperature": 0.2, "seed": 5})
+    save_plans(p, path, "m", "arith", HERE)
+    reads = []
+
+    def saved() -> list:  # what solve passes: the plans file, read only when a saved plan is wanted
+        reads.append(path)
+        return load_frontier(path, HERE)
+
+    plan, chosen = choose_plan(2.0, saved, {"temperature": 0.2, "seed": 5})
     assert (plan.branches, plan.gamma, plan.max_think) == (4, 3, 400) and chosen.latency_s == pytest.approx(1.0)
     assert (plan.temperature, plan.seed) == (0.2, 5)  # overrides that leave the shape alone still apply
     from_list, _ = choose_plan(2.0, p.frontier(), {"temperature": 0.2, "seed": 5})
     assert from_list == plan  # a server passes the frontier it read once
     # the caller set B (γ, L unset): no saved plan, the default's L and γ
-    plan, chosen = choose_plan(2.0, path, {"branches": 2, "gamma": None})
+    assert len(reads) == 1
+    plan, chosen = choose_plan(2.0, saved, {"branches": 2, "gamma": None})
     assert chosen is None and plan == Plan(branches=2, max_think=default_plan(2.0).max_think)
     # nothing fits, no deadline, or no plans file: the base plan with the overrides
-    assert choose_plan(0.1, path)[1] is None and choose_plan(0.1, path)[0] == default_plan(0.1)
-    assert choose_plan(None, path)[0] == default_plan(None)
+    assert len(reads) == 1  # B was set: the plans were not read
+    assert choose_plan(0.1, saved)[1] is None and choose_plan(0.1, saved)[0] == default_plan(0.1)
+    assert choose_plan(None, saved)[0] == default_plan(None)
     base = Plan(branches=3, gamma=2)
-    assert choose_plan(2.0, tmp_path / "none.json", {"seed": 1}, base) == (Plan(branches=3, gamma=2, seed=1), None)
+    assert choose_plan(2.0, lambda: None, {"seed": 1}, base) == (Plan(branches=3, gamma=2, seed=1), None)
     with pytest.raises(LattsError, match="branches must be >= 1"):
         choose_plan(2.0, None, {"branches": 0})
 
@@ -135,7 +145,8 @@ def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
     assert frontier and all(c["branches"] in (1, 2) and c["gamma"] in (0, 2) and c["think"] in (4, 8)
                             for c in frontier)
     assert [c["latency_s"] for c in frontier] == sorted(c["latency_s"] for c in frontier)
-    best = plan_for_deadline(plans, 60)
+    assert doc["measured_with"]["engine"].startswith("native-") or doc["measured_with"]["engine"] == "torch-ops"
+    best = plan_for_deadline(plans, 60, MeasuredWith.from_dict(doc["measured_with"]))
     records = [json.loads(line) for line in runs.read_text().splitlines()]
     assert len(records) == 2 and all(r["source"] == "optimizer" for r in records)  # one plan x 2 problems
     assert {(r["config"]["B"], r["config"]["gamma"], r["config"]["max_think"]) for r in records} == {

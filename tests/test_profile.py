@@ -12,6 +12,7 @@ import pytest
 from latts.errors import LattsError
 from latts.latency.model import LoopSample, PrefillSample, StepSample
 from latts.latency.profile import Profile
+from latts.provenance import MeasuredWith
 
 
 def sample_profile() -> Profile:
@@ -19,25 +20,28 @@ def sample_profile() -> Profile:
                    [StepSample(b, k, c, 0.02 + 0.001 * b * k + 0.00001 * c)
                     for c in (256, 1024) for b in (1, 4, 8) for k in (1, 2)],
                    [PrefillSample(64, 0.05), PrefillSample(256, 0.12)], ngram_per_row_s=1e-5, switch_rows=4,
-                   loops=[LoopSample(1, 0, 0.001), LoopSample(8, 3, 0.004)])
+                   loops=[LoopSample(1, 0, 0.001), LoopSample(8, 3, 0.004)],
+                   measured_with=MeasuredWith("native-0123456789ab", "bfloat16 q4+q8", "Test CPU", 2, "2.13.0+cpu"))
 
 
 def test_save_then_load_is_the_same_profile(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "profile.json"
     sample_profile().save(path)
     assert Profile.load(path) == sample_profile()
-    assert json.loads(path.read_text())["steps"][3] == {"branches": 4, "k": 2, "context": 256,
-                                                        "seconds": 0.02 + 0.008 + 0.00256}
+    doc = json.loads(path.read_text())
+    assert doc["steps"][3] == {"branches": 4, "k": 2, "context": 256, "seconds": 0.02 + 0.008 + 0.00256}
+    assert doc["measured_with"] == {"engine": "native-0123456789ab", "weights": "bfloat16 q4+q8", "cpu": "Test CPU",
+                                    "threads": 2, "torch": "2.13.0+cpu"}
 
 
 def test_older_profiles_without_loops_or_switch_still_load(tmp_path: Path) -> None:
     d = sample_profile().to_dict()
-    for key in ("loops", "switch_rows", "ngram_per_row_s"):
+    for key in ("loops", "switch_rows", "ngram_per_row_s", "measured_with"):
         del d[key]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(d))
     prof = Profile.load(path)
-    assert (prof.loops, prof.switch_rows, prof.ngram_per_row_s) == ([], 0, 0.0)
+    assert (prof.loops, prof.switch_rows, prof.ngram_per_row_s, prof.measured_with) == ([], 0, 0.0, None)
     assert prof.steps == sample_profile().steps
 
 

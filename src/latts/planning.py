@@ -7,11 +7,16 @@ the surface crossed with the γ values gets a predicted latency and the surface'
 plan per deadline is Eq. 1 of the paper (:func:`latts.latency.optimizer.best_plan`). :func:`validate` then runs
 the chosen plans for real and records them (``source: optimizer``) beside their predictions.
 :func:`optimize` is the whole workflow of ``latts optimize``: measure what is missing, then plan and save.
+
+Profiles and plans hold for the engine build and weight format they were measured with
+(:class:`~latts.provenance.MeasuredWith`, recorded in both files): a stale one is measured again when it is
+latts' own cache, and refused (:class:`~latts.provenance.Stale`) when the user named it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -32,11 +37,15 @@ from latts.latency.profile import Profile
 from latts.latency.profiler import profile as run_profile
 from latts.paths import cache_dir
 from latts.progress import Reporter
+from latts.provenance import MeasuredWith, Stale, check_current, stale_reason
 from latts.request import GenerateRequest
 from latts.tts.solver import Solver
 from latts.eval.surface import Estimate
 from latts.tasks import Problem, get_task
 from latts.types import SpecStats
+
+log = logging.getLogger(__name__)
+DEFAULT_PROFILE = "profile.json"  # where ``latts profile`` writes and ``latts optimize`` looks by default
 
 
 class Acceptance(NamedTuple):
@@ -161,46 +170,76 @@ def plans_path(model: str, task: str) -> Path:
     return cache_dir("plans") / f"{model}--{task}.json"
 
 
-def save_plans(planner: Planner, path: Path, model: str, task: str) -> None:
-    """Write the frontier for ``model`` and ``task`` where :func:`plan_for_deadline` finds it."""
+def save_plans(planner: Planner, path: Path, model: str, task: str, measured_with: MeasuredWith) -> None:
+    """Write the frontier for ``model`` and ``task`` where :func:`plan_for_deadline` finds it, with what its
+    latencies were measured with (``measured_with``), so that another engine never follows them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": model, "task": task, **planner.to_dict()}, indent=1))
+    path.write_text(json.dumps({"model": model, "task": task, "measured_with": measured_with.to_dict(),
+                                **planner.to_dict()}, indent=1))
 
 
-def load_frontier(path: Path) -> list[Candidate] | None:
-    """The saved frontier of ``latts optimize`` (None without a plans file)."""
+def load_frontier(path: Path, current: MeasuredWith) -> list[Candidate] | None:
+    """The saved frontier of ``latts optimize`` (None without a plans file), if measured with ``current``.
+
+    Plans of another engine build, weight format or machine predict latencies that do not hold here:
+    they raise :class:`~latts.provenance.Stale`, naming what differs.
+    """
     try:
         doc = json.loads(path.read_text())
-        return [Candidate.from_dict(c) for c in doc["frontier"]]
+        frontier = [Candidate.from_dict(c) for c in doc["frontier"]]
+        recorded = MeasuredWith.from_dict(doc.get("measured_with"))
+        task = doc.get("task", "TASK")
     except OSError:
         return None
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise LattsError(f"{path} is not a latts plans file ({e})") from None
+    check_current(f"plans file {path}", recorded, current, f"re-run `latts optimize --task {task}`")
+    return frontier
 
 
-def plan_for_deadline(path: Path, deadline_s: float) -> Candidate | None:
-    """The best saved plan predicted to fit ``deadline_s`` (None without a plans file or a fitting plan)."""
-    frontier = load_frontier(path)
+def plan_for_deadline(path: Path, deadline_s: float, current: MeasuredWith) -> Candidate | None:
+    """The best saved plan predicted to fit ``deadline_s`` (None without a plans file or a fitting plan); plans
+    measured with another engine than ``current`` raise :class:`~latts.provenance.Stale`."""
+    frontier = load_frontier(path, current)
     return best_plan(frontier, deadline_s) if frontier is not None else None
+
+
+def saved_frontier(plans: str | os.PathLike[str] | None, model: str, task: str, current: MeasuredWith,
+                   note: Callable[[str], None] = log.warning) -> list[Candidate] | None:
+    """The frontier ``solve`` and ``serve`` plan with: of the file ``plans``, or of this machine's cache for
+    ``model`` and ``task`` (None without one).
+
+    A stale file the user named is refused (:class:`~latts.provenance.Stale`); a stale cache is left
+    unused, with a ``note`` saying why, and the default plan applies until ``latts optimize`` runs again.
+    """
+    if plans:
+        return load_frontier(Path(plans), current)
+    try:
+        return load_frontier(plans_path(model, task), current)
+    except Stale as e:
+        note(f"{e}; until then the default plan applies")
+        return None
 
 
 PLAN_SHAPE = frozenset({"branches", "gamma", "max_think"})  # what a saved latency-optimal plan decides
 
 
-def choose_plan(deadline_s: float | None, frontier: Sequence[Candidate] | Path | None,
+def choose_plan(deadline_s: float | None,
+                frontier: Sequence[Candidate] | Callable[[], Sequence[Candidate] | None] | None,
                 overrides: Mapping[str, Any] | None = None, base: Plan | None = None) -> tuple[Plan, Candidate | None]:
     """The plan to run for ``deadline_s``, and the saved candidate it follows (None if it follows none).
 
     With a deadline and none of B, γ, L among ``overrides``, the frontier's best plan predicted to fit the
     deadline (Eq. 1) sets them; otherwise they come from ``base`` (default: :func:`default_plan`). The
     ``overrides`` (None values ignored) apply last. ``frontier``: the candidates of ``latts optimize``, or
-    its plans file, read only when the saved plan is wanted (None or a missing file: the default plan).
+    a function reading them (e.g. :func:`saved_frontier`), called only when the saved plan is wanted (None,
+    or a function returning None: the default plan).
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     plan = base if base is not None else default_plan(deadline_s)
     chosen = None
     if deadline_s is not None and frontier is not None and not PLAN_SHAPE & overrides.keys():
-        cands = load_frontier(frontier) if isinstance(frontier, Path) else frontier
+        cands = frontier() if callable(frontier) else frontier
         chosen = best_plan(cands, deadline_s) if cands else None
         if chosen is not None:
             plan = replace(plan, branches=chosen.plan.branches, gamma=chosen.plan.gamma,
@@ -248,7 +287,8 @@ class Optimized:
 
 
 def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 20.0), *,
-             profile: str | os.PathLike[str] = "profile.json", surface: str | os.PathLike[str] = "runs/surface.jsonl",
+             profile: str | os.PathLike[str] | None = None,
+             surface: str | os.PathLike[str] = "runs/surface.jsonl",
              thinks: Sequence[int] = (16, 32, 64, 128), surface_problems: int = 30,
              branches: Sequence[int] = (1, 2, 4, 8, 16), gammas: Sequence[int] = (0, 1, 2, 3, 4),
              validate_problems: int = 0, seeds: Sequence[int] = (1,),
@@ -261,7 +301,9 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
     What is missing is measured first: the accuracy surface (one wide run of max(``branches``) branches with
     budgets ``thinks`` on ``surface_problems`` problems, resumable in ``surface``) when ``surface`` holds no
     records of the task, and this machine's profile when ``profile`` is not a file; the drafter's acceptance
-    per γ of ``gammas`` is always measured. With ``validate_problems`` > 0 the chosen plans are then run for
+    per γ of ``gammas`` is always measured. ``profile`` None is latts' default file (:data:`DEFAULT_PROFILE`),
+    measured again when it is stale (another engine build or weight format); a stale profile named here is
+    refused, before anything long runs. With ``validate_problems`` > 0 the chosen plans are then run for
     real on that many problems × ``seeds`` (records in ``validate_out``). ``plans`` defaults to this
     machine's cache (:func:`plans_path`). The arguments, the dataset and ``surface`` are read and checked before
     the model loads.
@@ -277,6 +319,8 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
     records = [r for r in read_records(Path(surface)) if r["task"] == task and r.get("kind") == "surface"]
     opened = open_backend("embedded", model, dtype)
     reporter.opened(opened)
+    current = opened.measured_with()
+    prof = _profile(profile, opened, current, reporter)
     solver = Solver(opened.backend, the_task)
     if not records:
         reporter.note(f"no {task} surface records in {surface}: one wide run of B={wide.plan.branches} per problem on "
@@ -286,7 +330,6 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
                                runner=run_wide)
     b_max = max(r["config"]["B"] for r in records)
     estimates = surface_from_records(records, the_task, [b for b in branches if b <= b_max] or [1])
-    prof = _profile(profile, opened, reporter)
     temperature = records[0]["config"]["temperature"]
     alphas = measure_alpha(solver, problems[:2], gammas, temperature)
     wide_alphas = measure_alpha(solver, problems[:2], gammas, temperature, min_n=NGramDrafter.CONFIDENT_N)
@@ -294,7 +337,7 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
                       thinking=lambda b, L: expected_thinking(records, b, L), wide_alphas=wide_alphas)
     recs = planner.recommend(deadlines)
     plans_file = Path(plans) if plans else plans_path(opened.name, task)
-    save_plans(planner, plans_file, opened.name, task)
+    save_plans(planner, plans_file, opened.name, task, current)
     validated: list[dict[str, Any]] = []
     if validate_problems > 0:
         with reporter.progress(f"validate {task}") as progress:
@@ -303,14 +346,24 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
     return Optimized(task, alphas, recs, planner.frontier(), plans_file, validated)
 
 
-def _profile(path: str | os.PathLike[str], opened: Opened, reporter: Reporter) -> Profile:
-    """The profile at ``path`` (it must be of ``opened``'s model), or one measured now and saved there."""
-    if Path(path).is_file():
-        prof = Profile.load(Path(path))
+def _profile(path: str | os.PathLike[str] | None, opened: Opened, current: MeasuredWith,
+             reporter: Reporter) -> Profile:
+    """The profile at ``path`` (default :data:`DEFAULT_PROFILE`), of ``opened``'s model and measured with
+    ``current``; or one measured now and saved there when there is none, or when the default file is stale.
+    A stale profile the user named raises :class:`~latts.provenance.Stale`: it may be kept on purpose."""
+    file = Path(path if path is not None else DEFAULT_PROFILE)
+    if not file.is_file():
+        reporter.note(f"no profile at {file}: measuring this machine (a few minutes)")
+    else:
+        prof = Profile.load(file)
         if prof.model != opened.name:
-            raise LattsError(f"{path} profiles {prof.model}, not {opened.name}")
-        return prof
-    reporter.note(f"no profile at {path}: measuring this machine (a few minutes)")
+            raise LattsError(f"{file} profiles {prof.model}, not {opened.name}")
+        reason = stale_reason(prof.measured_with, current)
+        if reason is None:
+            return prof
+        if path is not None:
+            raise Stale(f"profile {file} {reason}: re-run `latts profile --out {file}`")
+        reporter.note(f"profile {file} {reason}: measuring this machine again (a few minutes)")
     prof = run_profile(opened.backend, progress=reporter.note)
-    prof.save(Path(path))
+    prof.save(file)
     return prof

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from latts.errors import LattsError
+from latts.provenance import MeasuredWith
 
 BACKENDS = ("embedded", "openai")
 
@@ -36,6 +37,10 @@ class Opened:
     def remote(self) -> bool:
         """True when a server decodes."""
         return self.loaded is None
+
+    def measured_with(self) -> MeasuredWith:
+        """What a measurement on this backend records, and what a cached profile or plan must match."""
+        return self.backend.measured_with() if self.loaded is None else self.loaded.measured_with()
 
 
 def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptions | None = None) -> Opened:

@@ -36,6 +36,7 @@ from typing import Any
 from latts.backends.openai_stream import Run, api_error
 from latts.config import SamplingParams
 from latts.errors import LattsError
+from latts.provenance import MeasuredWith
 from latts.request import GenerateRequest, OnStep
 from latts.types import Branch, Generation
 
@@ -128,6 +129,10 @@ class OpenAIBackend:
         """What a profile or plan records about this backend."""
         return {"backend": "openai", "base_url": self.base_url, "model": self.model, "branch_mode": self.branch_mode,
                 "server_gamma": self.server_gamma, "slots": self.slots}
+
+    def measured_with(self) -> MeasuredWith:
+        """What a measurement of this server records: its model (its kernels and weights are the server's)."""
+        return MeasuredWith(f"remote:{self.model}", "remote", "remote", 0)
 
     def warmup(self, branches: Sequence[int] = (1,)) -> float:
         """One short request so the time estimates come from this server; seconds spent."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -43,6 +43,8 @@ def profile(
     prof.save(Path(out_path))
     fitted = prof.fit()
     out.print(f"profile of {prof.model} ({prof.dtype}) on {prof.machine['cpu']} written to {out_path}")
+    out.print(f"measured with {prof.measured_with.describe()} (another engine build or weight format "
+              "will not use it)")
     out.print("latency model: " + ", ".join(f"{k_}={v:.3g}" for k_, v in fitted.to_dict().items()))
     out.print(f"median error on the profile itself: {fitted.median_error(prof.steps):.1%}")
 
@@ -51,8 +53,10 @@ def profile(
 def optimize(
     task: Annotated[str, typer.Option("--task", help="the task whose accuracy surface is used")] = "arith",
     deadlines: Annotated[str, typer.Option("--deadline", help="comma-separated deadlines in seconds")] = "2,5,10,20",
-    profile_path: Annotated[str, typer.Option("--profile", help="latts profile JSON (measured now if missing)")]
-    = "profile.json",
+    profile_path: Annotated[Optional[str], typer.Option(
+        "--profile", help="latts profile JSON, measured now if missing (default: profile.json, also measured again "
+                          "when another engine build or weight format measured it; a stale --profile is refused)")]
+    = None,
     surface_path: Annotated[str, typer.Option(
         "--surface", help="records of latts eval --surface (made now, resumably, if the file has none)")]
     = "runs/surface.jsonl",

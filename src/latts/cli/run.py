@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from latts.cli.console import err, out, print_json
+from latts.cli.console import err, note, out, print_json
 from latts.cli.options import (Backend, DrafterOpt, DtypeOpt, ModelOpt, PlansOpt, SeedOpt, TemperatureOpt,
                                backend_options, drafter_for, one_line_errors, open_announced)
 from latts.errors import LattsError
 
 if TYPE_CHECKING:
     from latts.config import Plan
+    from latts.latency.optimizer import Candidate
     from latts.tasks import Problem, Task
     from latts.types import Solution
 
@@ -113,7 +113,7 @@ def solve(
     base = _base_plan(question, deadline, backend.server_gamma, overrides)
     the_task = get_task(task)
     opened = open_announced(backend, model, dtype, announce=not as_json)
-    plan = _chosen_plan(deadline, plans, opened.name, task, overrides, base, announce=not as_json)
+    plan = _chosen_plan(deadline, plans, opened, task, overrides, base, announce=not as_json)
     solver = Solver(opened.backend, the_task, drafter_for(drafter, opened.loaded, plan.gamma > 0))
     sol = watch(None if as_json else out, opened.backend.tokenizer, plan.branches,
                 lambda on_step: solver.solve(question, plan, deadline, on_step=on_step))
@@ -178,13 +178,17 @@ def _base_plan(question: str, deadline: float | None, server_gamma: int, overrid
     return base
 
 
-def _chosen_plan(deadline: float | None, plans: str | None, model: str, task: str, overrides: dict[str, Any],
+def _chosen_plan(deadline: float | None, plans: str | None, opened: Any, task: str, overrides: dict[str, Any],
                  base: Plan, announce: bool) -> Plan:
     """:func:`latts.planning.choose_plan` with the plans of ``--plans`` (default: this machine's cache for
-    ``model`` and ``task``); a saved latency-optimal plan it follows is announced on stderr."""
-    from latts.planning import choose_plan, plans_path
+    the model and ``task``), read only when wanted; a stale ``--plans`` is refused, a stale cache skipped
+    with a note. A saved latency-optimal plan it follows is announced on stderr."""
+    from latts.planning import choose_plan, saved_frontier
 
-    plan, saved = choose_plan(deadline, Path(plans) if plans else plans_path(model, task), overrides, base)
+    def frontier() -> list[Candidate] | None:
+        return saved_frontier(plans, opened.name, task, opened.measured_with(), note)
+
+    plan, saved = choose_plan(deadline, frontier, overrides, base)
     if saved is not None and announce:
         err.print(f"[dim]latency-optimal plan for {deadline:g} s (latts optimize): B={plan.branches}, "
                   f"γ={plan.gamma}, L={plan.max_think}, predicted {saved.latency_s:.1f} s[/]")

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from latts.engine.machine import default_dtype, tuned_quant_rows
+from latts.engine.machine import cpu_name, default_dtype, engine_build, tuned_quant_rows
 from latts.errors import LattsError
 from latts.paths import cache_dir
+from latts.provenance import MeasuredWith
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,14 @@ class LoadedModel:
         """The weight formats in use, for load reports: e.g. ``float32, q4/q8 blocks up to 4 rows``."""
         dtype = str(self.dtype).removeprefix("torch.")
         return f"{dtype}, {self.quant_format} up to {self.quant_max_rows} rows" if self.quant_max_rows else dtype
+
+    def measured_with(self) -> MeasuredWith:
+        """What a measurement on this model records, and what a cached one must match to be used: the engine
+        build (latts' kernels or torch's ops), the weight format (dtype and quantized format), CPU and threads."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        weights = f"{dtype} {self.quant_format}" if self.quant_format else dtype
+        return MeasuredWith(engine_build(self.model.fast), weights, cpu_name(), torch.get_num_threads(),
+                            torch.__version__)
 
     def encode_chat(self, user_message: str, system: str | None = None) -> list[int]:
         """Token ids of a one-turn chat prompt, through the tokenizer's chat template when it has one."""

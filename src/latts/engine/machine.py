@@ -1,5 +1,6 @@
-"""This machine, as the engine sees it: which CPU it is, which dtype it computes fastest, and up to how
-many rows its quantized weights pay (measured once per CPU and cached beside the converted models)."""
+"""This machine, as the engine sees it: which CPU it is, which dtype it computes fastest, which build of
+latts' kernels runs, and up to how many rows its quantized weights pay (measured once per CPU and kernel
+build, and cached beside the converted models)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from latts.engine import kernels
 from latts.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -49,16 +51,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def engine_build(fast: bool) -> str:
+    """Which code computes a model's forwards, as cached measurements record it: ``kernels.build_id()`` when a
+    fast model runs on latts' kernels, ``torch-ops`` when it runs on torch's ops (the fp32 reference path,
+    or kernels off or not buildable here). Measurements taken with one build do not hold for another."""
+    return kernels.build_id() if fast and kernels.compiled() is not None else "torch-ops"
+
+
 def tuned_quant_rows(transformer: "Transformer") -> int:  # noqa: F821 - imported lazily
-    """Measure (once per CPU, torch, kernel and layer shape; cached on disk) up to how many rows the quantized copies pay."""
+    """Measure (once per CPU, torch, kernel build, weight format and layer shape; cached on disk) up to how many
+    rows the quantized copies pay. A tuning of another kernel build is never reused: the build is in the key."""
     from latts.engine.linear import quant_formats, set_quant_rows, tune_quant_rows
 
     projections = transformer.projections()
     if not any(p.quant is not None for p in projections):
         return 0
     s = transformer.shape
-    key = "|".join([cpu_name(), torch.__version__, str(torch.get_num_threads()), str(transformer.dtype),
-                    quant_formats(projections),
+    key = "|".join([cpu_name(), torch.__version__, engine_build(transformer.fast), str(torch.get_num_threads()),
+                    str(transformer.dtype), quant_formats(projections),
                     f"{s.n_layers}x{s.hidden}x{s.n_heads}x{s.n_kv_heads}"])
     path = cache_dir("models") / "quant-rows.json"
     try:

@@ -3,7 +3,8 @@
 Kept apart from :mod:`latts.latency.profiler` (which measures, and so needs torch and the engine) so that
 reading a profile — for the optimizer, the report's figures or a remote server's profile — imports no
 torch. A profile only holds for the machine (and load) it was taken on, so it carries a description of
-that machine.
+that machine, and for the engine build and weight format it measured (:class:`~latts.provenance.MeasuredWith`),
+which a user of the profile compares with its own before trusting it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from latts.errors import LattsError
 from latts.latency.model import LatencyModel, LoopSample, PrefillSample, StepSample
+from latts.provenance import MeasuredWith
 
 
 @dataclass(slots=True)
@@ -29,6 +31,7 @@ class Profile:
     ngram_per_row_s: float = 0.0
     switch_rows: int = 0  # the engine's quantized/dense weight-format switch when profiled
     loops: list[LoopSample] = field(default_factory=list)
+    measured_with: MeasuredWith | None = None  # None: an older profile, stale for every engine
 
     def fit(self) -> LatencyModel:
         """The latency model fitted to this profile."""
@@ -40,7 +43,8 @@ class Profile:
         return {"model": self.model, "dtype": self.dtype, "machine": self.machine,
                 "steps": [asdict(s) for s in self.steps], "prefills": [asdict(p) for p in self.prefills],
                 "ngram_per_row_s": self.ngram_per_row_s, "switch_rows": self.switch_rows,
-                "loops": [asdict(x) for x in self.loops]}
+                "loops": [asdict(x) for x in self.loops],
+                "measured_with": self.measured_with.to_dict() if self.measured_with else None}
 
     def save(self, path: Path) -> None:
         """Write as JSON."""
@@ -54,7 +58,8 @@ class Profile:
             d = json.loads(Path(path).read_text())
             return cls(d["model"], d["dtype"], d["machine"], [StepSample(**s) for s in d["steps"]],
                        [PrefillSample(**p) for p in d["prefills"]], d.get("ngram_per_row_s", 0.0),
-                       int(d.get("switch_rows", 0)), [LoopSample(**x) for x in d.get("loops", [])])
+                       int(d.get("switch_rows", 0)), [LoopSample(**x) for x in d.get("loops", [])],
+                       MeasuredWith.from_dict(d.get("measured_with")))
         except OSError as e:
             raise LattsError(f"cannot read profile {path}: {e.strerror}") from None
         except (ValueError, KeyError, TypeError) as e:

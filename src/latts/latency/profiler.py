@@ -173,7 +173,8 @@ def profile(
     so both see the same machine); measured here over ``branches`` × ``ks`` × ``contexts`` when None.
     """
     loaded = engine.loaded
-    prof = Profile(loaded.name, loaded.weights, describe_machine(), switch_rows=loaded.quant_max_rows)
+    prof = Profile(loaded.name, loaded.weights, describe_machine(), switch_rows=loaded.quant_max_rows,
+                   measured_with=loaded.measured_with())
     engine.warmup()
     for p in prefills:
         prof.prefills.append(PrefillSample(p, measure_prefill(engine, p)))

@@ -43,7 +43,8 @@ def profile_remote(
         raise LattsError(f"a remote profile needs at least 4 tokens per generation, got {tokens}")
     if not branches or min(branches) < 1 or not contexts or min(contexts) < 1:
         raise LattsError("branches and contexts must be >= 1")
-    prof = Profile(backend.model, "remote", {"cpu": "remote", **backend.describe()})
+    prof = Profile(backend.model, "remote", {"cpu": "remote", **backend.describe()},
+                   measured_with=backend.measured_with())
     for ctx in contexts:
         ids = _prompt_ids(backend, ctx)
         firsts = []

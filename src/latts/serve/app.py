@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -29,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from latts.config import MAX_GAMMA, Plan
 from latts.errors import LattsError
 from latts.latency.optimizer import Candidate
-from latts.planning import choose_plan, load_frontier
+from latts.planning import choose_plan
 from latts.serve.scheduler import Scheduler, Unservable
 from latts.tts.solver import Solver
 from latts.types import Solution
@@ -44,7 +43,7 @@ class ServeConfig:
     max_budget_s: float = 120.0
     max_branches: int = 64
     max_think: int = 4096
-    plans_file: str | None = None  # latency-optimal plans saved by `latts optimize`, used when present
+    plans_file: str | None = None  # where the frontier create_app was given comes from (None: no saved plans)
 
 
 class Message(BaseModel):
@@ -122,13 +121,14 @@ class MinService:
         return cls(t1 - per, per)
 
 
-def create_app(solver: Solver, config: ServeConfig, min_service: MinService) -> FastAPI:
-    """The FastAPI application serving ``solver`` (its backend, task prompt and answer format)."""
+def create_app(solver: Solver, config: ServeConfig, min_service: MinService,
+               frontier: list[Candidate] | None = None) -> FastAPI:
+    """The FastAPI application serving ``solver`` (its backend, task prompt and answer format); ``frontier``:
+    the latency-optimal plans of ``latts optimize`` (:func:`latts.planning.saved_frontier`), None for the
+    default plan."""
     app = FastAPI(title="latts", description="latency-aware test-time scaling, OpenAI-compatible")
     capacity = 4 if solver.backend.concurrent else 1
     scheduler = Scheduler(capacity)
-    # the saved plans are read once here, not on every request
-    frontier = load_frontier(Path(config.plans_file)) if config.plans_file else None
     app.state.scheduler = scheduler
     created = int(time.time())
 

@@ -14,7 +14,7 @@ from latts.backends import RemoteOptions, open_backend
 from latts.config import MAX_BRANCHES, check_deadline, default_plan
 from latts.engine.loading import DEFAULT_MODEL
 from latts.errors import LattsError
-from latts.planning import plans_path
+from latts.planning import plans_path, saved_frontier
 from latts.progress import Reporter
 from latts.tasks import get_task
 from latts.tts.solver import Solver
@@ -47,12 +47,14 @@ def serve(task: str = "math500", *, host: str = "127.0.0.1", port: int = 8000, d
     the_task = get_task(task)
     opened = open_backend(backend, model, dtype, remote)
     reporter.opened(opened)
+    # read once, before anything is measured: a stale --plans is refused, a stale cache skipped with a note
+    frontier = saved_frontier(plans, opened.name, task, opened.measured_with(), reporter.note)
+    plans_file = Path(plans) if plans else plans_path(opened.name, task)
     solver = Solver(opened.backend, the_task)
     min_service = MinService.measure(solver, default_plan(default_budget))
-    plans_file = Path(plans) if plans else plans_path(opened.name, task)
     config = ServeConfig(opened.name, default_budget, max_budget, max_branches,
-                         plans_file=str(plans_file) if plans_file.is_file() else None)
-    application = create_app(solver, config, min_service)
+                         plans_file=str(plans_file) if frontier is not None else None)
+    application = create_app(solver, config, min_service, frontier)
     reporter.note(f"serving {opened.name} on http://{host}:{port}/v1 · an answer needs >= {min_service.base_s:.2f} s "
                   f"+ {min_service.per_branch_s:.3f} s per branch · "
                   f"plans: {config.plans_file or 'default (no latts optimize plans)'}")
