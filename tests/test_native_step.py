@@ -66,7 +66,7 @@ def test_int8_projection_is_its_quantization_exactly(hf_model, rows: int) -> Non
     for w, kind in cases:
         x = torch.randn(rows, w.shape[1], generator=gen) * 3
         packed = kernels.pack_q4(w) if kind == "q4" else (*kernels.pack_q8(w), torch.empty(0))
-        y = ext.int8_linear(x, 0 if kind == "q4" else 1, *packed)
+        y = ext.Int8Linear(0 if kind == "q4" else 1, *packed)(x)
         ref = _emulated(x, w, packed if kind == "q4" else None)
         assert float((y.double() - ref).abs().max() / ref.abs().max()) < 2e-6
         # the 8-bit activations' own error against the exact product: 1-2% on Gaussian inputs (127 levels a block)
@@ -83,7 +83,7 @@ def test_q4_0_blocks_are_found_and_exact() -> None:
     w = (d * (q - 8)).view(16, 128)
     qs, ds, ms = kernels.pack_q4(w)
     assert torch.equal(ms.view(torch.float16).float(), -8 * ds.view(torch.float16).float())
-    y = ext.int8_linear(torch.ones(1, 128), 0, qs, ds, ms)
+    y = ext.Int8Linear(0, qs, ds, ms)(torch.ones(1, 128))
     torch.testing.assert_close(y[0], w.sum(1), rtol=1e-5, atol=1e-4)
 
 
@@ -144,3 +144,42 @@ def test_a_tokens_logits_do_not_depend_on_its_step_mates(fast_model) -> None:
         m.prefill(torch.tensor([ids]), single)
         steps = [m.decode(cont[row : row + 1, i : i + 1], torch.tensor([P + i]), single)[0, 0] for i in range(4)]
         assert torch.equal(torch.stack(steps), together[row])
+
+
+_ISA_SCRIPT = """
+import sys, torch
+from latts.engine import kernels
+from test_native_step import _projection_cases
+ext = kernels.compiled()
+assert ext is not None, "the AVX2 build failed"
+torch.save([ext.Int8Linear(kind, *packed)(x) for kind, packed, x in _projection_cases()], sys.argv[1])
+"""
+
+
+def _projection_cases() -> list[tuple[int, tuple, torch.Tensor]]:
+    """Q4_1 and Q8_0 weights and activations, the same in every process."""
+    gen = torch.Generator().manual_seed(5)
+    d = (torch.rand(64, 6, 1, generator=gen) * 0.02).half().float()
+    q4 = torch.randint(0, 16, (64, 6, 32), generator=gen).float()
+    q4[..., :2] = torch.tensor([0.0, 15.0])
+    m = (-torch.rand(64, 6, 1, generator=gen) * 0.1).half().float()
+    q8 = torch.randint(-127, 128, (64, 6, 32), generator=gen).float()
+    q8[..., 0] = -127  # the level of largest magnitude, as ggml quantizes
+    w4, w8 = (d * q4 + m).view(64, 192), (d * q8).view(64, 192)
+    x = torch.randn(11, 192, generator=gen) * 4
+    return [(0, kernels.pack_q4(w4), x), (1, (*kernels.pack_q8(w8), torch.empty(0)), x)]
+
+
+def test_the_avx2_build_computes_what_the_native_build_does(tmp_path) -> None:
+    """CPUs without VNNI (Zen 3) run the AVX2 code: built here on purpose, it must give the same projections."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "avx2.pt"
+    env = {**os.environ, "LATTS_KERNELS_ISA": "avx2", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(out)], env=env, check=True, timeout=900)
+    for got, (kind, packed, x) in zip(torch.load(out), _projection_cases()):
+        torch.testing.assert_close(got, ext.Int8Linear(kind, *packed)(x), rtol=1e-6, atol=1e-5)

@@ -42,8 +42,16 @@ _HERE = Path(__file__).parent
 _SOURCES = (_HERE / "cpu.cpp", _HERE / "step.cpp")
 _HEADERS = tuple(sorted(_HERE.glob("*.h")))
 # -march=native: the integer dot products use AVX-512 VNNI where this CPU has it and AVX2 where it
-# does not, chosen at compile time (the build is per machine anyway)
-_CFLAGS = ("-O3", "-march=native", "-mtune=native", "-fopenmp")
+# does not, chosen at compile time (the build is per machine anyway). LATTS_KERNELS_ISA=avx2 builds
+# the AVX2 code on any CPU (how the tests check the path Zen 3 machines run).
+_ISA_FLAGS = {"native": ("-march=native", "-mtune=native"), "avx2": ("-mavx2", "-mfma", "-mf16c")}
+
+
+def _cflags() -> tuple[str, ...]:
+    isa = os.environ.get("LATTS_KERNELS_ISA", "native")
+    if isa not in _ISA_FLAGS:
+        raise ValueError(f"LATTS_KERNELS_ISA={isa!r}: use one of {', '.join(_ISA_FLAGS)}")
+    return ("-O3", *_ISA_FLAGS[isa], "-fopenmp")
 
 
 def _cpu_has_avx2() -> bool:
@@ -76,7 +84,7 @@ def build_id() -> str:
     h = hashlib.sha256()
     for path in (*_SOURCES, *_HEADERS):
         h.update(path.read_bytes())
-    h.update(" ".join(_CFLAGS).encode())
+    h.update(" ".join(_cflags()).encode())
     h.update(_cpu_flags().encode())
     h.update(torch.__version__.encode())
     return "native-" + h.hexdigest()[:12]
@@ -108,7 +116,7 @@ def compiled() -> ModuleType | None:
                 sources=[str(s) for s in _SOURCES],
                 extra_include_paths=[str(_HERE)],
                 build_directory=str(build),
-                extra_cflags=list(_CFLAGS),
+                extra_cflags=list(_cflags()),
                 extra_ldflags=["-fopenmp"],
             )
     except Exception as exc:  # no compiler, no ninja, a failed build: torch's kernels still work

@@ -19,14 +19,20 @@
 
 namespace latts {
 
-// Sum of u8 x s8 products in groups of 4 bytes: eight int32 lanes.
-inline __m256i dot_u8s8(__m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#elif defined(__AVXVNNI__)
-  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+#define LATTS_VNNI 1  // u8 x s8 products accumulate in int32 without intermediate saturation
 #else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#define LATTS_VNNI 0
+#endif
+
+// acc + the sums of u8 x s8 products in groups of 4 bytes (eight int32 lanes).
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else  // exact as long as a pair's sum fits int16: |u| <= 128, |s| <= 127
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
 }
 
@@ -45,8 +51,8 @@ inline float hsum_i32(__m256i v) {
 }
 
 // One row of K floats as K/32 blocks: int8 levels q (round to nearest, |q| <= 127), scale d
-// (x ~ d * q) and the block's exact sum s.
-inline void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+// (x ~ d * q), the block's exact sum s and the sum of its levels qsum.
+inline void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* s, int32_t* qsum) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < K / kBlock; ++b) {
     const float* xb = x + b * kBlock;
@@ -65,6 +71,7 @@ inline void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* 
     __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
     __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
     __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
+    qsum[b] = static_cast<int32_t>(hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3))));
     i0 = _mm256_packs_epi32(i0, i1);  // lanes interleaved by 128-bit halves; undone below
     i2 = _mm256_packs_epi32(i2, i3);
     i0 = _mm256_packs_epi16(i0, i2);

@@ -36,7 +36,10 @@ enum Kind : int64_t { kQ4 = 0, kQ8 = 1 };
 // outputs at once, and a block's scales apply to 8 outputs in one vector operation.
 //   q4: per (group, block) 128 bytes; byte 4n + i of chunk c (c < 4) holds output n's levels
 //       4c + i (low nibble) and 16 + 4c + i (high nibble); scales: 8 d then 8 m (fp16)
-//   q8: per (group, block) 256 bytes; byte 4n + i of chunk c holds output n's weight 4c + i; 8 d
+//   q8: per (group, block) 256 bytes; byte 4n + i of chunk c holds output n's weight 4c + i; 8 d.
+//       With VNNI the weights are stored plus 128 (unsigned), and 128 x the activation block's
+//       level sum is taken off the dot product; AVX2's 16-bit pair sums could overflow there, so
+//       it keeps the signed weights and moves their signs onto the activations instead.
 struct Proj {
   Kind kind = kQ4;
   std::vector<uint8_t> qs;
@@ -72,7 +75,8 @@ Proj repack(Kind kind, const uint8_t* qs, const uint16_t* d, const uint16_t* m, 
         } else {
           const uint8_t* src = qs + (row * nb + b) * kBlock;
           for (int64_t c = 0; c < 8; ++c)
-            for (int64_t i = 0; i < 4; ++i) out[c * 32 + n * 4 + i] = src[4 * c + i];
+            for (int64_t i = 0; i < 4; ++i)
+              out[c * 32 + n * 4 + i] = LATTS_VNNI ? static_cast<uint8_t>(src[4 * c + i] ^ 0x80) : src[4 * c + i];
         }
       }
     }
@@ -99,14 +103,18 @@ struct Layer {
 struct QAct {
   std::vector<int8_t> q;
   std::vector<float> d, s;
+  std::vector<int32_t> qsum;
   int64_t K = 0, nb = 0;
   void reserve(int64_t rows, int64_t max_k) {
     q.resize(rows * max_k);
     d.resize(rows * max_k / kBlock);
     s.resize(rows * max_k / kBlock);
+    qsum.resize(rows * max_k / kBlock);
   }
   void set_k(int64_t k) { K = k; nb = k / kBlock; }
-  void quantize(int64_t t, const float* x) { quantize_row(x, K, q.data() + t * K, d.data() + t * nb, s.data() + t * nb); }
+  void quantize(int64_t t, const float* x) {
+    quantize_row(x, K, q.data() + t * K, d.data() + t * nb, s.data() + t * nb, qsum.data() + t * nb);
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -127,6 +135,7 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
   const int8_t* xq = a.q.data() + t0 * K;
   const float* xd = a.d.data() + t0 * nb;
   const float* xs = a.s.data() + t0 * nb;
+  const int32_t* xsum = a.qsum.data() + t0 * nb;
   const uint8_t* wp = p.qs.data() + g * nb * p.block_bytes();
   const uint16_t* sp = p.scales.data() + g * nb * p.block_scales();
   for (int64_t b = 0; b < nb; ++b, wp += p.block_bytes(), sp += p.block_scales()) {
@@ -142,23 +151,31 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
       const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8)));
       for (int r = 0; r < RT; ++r) {
         const int8_t* xb = xq + r * K + b * kBlock;
-        __m256i s = dot_u8s8(w[0], bcast4(xb));
-        for (int c = 1; c < 8; ++c) s = _mm256_add_epi32(s, dot_u8s8(w[c], bcast4(xb + 4 * c)));
+        __m256i s = _mm256_setzero_si256();
+        for (int c = 0; c < 8; ++c) s = dot_u8s8(s, w[c], bcast4(xb + 4 * c));
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
         acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[r * nb + b]), acc[r]);
       }
     } else {
-      __m256i wabs[8];
-      for (int c = 0; c < 8; ++c) {
-        w[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * c));
-        wabs[c] = _mm256_sign_epi8(w[c], w[c]);
-      }
+      for (int c = 0; c < 8; ++c) w[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * c));
+#if LATTS_VNNI
       for (int r = 0; r < RT; ++r) {
         const int8_t* xb = xq + r * K + b * kBlock;
-        __m256i s = dot_u8s8(wabs[0], _mm256_sign_epi8(bcast4(xb), w[0]));
-        for (int c = 1; c < 8; ++c) s = _mm256_add_epi32(s, dot_u8s8(wabs[c], _mm256_sign_epi8(bcast4(xb + 4 * c), w[c])));
+        __m256i s = _mm256_set1_epi32(-128 * xsum[r * nb + b]);  // the weights' +128, taken off
+        for (int c = 0; c < 8; ++c) s = dot_u8s8(s, w[c], bcast4(xb + 4 * c));
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
       }
+#else
+      __m256i wabs[8];
+      for (int c = 0; c < 8; ++c) wabs[c] = _mm256_sign_epi8(w[c], w[c]);
+      for (int r = 0; r < RT; ++r) {
+        const int8_t* xb = xq + r * K + b * kBlock;
+        __m256i s = _mm256_setzero_si256();
+        for (int c = 0; c < 8; ++c) s = dot_u8s8(s, wabs[c], _mm256_sign_epi8(bcast4(xb + 4 * c), w[c]));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
+      }
+      (void)xsum;
+#endif
     }
   }
   const __m256 bias = p.bias ? _mm256_loadu_ps(p.bias + g * 8) : _mm256_setzero_ps();
@@ -175,6 +192,10 @@ template <Kind F>
 void project_groups(const Proj& p, const QAct& a, int64_t T, int64_t g0, int64_t g1, float* y, int64_t ldy, bool add) {
   for (int64_t g = g0; g < g1; ++g) {
     int64_t t = 0;
+#ifdef __AVX512VL__  // 32 vector registers: eight rows' accumulators beside a block's eight weight vectors
+    for (; t + 8 <= T; t += 8) tile<F, 8>(p, a, t, g, y, ldy, add);
+    if (T - t > 4) { tile<F, 4>(p, a, t, g, y, ldy, add); t += 4; }
+#endif
     for (; t + 4 <= T; t += 4) tile<F, 4>(p, a, t, g, y, ldy, add);
     switch (T - t) {
       case 1: tile<F, 1>(p, a, t, g, y, ldy, add); break;
@@ -608,24 +629,30 @@ class Model {
   float eps_;
 };
 
-// x @ W^T through 8-bit activations (for tests and tuning: the same kernel as a step's projections).
-torch::Tensor int8_linear(const torch::Tensor& x_in, int64_t kind, const torch::Tensor& qs, const torch::Tensor& d,
-                          const torch::Tensor& m) {
-  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == torch::kFloat32, "x must be 2-D float32");
-  const torch::Tensor x = x_in.contiguous();
-  const int64_t T = x.size(0), K = x.size(1), N = qs.size(0);
-  const Proj p = from_tensors(kind, qs, d, m, N, K);
-  QAct a;
-  a.reserve(T, K);
-  a.set_k(K);
-  for (int64_t t = 0; t < T; ++t) a.quantize(t, x.data_ptr<float>() + t * K);
-  torch::Tensor y = torch::empty({T, N}, x.options());
-  float* yp = y.data_ptr<float>();
-  run_team([&](int64_t tid, int64_t team, Barrier&) {
-    project(p, a, T, tid, team, yp, N, false);
-  });
-  return y;
-}
+// One projection through 8-bit activations, packed once: the step's kernel on its own (tests, tuning).
+class Int8Linear {
+ public:
+  Int8Linear(int64_t kind, const torch::Tensor& qs, const torch::Tensor& d, const torch::Tensor& m)
+      : p_(from_tensors(kind, qs, d, m, qs.size(0), d.size(1) * kBlock)) {}
+
+  torch::Tensor forward(const torch::Tensor& x_in) const {
+    TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == torch::kFloat32 && x_in.size(1) == p_.K,
+                "x must be float32 [rows, ", p_.K, "]");
+    const torch::Tensor x = x_in.contiguous();
+    const int64_t T = x.size(0);
+    QAct a;
+    a.reserve(T, p_.K);
+    a.set_k(p_.K);
+    for (int64_t t = 0; t < T; ++t) a.quantize(t, x.data_ptr<float>() + t * p_.K);
+    torch::Tensor y = torch::empty({T, p_.N}, x.options());
+    float* yp = y.data_ptr<float>();
+    run_team([&](int64_t tid, int64_t team, Barrier&) { project(p_, a, T, tid, team, yp, p_.N, false); });
+    return y;
+  }
+
+ private:
+  Proj p_;
+};
 
 }  // namespace
 
@@ -634,5 +661,7 @@ void register_step(pybind11::module& module) {
       .def(pybind11::init<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>>())
       .def("step", &Model::step, "logits [T, V] of the real tokens of one decode/verify step",
            pybind11::call_guard<pybind11::gil_scoped_release>());
-  module.def("int8_linear", &int8_linear, "x @ W.T through 8-bit activation blocks (kind 0: q4, 1: q8)");
+  pybind11::class_<Int8Linear>(module, "Int8Linear", "x @ W.T through 8-bit activation blocks (kind 0: q4, 1: q8)")
+      .def(pybind11::init<int64_t, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&>())
+      .def("__call__", &Int8Linear::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
