@@ -156,11 +156,14 @@ class LoadedModel:
     quant_max_rows: int = 0  # forwards of up to this many rows use the exact quantized weights (0: never)
     quant_format: str = ""  # which: 'q4+q8' (latts' kernels) or 'int4' (torch's)
     kernels_s: float = 0.0  # of load_s: building (once per machine, ~1 min) or loading latts' CPU kernels
+    native: bool = False  # decode steps run in latts' native step (8-bit activations x the blocks)
 
     @property
     def weights(self) -> str:
         """The weight formats in use, for load reports: e.g. ``float32, q4/q8 blocks up to 4 rows``."""
         dtype = str(self.dtype).removeprefix("torch.")
+        if self.native:
+            return f"{dtype} prefill, native int8 x {self.quant_format} decode"
         return f"{dtype}, {self.quant_format} up to {self.quant_max_rows} rows" if self.quant_max_rows else dtype
 
     def measured_with(self) -> MeasuredWith:
@@ -247,6 +250,7 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bo
         quant_max_rows=quant_rows,
         quant_format=quant_formats(transformer.projections()),
         kernels_s=kernels_s,
+        native=transformer.native is not None,
     )
 
 
