@@ -142,6 +142,13 @@ class LlamaCpp:
         logits = self._decode(1)[0].copy()
         return time.perf_counter() - t, logits
 
+    def logits_all(self, ids: list[int]) -> np.ndarray:
+        """Clear the cache and run ``ids`` as one sequence, logits at every position ``[n, V]`` (teacher-forced)."""
+        self.lib.llama_memory_clear(self.mem, True)
+        n = len(ids)
+        self._fill(ids, list(range(n)), [0] * n, [True] * n)
+        return self._decode(n).copy()
+
     def share_prefix(self, context: int, rows: int) -> None:
         """Forget every token past the prompt, then give sequences 1..rows-1 the prompt of sequence 0."""
         if not self.lib.llama_memory_seq_rm(self.mem, -1, context, -1):
