@@ -15,9 +15,9 @@ it for scale; its row is informative and never fails the run.
 
 Bounds (exit 1 when latts misses one; :func:`failures`), anchored on the 8-bit precedent and never
 on latts' own numbers: both sides hold the same weights (the GGUF's Q4_1 blocks, de-quantised exactly to fp32), so
-every difference comes from rounding inside the forward: activations (bf16 now, 8-bit integers
-once latts' int8 path lands) and, on the dense bf16 path for wide batches, the weights' rounding to
-bf16. The precedent for such rounding being "the same model" is llama.cpp itself: its Q4_1 matmuls
+every difference comes from rounding inside the forward: activations (8-bit integer blocks in the
+native decode step, bf16 on the torch path) and, on the dense bf16 path for wide batches, the
+weights' rounding to bf16. The precedent for such rounding being "the same model" is llama.cpp itself: its Q4_1 matmuls
 quantize the activations to 8 bits per block of 32 (Q8_1) and multiply in integers, so llama.cpp
 never computes the fp32 de-quantised model either. llama.cpp's published KL tables
 (tools/perplexity/README.md, against the f16 model on Wikitext-2) put the cost of an 8-bit rounding
@@ -153,6 +153,12 @@ class Agreement:
         return out
 
 
+def path_name(loaded: LoadedModel) -> str:
+    """latts' path as the table names it: its weight formats, and whether decode steps run natively."""
+    native = getattr(loaded.model, "native", None) is not None
+    return f"latts {loaded.weights}" + (", native step" if native else ", torch ops")
+
+
 def measure(loaded: LoadedModel, hf, n_tokens: int = 1024, prefix: int = PREFIX, rows: tuple[int, ...] = (1, 4),
             k4_chunks: int = 2, llamacpp=None) -> dict:
     """Teacher-force the first ``n_tokens`` of MATH-500 through latts (each of ``rows``) and HF fp32; compare.
@@ -170,7 +176,7 @@ def measure(loaded: LoadedModel, hf, n_tokens: int = 1024, prefix: int = PREFIX,
         acc = Agreement()
         for p, k, logits in latts_logits(loaded, ids, B, prefix, sizes):
             acc.add(logits, ref[p : p + k], targets[p + 1 : p + 1 + k], k4=k == 4)
-        paths[f"latts {loaded.weights}, B={B}"] = acc.summary()
+        paths[f"{path_name(loaded)}, B={B}"] = acc.summary()
     if llamacpp is not None:
         acc = Agreement()
         logits = torch.from_numpy(llamacpp(ids))[prefix - 1 : -1]  # the positions latts was compared at

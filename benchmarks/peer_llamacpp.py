@@ -292,7 +292,8 @@ def print_machine(info: dict, lib, loaded: LoadedModel) -> None:
     """The machine, the threads and both engines' builds."""
     flags = ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in info["flags"].items())
     print(f"\nmachine: {info['cpu']}; {flags}; {info['threads']} threads")
-    print(f"latts {info['latts_commit']}: {loaded.name}, weights {loaded.weights}, torch {info['torch']}, "
+    step = "native decode step" if getattr(loaded.model, "native", None) is not None else "torch ops"
+    print(f"latts {info['latts_commit']}: {loaded.name}, weights {loaded.weights}, {step}, torch {info['torch']}, "
           f"load {loaded.load_s:.1f} s ({loaded.kernels_s:.1f} s of it latts' kernels)")
     print(f"llama.cpp: llama-cpp-python {lib.__version__}; {info['llamacpp_system'].strip()}")
 
@@ -372,7 +373,9 @@ def main() -> int:
     checks = targets(decode, prefill)
     print_tables(decode, prefill, checks)
     save(args.results, {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info,
-                        "model": loaded.name, "latts_weights": loaded.weights, "llama_cpp_python": lib.__version__,
+                        "model": loaded.name, "latts_weights": loaded.weights,
+                        "latts_native_step": getattr(loaded.model, "native", None) is not None,
+                        "llama_cpp_python": lib.__version__,
                         "args": {k: str(v) for k, v in vars(args).items()}, "decode": decode, "prefill": prefill,
                         "targets": checks})
     missed = [c["target"] for c in checks if not c["met"]]

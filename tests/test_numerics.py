@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from latts.engine.loading import load
-
 pytestmark = pytest.mark.slow
 
 
@@ -26,10 +24,9 @@ def _numerics():
     return module
 
 
-def test_fast_path_is_within_the_bounds_of_activation_rounding(hf_model) -> None:
+def test_fast_path_is_within_the_bounds_of_activation_rounding(fast_model, hf_model) -> None:
     numerics = _numerics()
-    fast = load("smollm2-135m-instruct", "auto")
-    result = numerics.measure(fast, hf_model, n_tokens=512, rows=(1, 4), k4_chunks=2)
+    result = numerics.measure(fast_model, hf_model, n_tokens=512, rows=(1, 4), k4_chunks=2)
     paths = result["paths"]
     assert len(paths) == 2
     for summary in paths.values():
