@@ -154,9 +154,12 @@ class Agreement:
 
 
 def path_name(loaded: LoadedModel) -> str:
-    """latts' path as the table names it: its weight formats, and whether decode steps run natively."""
-    native = getattr(loaded.model, "native", None) is not None
-    return f"latts {loaded.weights}" + (", native step" if native else ", torch ops")
+    """latts' path as the table names it: its weight formats (which say whether decode runs the native step),
+    and a note when the model's native step was switched off or on after loading."""
+    on = getattr(loaded.model, "native", None) is not None
+    if getattr(loaded, "native", on) == on:
+        return f"latts {loaded.weights}"
+    return f"latts {loaded.weights} ({'native step on' if on else 'native step off: torch ops'})"
 
 
 def measure(loaded: LoadedModel, hf, n_tokens: int = 1024, prefix: int = PREFIX, rows: tuple[int, ...] = (1, 4),

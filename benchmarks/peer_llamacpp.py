@@ -292,8 +292,7 @@ def print_machine(info: dict, lib, loaded: LoadedModel) -> None:
     """The machine, the threads and both engines' builds."""
     flags = ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in info["flags"].items())
     print(f"\nmachine: {info['cpu']}; {flags}; {info['threads']} threads")
-    step = "native decode step" if getattr(loaded.model, "native", None) is not None else "torch ops"
-    print(f"latts {info['latts_commit']}: {loaded.name}, weights {loaded.weights}, {step}, torch {info['torch']}, "
+    print(f"latts {info['latts_commit']}: {loaded.name}, weights {loaded.weights}, torch {info['torch']}, "
           f"load {loaded.load_s:.1f} s ({loaded.kernels_s:.1f} s of it latts' kernels)")
     print(f"llama.cpp: llama-cpp-python {lib.__version__}; {info['llamacpp_system'].strip()}")
 
