@@ -1,7 +1,7 @@
 // 8-bit activations times block-quantized weights, in integers: what a decode step's projections run on.
 //
 // Activations are quantized once per projection input to blocks of 32 int8 with an fp32 scale (and
-// the block's exact fp32 sum, for the Q4_1 offset). Weight blocks are GGUF's: Q4 = d * q + m with q in
+// the quantized block's sum, for the Q4_1 offset). Weight blocks are GGUF's: Q4 = d * q + m with q in
 // 0..15 (Q4_1; Q4_0 is m = -8d) and Q8 = d * q with q in -128..127. A block's dot product is exact in
 // int32; the scales multiply in fp32. llama.cpp's CPU backend computes the same way (its Q8_1
 // activations), so this path's error is the peer's.
@@ -51,7 +51,10 @@ inline float hsum_i32(__m256i v) {
 }
 
 // One row of K floats as K/32 blocks: int8 levels q (round to nearest, |q| <= 127), scale d
-// (x ~ d * q), the block's exact sum s and the sum of its levels qsum.
+// (x ~ d * q), the sum of its levels qsum, and s = d * qsum, the sum of the quantized block.
+// Q4_1's offsets multiply s, not the exact sum: then a product's error is sum(w * (xq - x)) over
+// the centred weights, whose signs cancel the rounding errors; with the exact sum the error would
+// be sum((w - m) * (xq - x)) over the all-positive d * q (4x the mean KL on the default model).
 inline void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* s, int32_t* qsum) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < K / kBlock; ++b) {
@@ -65,13 +68,13 @@ inline void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* 
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     const float m = _mm_cvtss_f32(m4);
     d[b] = m / 127.0f;
-    s[b] = hsum(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
     const __m256 inv = _mm256_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
     __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
     __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
     __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
     __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
     qsum[b] = static_cast<int32_t>(hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3))));
+    s[b] = d[b] * static_cast<float>(qsum[b]);
     i0 = _mm256_packs_epi32(i0, i1);  // lanes interleaved by 128-bit halves; undone below
     i2 = _mm256_packs_epi32(i2, i3);
     i0 = _mm256_packs_epi16(i0, i2);
