@@ -58,7 +58,6 @@ from pathlib import Path
 
 import torch
 
-from latts.engine.kv_cache import KVCache
 from latts.engine.loading import DEFAULT_MODEL, LoadedModel, load, resolve
 
 BOUNDS = {"top1": 0.96, "ppl_rel": 0.02, "mean_kl": 0.01}
@@ -105,8 +104,7 @@ def latts_logits(loaded: LoadedModel, ids: list[int], rows: int, prefix: int, si
     ``decode`` feeds ``ids[prefix:-1]`` in chunks of ``sizes``, the same tokens in every row.
     """
     m = loaded.model
-    s = m.shape
-    cache = KVCache(s.n_layers, rows, s.n_kv_heads, prefix, len(ids) - prefix, s.head_dim, m.dtype)
+    cache = m.new_cache(rows, prefix, len(ids) - prefix)
     yield prefix - 1, 1, m.prefill(torch.tensor([ids[:prefix]]), cache)[:, None]
     p = prefix
     for k in sizes:

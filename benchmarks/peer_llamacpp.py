@@ -180,8 +180,7 @@ class Latts:
         self.caches: dict[tuple[int, bool], KVCache] = {}
 
     def _cache(self, context: int, rows: int) -> KVCache:
-        s = self.m.shape
-        return KVCache(s.n_layers, rows, s.n_kv_heads, context, self.slots, s.head_dim, self.m.dtype)
+        return self.m.new_cache(rows, context, self.slots)
 
     def prefill(self, ids: list[int]) -> tuple[float, torch.Tensor]:
         """Prefill ``ids`` into a fresh 1-row cache: (seconds, last logits ``[V]``)."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latts.engine.kv_cache import KVCache
 from latts.engine import kernels
 from latts.engine.linear import TUNE_ROWS, Projection, can_int4, exact_int4, set_quant_rows, tune_quant_rows
-from latts.engine.loading import load
 
 pytestmark = pytest.mark.skipif(
     not can_int4() and kernels.compiled() is None, reason="needs latts' kernels or torch's CPU int4 kernel"
@@ -76,7 +74,6 @@ def test_fast_paths_agree_with_fp32_hf(fast_model, hf_model) -> None:
         ref_logits = hf_model(seq[None]).logits[0, len(ids) - 1 : -1]  # [48, V]
         ref = ref_logits.argmax(-1)
     gen = seq[len(ids):]
-    s = m.shape
     agree, worst = {}, {}
     try:
         for path, max_rows in (("native", 0), ("quant", 1 << 20), ("dense", 0)):
@@ -85,7 +82,7 @@ def test_fast_paths_agree_with_fp32_hf(fast_model, hf_model) -> None:
             m.native = native if path == "native" else None
             set_quant_rows(m.projections(), max_rows)
             rows = 4
-            cache = KVCache(s.n_layers, rows, s.n_kv_heads, len(ids), 64, s.head_dim, m.dtype)
+            cache = m.new_cache(rows, len(ids), 64)
             preds = [int(m.prefill(torch.tensor([ids]), cache).argmax(-1))]
             for i in range(len(gen) - 1):
                 logits = m.decode(gen[i : i + 1].expand(rows, 1), torch.full((rows,), len(ids) + i), cache)

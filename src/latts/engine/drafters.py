@@ -159,10 +159,8 @@ class DraftModelDrafter:
 
     def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
         """Prefill the prompt once into the draft's own shared-prefix cache."""
-        s = self.model.shape
         # drafts can run up to gamma past the budget; 64 slots of slack covers any sane gamma
-        self.cache = KVCache(s.n_layers, rows, s.n_kv_heads, len(prompt), max_new_tokens + 64, s.head_dim,
-                             self.model.dtype)
+        self.cache = self.model.new_cache(rows, len(prompt), max_new_tokens + 64)
         self.model.prefill(torch.tensor([prompt]), self.cache)
         self._fed = [len(prompt)] * rows
 

@@ -121,14 +121,14 @@ class Engine:
     def _prefill(self, request: GenerateRequest, ids: list[int], forcing: Forcing | None, max_new_tokens: int,
                  t0: float) -> _Batch:
         """Prefill the prompt once for all branches and give every branch its first token."""
-        m, s, B, P = self.model, self.model.shape, request.branches, len(ids)
+        m, B, P = self.model, request.branches, len(ids)
         drafter = request.drafter if request.gamma > 0 else None
         # slack past the budget: speculation verifies γ more positions, and a catch-up forward pads every
         # row to the longest forced text
         slack = request.gamma + (max(len(forcing.answer), len(forcing.ignore)) if forcing is not None else 0)
         # every checkpoint may have a probe of every branch alive at once: rows for all of them
         rows_cap = B * (1 + len(request.checkpoints))
-        cache = KVCache(s.n_layers, rows_cap, s.n_kv_heads, P, max_new_tokens + slack, s.head_dim, m.dtype)
+        cache = m.new_cache(rows_cap, P, max_new_tokens + slack)
         gen = torch.Generator().manual_seed(request.sampling.seed)
         logits = m.prefill(torch.tensor([ids]), cache).expand(B, -1)  # [B, V]: one prompt for B branches
         first = sample(logits, request.sampling, gen).tolist()  # [B]

@@ -47,6 +47,9 @@ class KVCache:
         self.prompt_len = prompt_len
         self.max_suffix = max_suffix
         self._zeroed = 0  # suffix slots [0, _zeroed) hold finite values in every row
+        # the prompt's keys in transposed blocks of eight (see engine/native.py), made by the native
+        # decode step on first use; a new prefix invalidates it
+        self.prompt_keys_t: torch.Tensor | None = None
 
     def reserve(self, n_slots: int) -> None:
         """Make suffix slots below ``n_slots`` finite before a forward reads them.
@@ -64,6 +67,7 @@ class KVCache:
         """Store the prompt's ``k``/``v`` ``[1, G, prompt_len, hd]``."""
         self.prefix_k[layer] = k
         self.prefix_v[layer] = v
+        self.prompt_keys_t = None
 
     def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared prompt keys and values ``[1, G, prompt_len, hd]``."""

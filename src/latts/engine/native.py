@@ -90,13 +90,30 @@ class NativeStep:
         start = start.to(torch.long).contiguous()
         lengths = (torch.full((B,), k) if lengths is None else lengths.to(torch.long)).contiguous()
         cos, sin = self._rope(int((start + lengths).max()))
-        logits = self._model.step(tokens.to(torch.long).contiguous(), start, lengths, cache.prefix_k,
+        logits = self._model.step(tokens.to(torch.long).contiguous(), start, lengths, _prompt_keys_transposed(cache),
                                   cache.prefix_v, cache.k, cache.v, cos, sin)
         if logits.shape[0] == B * k:
             return logits.view(B, k, -1)
         out = logits.new_zeros(B * k, logits.shape[1])
         out[(torch.arange(k)[None, :] < lengths[:, None]).flatten()] = logits
         return out.view(B, k, -1)
+
+
+def _prompt_keys_transposed(cache) -> torch.Tensor:
+    """The cache's prompt keys in transposed blocks of eight, ``[L, 1, G, ceil(P / 8), hd, 8]``, made once per cache.
+
+    The native step computes all rows' scores against the shared prompt together, eight keys to a
+    vector: in this layout those eight keys' feature c are contiguous, and each block of eight keys
+    is one contiguous run of memory. Padding keys are zeros (and never scored).
+    """
+    if cache.prompt_keys_t is None:
+        k = cache.prefix_k  # [L, 1, G, P, hd]
+        L, _, G, P, hd = k.shape
+        pad = -P % 8
+        if pad:
+            k = torch.nn.functional.pad(k, (0, 0, 0, pad))
+        cache.prompt_keys_t = k.view(L, 1, G, (P + pad) // 8, 8, hd).transpose(-1, -2).contiguous()
+    return cache.prompt_keys_t
 
 
 def build(model: "Transformer") -> NativeStep | None:  # noqa: F821

@@ -136,6 +136,15 @@ class Transformer(nn.Module):
         # (None: torch's ops; setting it to None switches a model back to them)
         self.native = native.build(self) if fast else None
 
+    def new_cache(self, rows: int, prompt_len: int, max_suffix: int) -> KVCache:
+        """A KV cache for ``rows`` branches of one prompt, ``max_suffix`` generated tokens each.
+
+        In the model dtype: the native step reads bf16 keys and values too, and there half the bytes
+        beat the conversion (a B=4 step at context 512 took 7.7 ms on a bf16 cache, 9.4 ms on fp32).
+        """
+        s = self.shape
+        return KVCache(s.n_layers, rows, s.n_kv_heads, prompt_len, max_suffix, s.head_dim, self.dtype)
+
     def projections(self) -> list[Projection]:
         """Every projection, the lm_head included: what weight-format tuning measures and switches."""
         layers = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]

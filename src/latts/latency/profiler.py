@@ -76,7 +76,6 @@ def measure_steps(
     if min(min(shape) for shape in shapes) < 1:
         raise LattsError("forward shapes need B, k and context >= 1")
     m = engine.model
-    s = m.shape
     slots = 2 * max(k for _, k, _ in shapes) + 8
     caches: dict[tuple[int, bool], KVCache] = {}
     for c in sorted({c for _, _, c in shapes}):
@@ -84,7 +83,7 @@ def measure_steps(
         rows = {b for b, _, cc in shapes if cc == c}
         sizes = ([1] if 1 in rows else []) + ([max(rows)] if max(rows) > 1 else [])  # 1 row has its own layout
         for n in sizes:
-            cache = KVCache(s.n_layers, n, s.n_kv_heads, c, slots, s.head_dim, m.dtype)
+            cache = m.new_cache(n, c, slots)
             m.prefill(prompt, cache)
             caches[(c, n == 1)] = cache
 
@@ -136,11 +135,10 @@ def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps:
 def measure_prefill(engine: Engine, tokens: int, repeats: int = 3) -> float:
     """Median seconds to prefill ``tokens`` prompt tokens."""
     m = engine.model
-    s = m.shape
     ids = torch.randint(100, 20000, (1, tokens), generator=torch.Generator().manual_seed(tokens))
 
     def run() -> None:
-        cache = KVCache(s.n_layers, 1, s.n_kv_heads, tokens, 1, s.head_dim, m.dtype)
+        cache = m.new_cache(1, tokens, 1)
         m.prefill(ids, cache)
 
     return _median_time(run, repeats)

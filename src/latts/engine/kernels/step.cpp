@@ -127,6 +127,8 @@ inline __m256i bcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
+constexpr int64_t kPrefetch = 1024;  // bytes of weights ahead
+
 template <Kind F, int RT>
 void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
   const int64_t nb = p.nb, K = p.K;
@@ -139,6 +141,9 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
   const uint8_t* wp = p.qs.data() + g * nb * p.block_bytes();
   const uint16_t* sp = p.scales.data() + g * nb * p.block_scales();
   for (int64_t b = 0; b < nb; ++b, wp += p.block_bytes(), sp += p.block_scales()) {
+    // the weights stream from memory once per step: ask for them well ahead of the multiplies
+    for (int64_t off = 0; off < p.block_bytes(); off += 64) _mm_prefetch(reinterpret_cast<const char*>(wp + kPrefetch + off), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(sp + kPrefetch / 4), _MM_HINT_T0);
     __m256i w[8];
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp)));
     if constexpr (F == kQ4) {
@@ -249,6 +254,13 @@ inline __m256 load8(const uint16_t* p) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t x) {
+  const uint32_t u = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 inline void store_kv(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
 inline void store_kv(uint16_t* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {  // round to nearest even, as torch converts
@@ -258,53 +270,180 @@ inline void store_kv(uint16_t* dst, const float* src, int64_t n) {
   }
 }
 
-inline float dot_kv(const float* q, const float* k, int64_t hd) {
-  __m256 a = _mm256_mul_ps(_mm256_loadu_ps(q), load8(k));
-  for (int64_t c = 8; c < hd; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), load8(k + c), a);
-  return hsum(a);
-}
-inline float dot_kv(const float* q, const uint16_t* k, int64_t hd) {
+template <typename KV>
+inline float dot_kv(const float* q, const KV* k, int64_t hd) {
   __m256 a = _mm256_mul_ps(_mm256_loadu_ps(q), load8(k));
   for (int64_t c = 8; c < hd; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), load8(k + c), a);
   return hsum(a);
 }
 
-// One query head against two key segments (the shared prompt, then the row's own slots):
-// softmax(scale q.K^T) V into out. scores has room for n1 + n2 floats.
+// scale * q.K_j for keys [0, n) of one segment into scores: eight keys at a time, their eight
+// accumulators reduced together (one horizontal reduction per eight keys, not per key).
 template <typename KV>
-void attend_segments(const float* q, const KV* k1, const KV* v1, int64_t n1, const KV* k2, const KV* v2, int64_t n2,
-                     int64_t hd, float scale, float* scores, float* out) {
-  const int64_t n = n1 + n2;
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) {
-    const float sc = dot_kv(q, j < n1 ? k1 + j * hd : k2 + (j - n1) * hd, hd) * scale;
-    scores[j] = sc;
-    mx = std::max(mx, sc);
-  }
-  const __m256 mv = _mm256_set1_ps(mx);
-  __m256 sum8 = _mm256_setzero_ps();
+void scores_of(const float* q, const KV* k, int64_t n, int64_t hd, float scale, float* scores) {
+  const __m256 sv = _mm256_set1_ps(scale);
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + j), mv));
-    _mm256_storeu_ps(scores + j, e);
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < hd; c += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + c);
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(qv, load8(k + (j + i) * hd + c), acc[i]);
+    }
+    _mm256_storeu_ps(scores + j, _mm256_mul_ps(hsum8(acc), sv));
+  }
+  for (; j < n; ++j) scores[j] = dot_kv(q, k + j * hd, hd) * scale;
+}
+
+// out (+)= sum_j p_j V_j over one segment's n values, in chunks of 64 features.
+template <typename KV>
+void mix_values(const float* p, const KV* v, int64_t n, int64_t hd, float* out) {
+  for (int64_t c0 = 0; c0 < hd; c0 += 64) {
+    const int w = static_cast<int>(std::min<int64_t>(64, hd - c0) / 8);
+    __m256 acc[8];
+    for (int i = 0; i < w; ++i) acc[i] = _mm256_loadu_ps(out + c0 + 8 * i);
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 pj = _mm256_set1_ps(p[j]);
+      const KV* vr = v + j * hd + c0;
+      for (int i = 0; i < w; ++i) acc[i] = _mm256_fmadd_ps(pj, load8(vr + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < w; ++i) _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
+  }
+}
+
+// The shared prompt's part of attention for NQ queries at once (the queries of one KV head): every
+// key and value is read, and converted from bf16, once for all of them. Keys come transposed in
+// blocks of eight (kt [ceil(P / 8), hd, 8], zero-padded): eight keys' feature c are one vector,
+// so the scores need no horizontal sums, and a block's keys are one contiguous kilobyte, which the
+// hardware prefetcher streams (a plain [hd, P] transpose made 64 streams and stalled on memory).
+template <int NQ, typename KV>
+void prefix_scores(const float* const* q, const KV* kt, int64_t P, int64_t hd, float scale, float* sc, int64_t ld) {
+  constexpr int KB = NQ >= 8 ? 1 : (NQ >= 4 ? 2 : (NQ >= 2 ? 4 : 8));  // key blocks per pass: >= 8 FMA chains
+  const __m256 sv = _mm256_set1_ps(scale);
+  const int64_t blocks = (P + 7) / 8;
+  for (int64_t jb = 0; jb < blocks; jb += KB) {
+    const int kb_n = static_cast<int>(std::min<int64_t>(KB, blocks - jb));
+    __m256 acc[KB][NQ];
+    for (int k = 0; k < KB; ++k)
+      for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_setzero_ps();
+    const KV* base = kt + jb * hd * 8;
+    for (int64_t c = 0; c < hd; ++c) {
+      __m256 qc[NQ];
+      for (int i = 0; i < NQ; ++i) qc[i] = _mm256_set1_ps(q[i][c]);
+      for (int k = 0; k < kb_n; ++k) {
+        const __m256 kv = load8(base + (k * hd + c) * 8);
+        for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_fmadd_ps(qc[i], kv, acc[k][i]);
+      }
+    }
+    for (int k = 0; k < kb_n; ++k) {
+      const int64_t j = (jb + k) * 8;
+      for (int i = 0; i < NQ; ++i) {
+        const __m256 v = _mm256_mul_ps(acc[k][i], sv);
+        if (j + 8 <= P) {
+          _mm256_storeu_ps(sc + i * ld + j, v);
+        } else {  // the last, partial block: its padding keys are not keys
+          alignas(32) float tmp[8];
+          _mm256_store_ps(tmp, v);
+          for (int64_t u = 0; u < P - j; ++u) sc[i * ld + j + u] = tmp[u];
+        }
+      }
+    }
+  }
+}
+
+// out[i] = sum_j p[i][j] V_j over the shared prompt's P values, for NQ queries at once.
+template <int NQ, typename KV>
+void prefix_mix(const float* p, int64_t ld, const KV* v, int64_t P, int64_t hd, float* const* out) {
+  constexpr int W = NQ >= 4 ? 2 : 4;  // vectors of features per pass: at least eight FMA chains
+  for (int64_t c0 = 0; c0 < hd; c0 += 8 * W) {
+    const int w = static_cast<int>(std::min<int64_t>(8 * W, hd - c0) / 8);
+    __m256 acc[NQ][W];
+    for (int i = 0; i < NQ; ++i)
+      for (int u = 0; u < W; ++u) acc[i][u] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < P; ++j) {
+      __m256 vv[W];
+      for (int u = 0; u < w; ++u) vv[u] = load8(v + j * hd + c0 + 8 * u);
+      for (int i = 0; i < NQ; ++i) {
+        const __m256 pij = _mm256_set1_ps(p[i * ld + j]);
+        for (int u = 0; u < w; ++u) acc[i][u] = _mm256_fmadd_ps(pij, vv[u], acc[i][u]);
+      }
+    }
+    for (int i = 0; i < NQ; ++i)
+      for (int u = 0; u < w; ++u) _mm256_storeu_ps(out[i] + c0 + 8 * u, acc[i][u]);
+  }
+}
+
+// softmax numerators of n scores in place; returns their sum.
+inline float exp_in_place(float* sc, int64_t n) {
+  __m256 mx8 = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) mx8 = _mm256_max_ps(mx8, _mm256_loadu_ps(sc + j));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx8), _mm256_extractf128_ps(mx8, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float mx = _mm_cvtss_f32(m4);
+  for (; j < n; ++j) mx = std::max(mx, sc[j]);
+  const __m256 mv = _mm256_set1_ps(mx);
+  __m256 sum8 = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mv));
+    _mm256_storeu_ps(sc + j, e);
     sum8 = _mm256_add_ps(sum8, e);
   }
   float sum = hsum(sum8);
   for (; j < n; ++j) {
-    scores[j] = std::exp(scores[j] - mx);
-    sum += scores[j];
+    sc[j] = std::exp(sc[j] - mx);
+    sum += sc[j];
   }
-  const __m256 inv = _mm256_set1_ps(1.0f / sum);
-  for (int64_t c0 = 0; c0 < hd; c0 += 64) {  // eight accumulators per chunk of 64 features
-    const int64_t w = std::min<int64_t>(64, hd - c0) / 8;
-    __m256 acc[8];
-    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t jj = 0; jj < n; ++jj) {
-      const KV* vr = jj < n1 ? v1 + jj * hd : v2 + (jj - n1) * hd;
-      const __m256 p = _mm256_set1_ps(scores[jj]);
-      for (int i = 0; i < w; ++i) acc[i] = _mm256_fmadd_ps(p, load8(vr + c0 + 8 * i), acc[i]);
-    }
-    for (int i = 0; i < w; ++i) _mm256_storeu_ps(out + c0 + 8 * i, _mm256_mul_ps(acc[i], inv));
+  return sum;
+}
+
+// Where a query's keys are: the shared prompt (kt transposed, pv) and its row's own slots.
+template <typename KV>
+struct QueryKeys {
+  const float* q;
+  const KV* own_k;
+  const KV* own_v;
+  int64_t n_own;
+  float* out;
+};
+
+// NQ queries of one KV head: scores against the prompt (together) and their own slots, one softmax
+// over both, then the values. sc: NQ rows of ld >= P + n_own floats.
+template <int NQ, typename KV>
+void attend_block(const QueryKeys<KV>* qs, const KV* kt, const KV* pv, int64_t P, int64_t hd, float scale, float* sc,
+                  int64_t ld) {
+  const float* q[NQ];
+  float* out[NQ];
+  for (int i = 0; i < NQ; ++i) { q[i] = qs[i].q; out[i] = qs[i].out; }
+  prefix_scores<NQ>(q, kt, P, hd, scale, sc, ld);
+  float inv[NQ];
+  for (int i = 0; i < NQ; ++i) {
+    scores_of(q[i], qs[i].own_k, qs[i].n_own, hd, scale, sc + i * ld + P);
+    inv[i] = 1.0f / exp_in_place(sc + i * ld, P + qs[i].n_own);
+  }
+  prefix_mix<NQ>(sc, ld, pv, P, hd, out);
+  for (int i = 0; i < NQ; ++i) {
+    mix_values(sc + i * ld + P, qs[i].own_v, qs[i].n_own, hd, out[i]);
+    const __m256 iv = _mm256_set1_ps(inv[i]);
+    for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(out[i] + c, _mm256_mul_ps(_mm256_loadu_ps(out[i] + c), iv));
+  }
+}
+
+constexpr int kMaxQueries = 8;  // queries per attention block
+
+template <typename KV>
+void attend_queries(const QueryKeys<KV>* qs, int n, const KV* kt, const KV* pv, int64_t P, int64_t hd, float scale,
+                    float* sc, int64_t ld) {
+  switch (n) {
+    case 1: attend_block<1>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 2: attend_block<2>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 3: attend_block<3>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 4: attend_block<4>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 5: attend_block<5>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 6: attend_block<6>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 7: attend_block<7>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    default: attend_block<8>(qs, kt, pv, P, hd, scale, sc, ld); break;
   }
 }
 
@@ -378,6 +517,7 @@ Proj from_tensors(int64_t kind, const torch::Tensor& qs, const torch::Tensor& d,
                 reinterpret_cast<const uint16_t*>(d.data_ptr<int16_t>()), mp, N, K);
 }
 
+
 class Model {
  public:
   // tensors: per layer qkv, o, gate_up, down (each qs, d, m, bias), norm_attn, norm_mlp, qk_norm;
@@ -419,16 +559,20 @@ class Model {
 
   // logits [T, V] for the real tokens (row-major over rows, then tokens) of a step.
   torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& start, const torch::Tensor& lengths,
-                     const torch::Tensor& prefix_k, const torch::Tensor& prefix_v, const torch::Tensor& own_k,
+                     const torch::Tensor& prefix_kt, const torch::Tensor& prefix_v, const torch::Tensor& own_k,
                      const torch::Tensor& own_v, const torch::Tensor& cos, const torch::Tensor& sin) {
     TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong && tokens.is_contiguous(), "tokens: [B, k] int64");
     const int64_t B = tokens.size(0), kmax = tokens.size(1);
     TORCH_CHECK(start.numel() == B && lengths.numel() == B && start.scalar_type() == torch::kLong &&
                 lengths.scalar_type() == torch::kLong, "start, lengths: [B] int64");
-    check_cache(prefix_k, prefix_v, own_k, own_v, B);
+    check_cache(prefix_v, prefix_v, own_k, own_v, B);
+    TORCH_CHECK(prefix_kt.dim() == 6 && prefix_kt.is_contiguous() && prefix_kt.size(0) == L_ && prefix_kt.size(2) == G_ &&
+                prefix_kt.size(3) == (prefix_v.size(3) + 7) / 8 && prefix_kt.size(4) == hd_ && prefix_kt.size(5) == 8 &&
+                prefix_kt.scalar_type() == prefix_v.scalar_type(),
+                "prompt keys: [L, 1, G, ceil(P / 8), hd, 8], the cache's dtype");
     TORCH_CHECK(cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 && cos.is_contiguous() &&
                 sin.is_contiguous() && cos.size(1) == hd_, "rope tables: [positions, hd] float32");
-    const int64_t P = prefix_k.size(3), S = own_k.size(3);
+    const int64_t P = prefix_v.size(3), S = own_k.size(3);
     // the real tokens, flattened
     std::vector<int64_t> tok, row, pos;
     const int64_t* tp = tokens.data_ptr<int64_t>();
@@ -449,7 +593,7 @@ class Model {
     if (T == 0) return logits;
     Work w(T, *this, P + S);
     for (int64_t t = 0; t < T; ++t) embed_row(tok[t], w.x.data() + t * D_);
-    const Cache c{prefix_k, prefix_v, own_k, own_v, P};
+    const Cache c{prefix_kt, prefix_v, own_k, own_v, P};
     const float* cosp = cos.data_ptr<float>();
     const float* sinp = sin.data_ptr<float>();
     float* lp_out = logits.data_ptr<float>();
@@ -467,17 +611,18 @@ class Model {
     int64_t T;
     std::vector<float> x, h, qkv, attn, gu;
     QAct act;
-    std::vector<std::vector<float>> scores;  // per thread
+    std::vector<std::vector<float>> scores;  // per thread: kMaxQueries rows of score_ld
+    int64_t score_ld;
     Work(int64_t t, const Model& m, int64_t max_keys)
         : T(t), x(t * m.D_), h(t * std::max(m.D_, m.F_)), qkv(t * (m.H_ + 2 * m.G_) * m.hd_), attn(t * m.H_ * m.hd_),
-          gu(t * 2 * m.F_) {
+          gu(t * 2 * m.F_), score_ld((max_keys + 15) / 8 * 8) {
       act.reserve(t, std::max({m.D_, m.F_, m.H_ * m.hd_}));
-      scores.resize(std::max(1, at::get_num_threads()), std::vector<float>(max_keys + m.hd_));
+      scores.resize(std::max(1, at::get_num_threads()), std::vector<float>(kMaxQueries * score_ld));
     }
   };
 
   struct Cache {
-    const torch::Tensor &pk, &pv, &ok, &ov;
+    const torch::Tensor &kt, &pv, &ok, &ov;  // kt: the prompt's keys in transposed blocks, [L, 1, G, P/8, hd, 8]
     int64_t P;
   };
 
@@ -534,10 +679,10 @@ class Model {
             project(ly.qkv, w.act, T, tid, team, w.qkv.data(), nq, false);
     }
     barrier.wait();
-    if (c.pk.scalar_type() == torch::kFloat32) rope_and_store<float>(l, ly, tid, team, w, c, row, pos, cos, sin);
+    if (c.pv.scalar_type() == torch::kFloat32) rope_and_store<float>(l, ly, tid, team, w, c, row, pos, cos, sin);
     else rope_and_store<uint16_t>(l, ly, tid, team, w, c, row, pos, cos, sin);
     barrier.wait();
-    if (c.pk.scalar_type() == torch::kFloat32) attention<float>(l, ly, tid, team, w, c, row, pos);
+    if (c.pv.scalar_type() == torch::kFloat32) attention<float>(l, ly, tid, team, w, c, row, pos);
     else attention<uint16_t>(l, ly, tid, team, w, c, row, pos);
     barrier.wait();
     w.act.set_k(H_ * hd_);
@@ -601,22 +746,35 @@ class Model {
     }
   }
 
+  // Attention as tasks of up to kMaxQueries queries of one KV head (a token's heads of that group,
+  // then the next token's), spread over the team.
   template <typename KV>
   void attention(int64_t l, const Layer& ly, int64_t tid, int64_t team, Work& w, const Cache& c,
                  const std::vector<int64_t>& row, const std::vector<int64_t>& pos) const {
-    const int64_t nq = (H_ + 2 * G_) * hd_, group = H_ / G_;
-    const KV* pk = reinterpret_cast<const KV*>(c.pk.data_ptr());
+    const int64_t nqkv = (H_ + 2 * G_) * hd_, group = H_ / G_, per_group = w.T * group;
+    // one or two tokens: a task per head (the team's threads then share the work evenly and each
+    // reads its head's keys once); more: blocks of up to kMaxQueries, each key read once per block
+    const int64_t size = w.T <= 2 ? 1 : (per_group + (per_group + kMaxQueries - 1) / kMaxQueries - 1) /
+                                            ((per_group + kMaxQueries - 1) / kMaxQueries);
+    const int64_t n_blocks = (per_group + size - 1) / size;
+    const KV* kt = reinterpret_cast<const KV*>(c.kt.data_ptr());
     const KV* pv = reinterpret_cast<const KV*>(c.pv.data_ptr());
     const KV* ok = reinterpret_cast<const KV*>(c.ok.data_ptr());
     const KV* ov = reinterpret_cast<const KV*>(c.ov.data_ptr());
-    float* scores = w.scores[tid].data();
-    const auto [i0, i1] = share(w.T * H_, tid, team);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / H_, h = i % H_, g = h / group;
-      const int64_t p_off = l * c.pk.stride(0) + g * c.pk.stride(2);
-      const int64_t o_off = l * c.ok.stride(0) + row[t] * c.ok.stride(1) + g * c.ok.stride(2);
-      attend_segments<KV>(w.qkv.data() + t * nq + h * hd_, pk + p_off, pv + p_off, c.P, ok + o_off, ov + o_off,
-                          pos[t] - c.P + 1, hd_, ly.scale, scores, w.attn.data() + t * H_ * hd_ + h * hd_);
+    float* sc = w.scores[tid].data();
+    const int64_t ld = w.score_ld;
+    const auto [i0, i1] = share(G_ * n_blocks, tid, team);
+    for (int64_t task = i0; task < i1; ++task) {
+      const int64_t g = task / n_blocks, q0 = (task % n_blocks) * size, q1 = std::min(per_group, q0 + size);
+      QueryKeys<KV> qs[kMaxQueries];
+      for (int64_t qi = q0; qi < q1; ++qi) {
+        const int64_t t = qi / group, h = g * group + qi % group;
+        const int64_t o_off = l * c.ok.stride(0) + row[t] * c.ok.stride(1) + g * c.ok.stride(2);
+        qs[qi - q0] = {w.qkv.data() + t * nqkv + h * hd_, ok + o_off, ov + o_off, pos[t] - c.P + 1,
+                       w.attn.data() + t * H_ * hd_ + h * hd_};
+      }
+      attend_queries<KV>(qs, static_cast<int>(q1 - q0), kt + l * c.kt.stride(0) + g * c.kt.stride(2),
+                         pv + l * c.pv.stride(0) + g * c.pv.stride(2), c.P, hd_, ly.scale, sc, ld);
     }
   }
 
