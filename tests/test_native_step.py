@@ -176,3 +176,37 @@ def test_the_avx2_build_computes_what_the_native_build_does(tmp_path) -> None:
     subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(out)], env=env, check=True, timeout=900)
     for got, (kind, packed, x) in zip(torch.load(out), _projection_cases()):
         torch.testing.assert_close(got, ext.Int8Linear(kind, *packed)(x), rtol=1e-6, atol=1e-5)
+
+
+def test_compacted_rows_continue_bit_for_bit(fast_model) -> None:
+    """A finished row's slot taken by the last live row (``move_row``): that row decodes on exactly as before."""
+    m = fast_model.model
+    ids = fast_model.encode_chat("Name three prime numbers.")
+    P = len(ids)
+    toks = torch.tensor([[28, 29], [40, 41], [50, 51]])
+    caches = [m.new_cache(3, P, 8) for _ in range(2)]
+    for cache in caches:
+        m.prefill(torch.tensor([ids]), cache)
+        m.decode(toks, torch.full((3,), P), cache)
+    kept = m.decode(torch.tensor([[60], [61], [62]]), torch.full((3,), P + 2), caches[0])
+    caches[1].move_row(2, 0, 2)  # row 0 finished: row 2 moves into its slot
+    moved = m.decode(torch.tensor([[62], [61]]), torch.full((2,), P + 2), caches[1])
+    assert torch.equal(moved[0], kept[2]) and torch.equal(moved[1], kept[1])
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_greedy_speculation_on_the_native_step_is_token_identical(fast_model, ragged: bool) -> None:
+    from latts.engine.drafters import NGramDrafter
+    from latts.engine.engine import Engine
+    from latts.request import GenerateRequest
+    from test_speculative import PROMPT, _Ragged
+
+    engine = Engine(fast_model)
+    assert fast_model.model.native is not None
+    plain = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=80, ignore_eos=True))
+    spec = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=80, ignore_eos=True, gamma=3,
+                                           drafter=_Ragged() if ragged else NGramDrafter()))
+    assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
+    assert spec.spec.proposed > 0 and spec.spec.accepted > 0
+    if not ragged:  # (with ragged proposals row 0 never drafts, so it still takes one step a token)
+        assert spec.steps < plain.steps

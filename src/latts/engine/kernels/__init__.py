@@ -1,19 +1,22 @@
-"""latts' own CPU kernels (AVX2, fp32) for what a small-batch decode step spends its time on.
+"""latts' own CPU kernels for what a small-batch decode step spends its time on.
 
-- **Block-quantized matmuls.** A small-batch step is bound by reading weights, and the default
-  model's GGUF stores its layers as Q4_1 and its embedding (the tied lm_head) as Q8_0 blocks of 32.
-  torch's CPU int4 kernel reads the 4-bit layers but only with bf16 activations (≈ 3e-3 relative
-  error per projection), and torch has no kernel for 8-bit blocks with per-block scales, so the
-  lm_head was read as 113 MB of fp32 a step. ``q4_linear``/``q8_linear`` multiply fp32 activations
-  by the blocks as stored: the products are exact, only the order of the sums differs from a dense
-  fp32 matmul of the de-quantized weights.
-- **RMS norm and one branch's attention.** At B = 1 these are tiny, and torch's ops for them cost
-  15-90 µs a call here, mostly dispatch and set-up (``rms_norm``, ``attend``).
+- **The native step** (``step.cpp``, ``Model.step``): a whole decode or verify step of the layer
+  stack in one call (see :mod:`latts.engine.native`). Its projections quantize the activations to
+  8-bit blocks of 32 and multiply them with the GGUF's Q4_0/Q4_1/Q8_0 weight blocks in integers
+  (``simd_int8.h``: AVX-512 VNNI where the CPU has it, AVX2 elsewhere), as llama.cpp's CPU backend
+  does; ``Int8Linear`` is that projection alone, for tests and measurements.
+- **Exact block-quantized matmuls** (``cpu.cpp``): ``q4_linear``/``q8_linear`` multiply fp32
+  activations by the blocks as stored: the products are exact, only the order of the sums differs
+  from a dense fp32 matmul of the de-quantized weights. torch's path uses them where the native step
+  does not run (e.g. a model whose weights are not all blocks).
+- **RMS norm and one branch's attention** (``cpu.cpp``) for torch's path: at B = 1 torch's ops for
+  them cost 15-90 µs a call here, mostly dispatch and set-up (``rms_norm``, ``attend``).
 
-The extension (``cpu.cpp``) is compiled once per machine and torch version with torch's C++
-extension builder (about a minute on 2 cores; cached under ``~/.cache/latts/kernels/<build_id>``). Where it
-cannot be built (no C++ compiler, no AVX2/FMA/F16C, or ``LATTS_NO_KERNELS=1``), :func:`compiled`
-returns None and the engine keeps torch's ops.
+The extension is compiled once per build (:func:`build_id`: its sources, compile flags, CPU
+features and torch version) with torch's C++ extension builder (about a minute on 2 cores; cached
+under ``~/.cache/latts/kernels/<build_id>``). Where it cannot be built (no C++ compiler, no
+AVX2/FMA/F16C, or ``LATTS_NO_KERNELS=1``), :func:`compiled` returns None and the engine keeps
+torch's ops.
 """
 
 from __future__ import annotations
