@@ -1,0 +1,216 @@
+// The native step's attention: one query head (or up to eight of one KV head at once) against the
+// shared prompt's keys and its row's own slots, in float32 or bfloat16 caches.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "simd.h"
+
+namespace latts {
+
+// KV cache elements: float32 or bfloat16 (uint16_t), read as 8 floats and written from floats.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t x) {
+  const uint32_t u = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void store_kv(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void store_kv(uint16_t* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {  // round to nearest even, as torch converts
+    uint32_t u;
+    std::memcpy(&u, src + i, 4);
+    dst[i] = static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+  }
+}
+
+template <typename KV>
+inline float dot_kv(const float* q, const KV* k, int64_t hd) {
+  __m256 a = _mm256_mul_ps(_mm256_loadu_ps(q), load8(k));
+  for (int64_t c = 8; c < hd; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), load8(k + c), a);
+  return hsum(a);
+}
+
+// scale * q.K_j for keys [0, n) of one segment into scores: eight keys at a time, their eight
+// accumulators reduced together (one horizontal reduction per eight keys, not per key).
+template <typename KV>
+void scores_of(const float* q, const KV* k, int64_t n, int64_t hd, float scale, float* scores) {
+  const __m256 sv = _mm256_set1_ps(scale);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < hd; c += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + c);
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(qv, load8(k + (j + i) * hd + c), acc[i]);
+    }
+    _mm256_storeu_ps(scores + j, _mm256_mul_ps(hsum8(acc), sv));
+  }
+  for (; j < n; ++j) scores[j] = dot_kv(q, k + j * hd, hd) * scale;
+}
+
+// out (+)= sum_j p_j V_j over one segment's n values, in chunks of 64 features.
+template <typename KV>
+void mix_values(const float* p, const KV* v, int64_t n, int64_t hd, float* out) {
+  for (int64_t c0 = 0; c0 < hd; c0 += 64) {
+    const int w = static_cast<int>(std::min<int64_t>(64, hd - c0) / 8);
+    __m256 acc[8];
+    for (int i = 0; i < w; ++i) acc[i] = _mm256_loadu_ps(out + c0 + 8 * i);
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 pj = _mm256_set1_ps(p[j]);
+      const KV* vr = v + j * hd + c0;
+      for (int i = 0; i < w; ++i) acc[i] = _mm256_fmadd_ps(pj, load8(vr + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < w; ++i) _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
+  }
+}
+
+// The shared prompt's part of attention for NQ queries at once (the queries of one KV head): every
+// key and value is read, and converted from bf16, once for all of them. Keys come transposed in
+// blocks of eight (kt [ceil(P / 8), hd, 8], zero-padded): eight keys' feature c are one vector,
+// so the scores need no horizontal sums, and a block's keys are one contiguous kilobyte, which the
+// hardware prefetcher streams (a plain [hd, P] transpose made 64 streams and stalled on memory).
+template <int NQ, typename KV>
+void prefix_scores(const float* const* q, const KV* kt, int64_t P, int64_t hd, float scale, float* sc, int64_t ld) {
+  constexpr int KB = NQ >= 8 ? 1 : (NQ >= 4 ? 2 : (NQ >= 2 ? 4 : 8));  // key blocks per pass: >= 8 FMA chains
+  const __m256 sv = _mm256_set1_ps(scale);
+  const int64_t blocks = (P + 7) / 8;
+  for (int64_t jb = 0; jb < blocks; jb += KB) {
+    const int kb_n = static_cast<int>(std::min<int64_t>(KB, blocks - jb));
+    __m256 acc[KB][NQ];
+    for (int k = 0; k < KB; ++k)
+      for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_setzero_ps();
+    const KV* base = kt + jb * hd * 8;
+    for (int64_t c = 0; c < hd; ++c) {
+      __m256 qc[NQ];
+      for (int i = 0; i < NQ; ++i) qc[i] = _mm256_set1_ps(q[i][c]);
+      for (int k = 0; k < kb_n; ++k) {
+        const __m256 kv = load8(base + (k * hd + c) * 8);
+        for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_fmadd_ps(qc[i], kv, acc[k][i]);
+      }
+    }
+    for (int k = 0; k < kb_n; ++k) {
+      const int64_t j = (jb + k) * 8;
+      for (int i = 0; i < NQ; ++i) {
+        const __m256 v = _mm256_mul_ps(acc[k][i], sv);
+        if (j + 8 <= P) {
+          _mm256_storeu_ps(sc + i * ld + j, v);
+        } else {  // the last, partial block: its padding keys are not keys
+          alignas(32) float tmp[8];
+          _mm256_store_ps(tmp, v);
+          for (int64_t u = 0; u < P - j; ++u) sc[i * ld + j + u] = tmp[u];
+        }
+      }
+    }
+  }
+}
+
+// out[i] = sum_j p[i][j] V_j over the shared prompt's P values, for NQ queries at once.
+template <int NQ, typename KV>
+void prefix_mix(const float* p, int64_t ld, const KV* v, int64_t P, int64_t hd, float* const* out) {
+  constexpr int W = NQ >= 4 ? 2 : 4;  // vectors of features per pass: at least eight FMA chains
+  for (int64_t c0 = 0; c0 < hd; c0 += 8 * W) {
+    const int w = static_cast<int>(std::min<int64_t>(8 * W, hd - c0) / 8);
+    __m256 acc[NQ][W];
+    for (int i = 0; i < NQ; ++i)
+      for (int u = 0; u < W; ++u) acc[i][u] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < P; ++j) {
+      __m256 vv[W];
+      for (int u = 0; u < w; ++u) vv[u] = load8(v + j * hd + c0 + 8 * u);
+      for (int i = 0; i < NQ; ++i) {
+        const __m256 pij = _mm256_set1_ps(p[i * ld + j]);
+        for (int u = 0; u < w; ++u) acc[i][u] = _mm256_fmadd_ps(pij, vv[u], acc[i][u]);
+      }
+    }
+    for (int i = 0; i < NQ; ++i)
+      for (int u = 0; u < w; ++u) _mm256_storeu_ps(out[i] + c0 + 8 * u, acc[i][u]);
+  }
+}
+
+// softmax numerators of n scores in place; returns their sum.
+inline float exp_in_place(float* sc, int64_t n) {
+  __m256 mx8 = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) mx8 = _mm256_max_ps(mx8, _mm256_loadu_ps(sc + j));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx8), _mm256_extractf128_ps(mx8, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float mx = _mm_cvtss_f32(m4);
+  for (; j < n; ++j) mx = std::max(mx, sc[j]);
+  const __m256 mv = _mm256_set1_ps(mx);
+  __m256 sum8 = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mv));
+    _mm256_storeu_ps(sc + j, e);
+    sum8 = _mm256_add_ps(sum8, e);
+  }
+  float sum = hsum(sum8);
+  for (; j < n; ++j) {
+    sc[j] = std::exp(sc[j] - mx);
+    sum += sc[j];
+  }
+  return sum;
+}
+
+// Where a query's keys are: the shared prompt (kt transposed, pv) and its row's own slots.
+template <typename KV>
+struct QueryKeys {
+  const float* q;
+  const KV* own_k;
+  const KV* own_v;
+  int64_t n_own;
+  float* out;
+};
+
+// NQ queries of one KV head: scores against the prompt (together) and their own slots, one softmax
+// over both, then the values. sc: NQ rows of ld >= P + n_own floats.
+template <int NQ, typename KV>
+void attend_block(const QueryKeys<KV>* qs, const KV* kt, const KV* pv, int64_t P, int64_t hd, float scale, float* sc,
+                  int64_t ld) {
+  const float* q[NQ];
+  float* out[NQ];
+  for (int i = 0; i < NQ; ++i) { q[i] = qs[i].q; out[i] = qs[i].out; }
+  prefix_scores<NQ>(q, kt, P, hd, scale, sc, ld);
+  float inv[NQ];
+  for (int i = 0; i < NQ; ++i) {
+    scores_of(q[i], qs[i].own_k, qs[i].n_own, hd, scale, sc + i * ld + P);
+    inv[i] = 1.0f / exp_in_place(sc + i * ld, P + qs[i].n_own);
+  }
+  prefix_mix<NQ>(sc, ld, pv, P, hd, out);
+  for (int i = 0; i < NQ; ++i) {
+    mix_values(sc + i * ld + P, qs[i].own_v, qs[i].n_own, hd, out[i]);
+    const __m256 iv = _mm256_set1_ps(inv[i]);
+    for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(out[i] + c, _mm256_mul_ps(_mm256_loadu_ps(out[i] + c), iv));
+  }
+}
+
+constexpr int kMaxQueries = 8;  // queries per attention block
+
+template <typename KV>
+void attend_queries(const QueryKeys<KV>* qs, int n, const KV* kt, const KV* pv, int64_t P, int64_t hd, float scale,
+                    float* sc, int64_t ld) {
+  switch (n) {
+    case 1: attend_block<1>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 2: attend_block<2>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 3: attend_block<3>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 4: attend_block<4>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 5: attend_block<5>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 6: attend_block<6>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    case 7: attend_block<7>(qs, kt, pv, P, hd, scale, sc, ld); break;
+    default: attend_block<8>(qs, kt, pv, P, hd, scale, sc, ld); break;
+  }
+}
+
+}  // namespace latts

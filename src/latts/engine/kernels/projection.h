@@ -1,0 +1,195 @@
+// The projections of the native step: 8-bit activation blocks times GGUF weight blocks, repacked
+// for the integer multiply-accumulate (see simd_int8.h), split over a team of threads by outputs.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "simd.h"
+#include "simd_int8.h"
+#include "team.h"
+
+namespace latts {
+
+enum Kind : int64_t { kQ4 = 0, kQ8 = 1 };
+
+// A projection y = x W^T (+ bias) with W [N, K] in blocks of 32 along K, repacked for the kernel:
+// outputs in groups of 8, and for each group and block the 8 rows' weights interleaved four bytes
+// at a time, so that one 32-byte vector holds 4 consecutive weights of each of the 8 outputs. One
+// u8 x s8 multiply-accumulate of that vector with 4 activation bytes broadcast then feeds 8
+// outputs at once, and a block's scales apply to 8 outputs in one vector operation.
+//   q4: per (group, block) 128 bytes; byte 4n + i of chunk c (c < 4) holds output n's levels
+//       4c + i (low nibble) and 16 + 4c + i (high nibble); scales: 8 d then 8 m (fp16)
+//   q8: per (group, block) 256 bytes; byte 4n + i of chunk c holds output n's weight 4c + i; 8 d.
+//       With VNNI the weights are stored plus 128 (unsigned), and 128 x the activation block's
+//       level sum is taken off the dot product; AVX2's 16-bit pair sums could overflow there, so
+//       it keeps the signed weights and moves their signs onto the activations instead.
+struct Proj {
+  Kind kind = kQ4;
+  std::vector<uint8_t> qs;
+  std::vector<uint16_t> scales;
+  const float* bias = nullptr;  // [N] or null
+  int64_t N = 0, K = 0, nb = 0;
+  int64_t block_bytes() const { return kind == kQ4 ? 128 : 256; }
+  int64_t block_scales() const { return kind == kQ4 ? 16 : 8; }
+};
+
+// qs/d/m as kernels/__init__.py packs them (row-major blocks; byte j of a q4 block = q[j] | q[j + 16] << 4).
+inline Proj repack(Kind kind, const uint8_t* qs, const uint16_t* d, const uint16_t* m, int64_t N, int64_t K) {
+  Proj p;
+  p.kind = kind;
+  p.N = N;
+  p.K = K;
+  p.nb = K / kBlock;
+  const int64_t nb = p.nb, groups = N / 8;
+  p.qs.resize(groups * nb * p.block_bytes());
+  p.scales.resize(groups * nb * p.block_scales());
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* out = p.qs.data() + (g * nb + b) * p.block_bytes();
+      uint16_t* sc = p.scales.data() + (g * nb + b) * p.block_scales();
+      for (int64_t n = 0; n < 8; ++n) {
+        const int64_t row = g * 8 + n;
+        sc[n] = d[row * nb + b];
+        if (kind == kQ4) {
+          sc[8 + n] = m[row * nb + b];
+          const uint8_t* src = qs + (row * nb + b) * (kBlock / 2);
+          for (int64_t c = 0; c < 4; ++c)
+            for (int64_t i = 0; i < 4; ++i) out[c * 32 + n * 4 + i] = src[4 * c + i];  // lo: 4c+i, hi: 16+4c+i
+        } else {
+          const uint8_t* src = qs + (row * nb + b) * kBlock;
+          for (int64_t c = 0; c < 8; ++c)
+            for (int64_t i = 0; i < 4; ++i)
+              out[c * 32 + n * 4 + i] = LATTS_VNNI ? static_cast<uint8_t>(src[4 * c + i] ^ 0x80) : src[4 * c + i];
+        }
+      }
+    }
+  }
+  return p;
+}
+
+// Activations as 8-bit blocks: rows x K levels, per block a scale and the exact sum.
+struct QAct {
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
+  std::vector<int32_t> qsum;
+  int64_t K = 0, nb = 0;
+  void reserve(int64_t rows, int64_t max_k) {
+    q.resize(rows * max_k);
+    d.resize(rows * max_k / kBlock);
+    s.resize(rows * max_k / kBlock);
+    qsum.resize(rows * max_k / kBlock);
+  }
+  void set_k(int64_t k) { K = k; nb = k / kBlock; }
+  void quantize(int64_t t, const float* x) {
+    quantize_row(x, K, q.data() + t * K, d.data() + t * nb, s.data() + t * nb, qsum.data() + t * nb);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The projections: 8 outputs x RT activation rows per tile; a block's unpacked weights are reused
+// for every row of the tile.
+
+inline __m256i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+constexpr int64_t kPrefetch = 1024;  // bytes of weights ahead
+
+template <Kind F, int RT>
+void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
+  const int64_t nb = p.nb, K = p.K;
+  __m256 acc[RT];
+  for (int r = 0; r < RT; ++r) acc[r] = _mm256_setzero_ps();
+  const int8_t* xq = a.q.data() + t0 * K;
+  const float* xd = a.d.data() + t0 * nb;
+  const float* xs = a.s.data() + t0 * nb;
+  const int32_t* xsum = a.qsum.data() + t0 * nb;
+  const uint8_t* wp = p.qs.data() + g * nb * p.block_bytes();
+  const uint16_t* sp = p.scales.data() + g * nb * p.block_scales();
+  for (int64_t b = 0; b < nb; ++b, wp += p.block_bytes(), sp += p.block_scales()) {
+    // the weights stream from memory once per step: ask for them well ahead of the multiplies
+    for (int64_t off = 0; off < p.block_bytes(); off += 64) _mm_prefetch(reinterpret_cast<const char*>(wp + kPrefetch + off), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(sp + kPrefetch / 4), _MM_HINT_T0);
+    __m256i w[8];
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp)));
+    if constexpr (F == kQ4) {
+      const __m256i mask = _mm256_set1_epi8(0x0F);
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * c));
+        w[c] = _mm256_and_si256(v, mask);
+        w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+      }
+      const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8)));
+      for (int r = 0; r < RT; ++r) {
+        const int8_t* xb = xq + r * K + b * kBlock;
+        __m256i s = _mm256_setzero_si256();
+        for (int c = 0; c < 8; ++c) s = dot_u8s8(s, w[c], bcast4(xb + 4 * c));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
+        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[r * nb + b]), acc[r]);
+      }
+    } else {
+      for (int c = 0; c < 8; ++c) w[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * c));
+#if LATTS_VNNI
+      for (int r = 0; r < RT; ++r) {
+        const int8_t* xb = xq + r * K + b * kBlock;
+        __m256i s = _mm256_set1_epi32(-128 * xsum[r * nb + b]);  // the weights' +128, taken off
+        for (int c = 0; c < 8; ++c) s = dot_u8s8(s, w[c], bcast4(xb + 4 * c));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
+      }
+#else
+      __m256i wabs[8];
+      for (int c = 0; c < 8; ++c) wabs[c] = _mm256_sign_epi8(w[c], w[c]);
+      for (int r = 0; r < RT; ++r) {
+        const int8_t* xb = xq + r * K + b * kBlock;
+        __m256i s = _mm256_setzero_si256();
+        for (int c = 0; c < 8; ++c) s = dot_u8s8(s, wabs[c], _mm256_sign_epi8(bcast4(xb + 4 * c), w[c]));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
+      }
+      (void)xsum;
+#endif
+    }
+  }
+  const __m256 bias = p.bias ? _mm256_loadu_ps(p.bias + g * 8) : _mm256_setzero_ps();
+  for (int r = 0; r < RT; ++r) {
+    float* out = y + (t0 + r) * ldy + g * 8;
+    __m256 v = _mm256_add_ps(acc[r], bias);
+    if (add) v = _mm256_add_ps(v, _mm256_loadu_ps(out));
+    _mm256_storeu_ps(out, v);
+  }
+}
+
+// y[t, 8 g0 : 8 g1] (+)= x[t] . W[8 g0 : 8 g1] for every row t < T.
+template <Kind F>
+void project_groups(const Proj& p, const QAct& a, int64_t T, int64_t g0, int64_t g1, float* y, int64_t ldy, bool add) {
+  for (int64_t g = g0; g < g1; ++g) {
+    int64_t t = 0;
+#ifdef __AVX512VL__  // 32 vector registers: eight rows' accumulators beside a block's eight weight vectors
+    for (; t + 8 <= T; t += 8) tile<F, 8>(p, a, t, g, y, ldy, add);
+    if (T - t > 4) { tile<F, 4>(p, a, t, g, y, ldy, add); t += 4; }
+#endif
+    for (; t + 4 <= T; t += 4) tile<F, 4>(p, a, t, g, y, ldy, add);
+    switch (T - t) {
+      case 1: tile<F, 1>(p, a, t, g, y, ldy, add); break;
+      case 2: tile<F, 2>(p, a, t, g, y, ldy, add); break;
+      case 3: tile<F, 3>(p, a, t, g, y, ldy, add); break;
+      default: break;
+    }
+  }
+}
+
+// Thread tid's share of y = x W^T (+ y when add), split by output groups.
+inline void project(const Proj& p, const QAct& a, int64_t T, int64_t tid, int64_t team, float* y, int64_t ldy, bool add) {
+  const auto [g0, g1] = share(p.N / 8, tid, team);
+  if (p.kind == kQ4) project_groups<kQ4>(p, a, T, g0, g1, y, ldy, add);
+  else project_groups<kQ8>(p, a, T, g0, g1, y, ldy, add);
+}
+
+}  // namespace latts
