@@ -59,10 +59,10 @@ class NativeStep:
 
     @staticmethod
     def supports(model: "Transformer") -> bool:  # noqa: F821
-        """Whether every projection of ``model`` is held as blocks the native step multiplies."""
+        """Whether every projection of ``model`` is held as blocks the native step multiplies (in groups of 8 outputs)."""
         s = model.shape
         return (
-            all(p.blocks is not None for p in model.projections())
+            all(p.blocks is not None and p.out_features % 8 == 0 for p in model.projections())
             and model.embed.dtype in (torch.float32, torch.bfloat16)
             and s.head_dim % 16 == 0
             and s.head_dim <= 512
