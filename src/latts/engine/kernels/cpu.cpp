@@ -15,6 +15,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "attention.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -160,50 +161,15 @@ torch::Tensor rms_norm(const torch::Tensor& x_in, const c10::optional<torch::Ten
   return y;
 }
 
-// One query row against keys [0, n): softmax(scale * q.K^T) V into out (hd a multiple of 8).
+// One query row against keys [0, n): softmax(scale * q.K^T) V into out (hd a multiple of 8), with the
+// native step's pieces (attention.h).
 void attend_row(const float* q, const float* K, const float* V, int64_t n, int64_t hd, float scale,
                 float* scores, float* out) {
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {  // four keys at a time: four independent FMA chains
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t c = 0; c < hd; c += 8) {
-      const __m256 qv = _mm256_loadu_ps(q + c);
-      a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(K + j * hd + c), a0);
-      a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(K + (j + 1) * hd + c), a1);
-      a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(K + (j + 2) * hd + c), a2);
-      a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(K + (j + 3) * hd + c), a3);
-    }
-    scores[j] = hsum(a0) * scale; scores[j + 1] = hsum(a1) * scale;
-    scores[j + 2] = hsum(a2) * scale; scores[j + 3] = hsum(a3) * scale;
-  }
-  for (; j < n; ++j) {
-    __m256 a = _mm256_setzero_ps();
-    for (int64_t c = 0; c < hd; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(K + j * hd + c), a);
-    scores[j] = hsum(a) * scale;
-  }
-  float mx = -INFINITY;
-  for (j = 0; j < n; ++j) mx = std::max(mx, scores[j]);
-  const __m256 mv = _mm256_set1_ps(mx);
-  __m256 sum8 = _mm256_setzero_ps();
-  for (j = 0; j + 8 <= n; j += 8) {
-    const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + j), mv));
-    _mm256_storeu_ps(scores + j, p);
-    sum8 = _mm256_add_ps(sum8, p);
-  }
-  float sum = hsum(sum8);
-  for (; j < n; ++j) {
-    scores[j] = std::exp(scores[j] - mx);
-    sum += scores[j];
-  }
-  for (int64_t c = 0; c < hd; c += 8) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-    for (j = 0; j + 2 <= n; j += 2) {
-      acc0 = _mm256_fmadd_ps(_mm256_set1_ps(scores[j]), _mm256_loadu_ps(V + j * hd + c), acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_set1_ps(scores[j + 1]), _mm256_loadu_ps(V + (j + 1) * hd + c), acc1);
-    }
-    if (j < n) acc0 = _mm256_fmadd_ps(_mm256_set1_ps(scores[j]), _mm256_loadu_ps(V + j * hd + c), acc0);
-    _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(1.0f / sum)));
-  }
+  scores_of(q, K, n, hd, scale, scores);
+  const __m256 inv = _mm256_set1_ps(1.0f / exp_in_place(scores, n));
+  std::memset(out, 0, hd * sizeof(float));
+  mix_values(scores, V, n, hd, out);
+  for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_loadu_ps(out + c), inv));
 }
 
 // q [G, R, hd] (R = query heads per KV head x k tokens, row = head * k + token), keys and values
