@@ -29,6 +29,18 @@ def _projection_tensors(p: Projection) -> list[torch.Tensor]:
     return [blocks.qs, blocks.d, blocks.m if blocks.m is not None else _NONE, bias]
 
 
+def rotary_tables(inv_freq: torch.Tensor, scaling: float, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cos and signed sin tables ``[n_positions, head_dim]`` for positions ``0..n_positions-1``.
+
+    The sin table's first half is negated, as :func:`_rotate` and the native step's rotation expect.
+    """
+    freqs = torch.outer(torch.arange(n_positions, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    sin = emb.sin()
+    sin[:, : sin.shape[1] // 2].neg_()
+    return (emb.cos() * scaling).contiguous(), (sin * scaling).contiguous()
+
+
 class NativeStep:
     """Decode/verify steps of a :class:`~latts.engine.transformer.Transformer` through ``step.cpp``.
 
@@ -74,12 +86,7 @@ class NativeStep:
         """fp32 cos and signed-sin tables (as ``Transformer.rope_tables``), grown geometrically."""
         if self._cos.shape[0] < n_positions:
             n = max(n_positions, 2 * self._cos.shape[0], 256)
-            freqs = torch.outer(torch.arange(n, dtype=torch.float32), self._inv_freq)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            sin = emb.sin()
-            sin[:, : sin.shape[1] // 2].neg_()
-            self._cos = (emb.cos() * self._rope_scaling).contiguous()
-            self._sin = (sin * self._rope_scaling).contiguous()
+            self._cos, self._sin = rotary_tables(self._inv_freq, self._rope_scaling, n)
         return self._cos, self._sin
 
     def __call__(

@@ -155,13 +155,8 @@ class Transformer(nn.Module):
         if self._rope_cos.shape[0] < n_positions:
             # grow geometrically: decoding asks for one more position every step
             n_positions = max(n_positions, 2 * self._rope_cos.shape[0], 256)
-            pos = torch.arange(n_positions, dtype=torch.float32)
-            freqs = torch.outer(pos, self.inv_freq)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            sin = emb.sin()
-            sin[:, : sin.shape[1] // 2].neg_()  # signed for _rotate
-            self._rope_cos = (emb.cos() * self.rope_scaling).to(self.dtype)
-            self._rope_sin = (sin * self.rope_scaling).to(self.dtype)
+            cos, sin = native.rotary_tables(self.inv_freq, self.rope_scaling, n_positions)
+            self._rope_cos, self._rope_sin = cos.to(self.dtype), sin.to(self.dtype)
         return self._rope_cos, self._rope_sin
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
