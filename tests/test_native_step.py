@@ -6,15 +6,19 @@
   follow HF's fp32 forward within that error, ragged verifies included.
 - A token's logits do not depend on which other rows or tokens share its step, bit for bit: what
   keeps greedy speculation token-identical to plain greedy decoding.
+- The phase clock (benchmarks/step_phases.py) is off by default and accounts within the step.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 
 from latts.engine import kernels
 from latts.engine.kv_cache import KVCache
+from latts.engine.native import PHASES
 from latts.engine.transformer import Transformer
 from test_transformer_archs import tiny
 
@@ -137,6 +141,33 @@ def test_a_tokens_logits_do_not_depend_on_its_step_mates(fast_model) -> None:
         m.prefill(torch.tensor([ids]), single)
         steps = [m.decode(cont[row : row + 1, i : i + 1], torch.tensor([P + i]), single)[0, 0] for i in range(4)]
         assert torch.equal(torch.stack(steps), together[row])
+
+
+def test_the_phase_clock_accounts_for_the_step_and_is_off_by_default(fast_model) -> None:
+    """Timed phases sum to no more than the steps' wall time; untimed steps add nothing."""
+    m = fast_model.model
+    native = m.native
+    ids = fast_model.encode_chat("What is 7 times 8?")
+    P = len(ids)
+    cache = m.new_cache(4, P, 8)
+    m.prefill(torch.tensor([ids]), cache)
+    tokens = torch.tensor([[28], [40], [50], [60]])
+    native.phase_seconds()  # whatever an earlier user left
+    m.decode(tokens, torch.full((4,), P), cache)
+    assert sum(native.phase_seconds().values()) == 0.0  # off by default
+    native.time_phases(True)
+    try:
+        t = time.perf_counter()
+        for i in range(1, 4):
+            m.decode(tokens, torch.full((4,), P + i), cache)
+        wall = time.perf_counter() - t
+        phases = native.phase_seconds()
+    finally:
+        native.time_phases(False)
+    assert list(phases) == list(PHASES)
+    assert all(v >= 0 for v in phases.values())
+    assert phases["gate_up"] > 0 and phases["attention"] > 0 and phases["lm_head"] > 0
+    assert 0 < sum(phases.values()) <= wall
 
 
 _ISA_SCRIPT = """

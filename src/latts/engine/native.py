@@ -20,6 +20,9 @@ from latts.engine import kernels
 from latts.engine.linear import Projection
 
 _KINDS = {"q4": 0, "q8": 1}
+# the phases of a step, in the order step.cpp's PhaseClock counts them (per layer, then the model's end)
+PHASES = ("norm", "qkv", "rope+kv", "attention", "quantize", "o_proj", "norm_mlp", "gate_up", "silu", "down",
+          "final_norm", "lm_head")
 _NONE = torch.empty(0)
 
 
@@ -81,6 +84,14 @@ class NativeStep:
             and s.hidden % 32 == 0
             and (s.n_heads * s.head_dim) % 32 == 0
         )
+
+    def time_phases(self, on: bool = True) -> None:
+        """Stamp the phases of later steps (a clock read per phase; off by default), for :meth:`phase_seconds`."""
+        self._model.time_phases(on)
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds spent in each phase (:data:`PHASES`) of the steps since the last call, while timed."""
+        return dict(zip(PHASES, self._model.phase_seconds(), strict=True))
 
     def _rope(self, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 cos and signed-sin tables (as ``Transformer.rope_tables``), grown geometrically."""

@@ -82,61 +82,79 @@ void mix_values(const float* p, const KV* v, int64_t n, int64_t hd, float* out) 
 // blocks of eight (kt [ceil(P / 8), hd, 8], zero-padded): eight keys' feature c are one vector,
 // so the scores need no horizontal sums, and a block's keys are one contiguous kilobyte, which the
 // hardware prefetcher streams (a plain [hd, P] transpose made 64 streams and stalled on memory).
+// KB blocks of eight keys (from jb on) against NQ queries; KB is a compile-time count, so that the
+// NQ x KB accumulators stay in registers.
+template <int NQ, int KB, typename KV>
+inline void score_blocks(const float* const* q, const KV* kt, int64_t jb, int64_t P, int64_t hd, __m256 sv, float* sc,
+                         int64_t ld) {
+  __m256 acc[KB][NQ];
+  for (int k = 0; k < KB; ++k)
+    for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_setzero_ps();
+  const KV* base = kt + jb * hd * 8;
+  for (int64_t c = 0; c < hd; ++c) {
+    __m256 qc[NQ];
+    for (int i = 0; i < NQ; ++i) qc[i] = _mm256_set1_ps(q[i][c]);
+    for (int k = 0; k < KB; ++k) {
+      const __m256 kv = load8(base + (k * hd + c) * 8);
+      for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_fmadd_ps(qc[i], kv, acc[k][i]);
+    }
+  }
+  for (int k = 0; k < KB; ++k) {
+    const int64_t j = (jb + k) * 8;
+    for (int i = 0; i < NQ; ++i) {
+      const __m256 v = _mm256_mul_ps(acc[k][i], sv);
+      if (j + 8 <= P) {
+        _mm256_storeu_ps(sc + i * ld + j, v);
+      } else {  // the last, partial block: its padding keys are not keys
+        alignas(32) float tmp[8];
+        _mm256_store_ps(tmp, v);
+        for (int64_t u = 0; u < P - j; ++u) sc[i * ld + j + u] = tmp[u];
+      }
+    }
+  }
+}
+
+// The shared prompt's part of attention for NQ queries at once (the queries of one KV head): every
+// key and value is read, and converted from bf16, once for all of them. Keys come transposed in
+// blocks of eight (kt [ceil(P / 8), hd, 8], zero-padded): eight keys' feature c are one vector,
+// so the scores need no horizontal sums, and a block's keys are one contiguous kilobyte, which the
+// hardware prefetcher streams (a plain [hd, P] transpose made 64 streams and stalled on memory).
 template <int NQ, typename KV>
 void prefix_scores(const float* const* q, const KV* kt, int64_t P, int64_t hd, float scale, float* sc, int64_t ld) {
   constexpr int KB = NQ >= 8 ? 1 : (NQ >= 4 ? 2 : (NQ >= 2 ? 4 : 8));  // key blocks per pass: >= 8 FMA chains
   const __m256 sv = _mm256_set1_ps(scale);
   const int64_t blocks = (P + 7) / 8;
-  for (int64_t jb = 0; jb < blocks; jb += KB) {
-    const int kb_n = static_cast<int>(std::min<int64_t>(KB, blocks - jb));
-    __m256 acc[KB][NQ];
-    for (int k = 0; k < KB; ++k)
-      for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_setzero_ps();
-    const KV* base = kt + jb * hd * 8;
-    for (int64_t c = 0; c < hd; ++c) {
-      __m256 qc[NQ];
-      for (int i = 0; i < NQ; ++i) qc[i] = _mm256_set1_ps(q[i][c]);
-      for (int k = 0; k < kb_n; ++k) {
-        const __m256 kv = load8(base + (k * hd + c) * 8);
-        for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_fmadd_ps(qc[i], kv, acc[k][i]);
-      }
-    }
-    for (int k = 0; k < kb_n; ++k) {
-      const int64_t j = (jb + k) * 8;
-      for (int i = 0; i < NQ; ++i) {
-        const __m256 v = _mm256_mul_ps(acc[k][i], sv);
-        if (j + 8 <= P) {
-          _mm256_storeu_ps(sc + i * ld + j, v);
-        } else {  // the last, partial block: its padding keys are not keys
-          alignas(32) float tmp[8];
-          _mm256_store_ps(tmp, v);
-          for (int64_t u = 0; u < P - j; ++u) sc[i * ld + j + u] = tmp[u];
-        }
-      }
+  int64_t jb = 0;
+  for (; jb + KB <= blocks; jb += KB) score_blocks<NQ, KB>(q, kt, jb, P, hd, sv, sc, ld);
+  for (; jb < blocks; ++jb) score_blocks<NQ, 1>(q, kt, jb, P, hd, sv, sc, ld);
+}
+
+// out[i][c0, c0 + 8W) = sum_j p[i][j] V_j over the prompt's P values, for NQ queries; W compile-time.
+template <int NQ, int W, typename KV>
+inline void mix_features(const float* p, int64_t ld, const KV* v, int64_t P, int64_t hd, int64_t c0,
+                         float* const* out) {
+  __m256 acc[NQ][W];
+  for (int i = 0; i < NQ; ++i)
+    for (int u = 0; u < W; ++u) acc[i][u] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < P; ++j) {
+    __m256 vv[W];
+    for (int u = 0; u < W; ++u) vv[u] = load8(v + j * hd + c0 + 8 * u);
+    for (int i = 0; i < NQ; ++i) {
+      const __m256 pij = _mm256_set1_ps(p[i * ld + j]);
+      for (int u = 0; u < W; ++u) acc[i][u] = _mm256_fmadd_ps(pij, vv[u], acc[i][u]);
     }
   }
+  for (int i = 0; i < NQ; ++i)
+    for (int u = 0; u < W; ++u) _mm256_storeu_ps(out[i] + c0 + 8 * u, acc[i][u]);
 }
 
 // out[i] = sum_j p[i][j] V_j over the shared prompt's P values, for NQ queries at once.
 template <int NQ, typename KV>
 void prefix_mix(const float* p, int64_t ld, const KV* v, int64_t P, int64_t hd, float* const* out) {
   constexpr int W = NQ >= 4 ? 2 : 4;  // vectors of features per pass: at least eight FMA chains
-  for (int64_t c0 = 0; c0 < hd; c0 += 8 * W) {
-    const int w = static_cast<int>(std::min<int64_t>(8 * W, hd - c0) / 8);
-    __m256 acc[NQ][W];
-    for (int i = 0; i < NQ; ++i)
-      for (int u = 0; u < W; ++u) acc[i][u] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < P; ++j) {
-      __m256 vv[W];
-      for (int u = 0; u < w; ++u) vv[u] = load8(v + j * hd + c0 + 8 * u);
-      for (int i = 0; i < NQ; ++i) {
-        const __m256 pij = _mm256_set1_ps(p[i * ld + j]);
-        for (int u = 0; u < w; ++u) acc[i][u] = _mm256_fmadd_ps(pij, vv[u], acc[i][u]);
-      }
-    }
-    for (int i = 0; i < NQ; ++i)
-      for (int u = 0; u < w; ++u) _mm256_storeu_ps(out[i] + c0 + 8 * u, acc[i][u]);
-  }
+  int64_t c0 = 0;
+  for (; c0 + 8 * W <= hd; c0 += 8 * W) mix_features<NQ, W>(p, ld, v, P, hd, c0, out);
+  for (; c0 < hd; c0 += 8) mix_features<NQ, 1>(p, ld, v, P, hd, c0, out);
 }
 
 // softmax numerators of n scores in place; returns their sum.

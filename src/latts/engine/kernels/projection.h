@@ -139,6 +139,7 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
         w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
       }
       const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8)));
+#pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const int8_t* xb = xq + r * K + b * kBlock;
         __m256i s = _mm256_setzero_si256();
@@ -149,6 +150,7 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
     } else {
       for (int c = 0; c < 8; ++c) w[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * c));
 #if LATTS_VNNI
+#pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const int8_t* xb = xq + r * K + b * kBlock;
         __m256i s = _mm256_set1_epi32(-128 * xsum[r * nb + b]);  // the weights' +128, taken off
@@ -158,6 +160,7 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
 #else
       __m256i wabs[8];
       for (int c = 0; c < 8; ++c) wabs[c] = _mm256_sign_epi8(w[c], w[c]);
+#pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const int8_t* xb = xq + r * K + b * kBlock;
         __m256i s = _mm256_setzero_si256();
@@ -202,6 +205,7 @@ void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64
         w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
       }
       const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + 16)));
+#pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const int8_t* xb = xq + r * K + b * kBlock;
         __m512i s = _mm512_setzero_si512();
@@ -215,6 +219,7 @@ void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64
       }
     } else {
       for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(wp + 64 * c);
+#pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
         const int8_t* xb = xq + r * K + b * kBlock;
         __m512i s = _mm512_set1_epi32(-128 * xsum[r * nb + b]);  // the weights' +128, taken off
@@ -276,6 +281,8 @@ void project_groups(const Proj& p, const QAct& a, int64_t T, int64_t g0, int64_t
 // Thread tid's share of y = x W^T (+ y when add), split by output groups.
 inline void project(const Proj& p, const QAct& a, int64_t T, int64_t tid, int64_t team, float* y, int64_t ldy, bool add) {
   const auto [g0, g1] = share(p.N / p.gw, tid, team);
+  // the activations were quantized by both cores: fetch them at once, not a cross-core miss at a time
+  for (int64_t off = 0; off < T * a.K; off += 64) _mm_prefetch(reinterpret_cast<const char*>(a.q.data()) + off, _MM_HINT_T0);
 #if LATTS_ZMM
   if (p.gw == 16) {
     if (p.kind == kQ4) project_groups16<kQ4>(p, a, T, g0, g1, y, ldy, add);

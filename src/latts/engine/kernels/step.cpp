@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -29,6 +30,34 @@
 namespace {
 using namespace latts;
 
+// Where a step's time goes, phase by phase (off unless asked for: benchmarks/step_phases.py). The
+// first thread stamps the end of each phase, i.e. after the barrier that closes it, so a phase's
+// time includes the wait for the slower thread.
+class PhaseClock {
+ public:
+  enum Phase { kNorm, kQkv, kRope, kAttention, kQuantize, kOut, kNormMlp, kGateUp, kSilu, kDown, kFinalNorm, kLmHead,
+               kPhases };
+  bool on = false;
+  void start(int64_t tid) {
+    if (on && tid == 0) last_ = std::chrono::steady_clock::now();
+  }
+  void mark(int64_t tid, Phase p) {
+    if (!on || tid != 0) return;
+    const auto now = std::chrono::steady_clock::now();
+    seconds_[p] += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+  std::vector<double> take() {  // seconds per phase since the last take
+    std::vector<double> out(seconds_, seconds_ + kPhases);
+    std::fill(seconds_, seconds_ + kPhases, 0.0);
+    return out;
+  }
+
+ private:
+  double seconds_[kPhases] = {};
+  std::chrono::steady_clock::time_point last_;
+};
+
 struct Layer {
   Proj qkv, o, gate_up, down;
   const float* norm_attn = nullptr;
@@ -39,6 +68,13 @@ struct Layer {
 
 // ---------------------------------------------------------------------------------------------
 // Elementwise pieces.
+
+// Ask for bytes [p, p + n) at once: a phase's rows were mostly written by the other core in the
+// phase before, and fetched line by line on demand each costs a full cross-core miss.
+inline void prefetch(const void* p, int64_t n) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < n; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
+}
 
 inline void rms_norm_row(const float* x, const float* w, int64_t D, float eps, float* y) {
   __m256 ss = _mm256_setzero_ps();
@@ -168,13 +204,22 @@ class Model {
     const float* sinp = sin.data_ptr<float>();
     float* lp_out = logits.data_ptr<float>();
     run_team([&](int64_t tid, int64_t team, Barrier& barrier) {
+      clock_.start(tid);
       for (int64_t l = 0; l < L_; ++l) layer_step(l, tid, team, barrier, w, c, row, pos, cosp, sinp);
       norm_rows(w, norm_, tid, team);
       barrier.wait();
-            project(lm_head_, w.act, T, tid, team, lp_out, V_, false);
+      clock_.mark(tid, PhaseClock::kFinalNorm);
+      project(lm_head_, w.act, T, tid, team, lp_out, V_, false);
+      if (clock_.on) {  // the lm_head's end, for the phase clock only (the region's end waits anyway)
+        barrier.wait();
+        clock_.mark(tid, PhaseClock::kLmHead);
+      }
     });
     return logits;
   }
+
+  void time_phases(bool on) { clock_.on = on; }
+  std::vector<double> phase_seconds() { return clock_.take(); }
 
  private:
   struct Work {  // a step's activations
@@ -232,6 +277,7 @@ class Model {
   void norm_rows(Work& w, const float* weight, int64_t tid, int64_t team) const {
     w.act.set_k(D_);
     const auto [t0, t1] = share(w.T, tid, team);
+    prefetch(w.x.data() + t0 * D_, (t1 - t0) * D_ * 4);
     for (int64_t t = t0; t < t1; ++t) {
       rms_norm_row(w.x.data() + t * D_, weight, D_, eps_, w.h.data() + t * D_);
       w.act.quantize(t, w.h.data() + t * D_);
@@ -245,35 +291,39 @@ class Model {
     const int64_t T = w.T, nq = (H_ + 2 * G_) * hd_;
     norm_rows(w, ly.norm_attn, tid, team);
     barrier.wait();
-    {
-            project(ly.qkv, w.act, T, tid, team, w.qkv.data(), nq, false);
-    }
+    clock_.mark(tid, PhaseClock::kNorm);
+    project(ly.qkv, w.act, T, tid, team, w.qkv.data(), nq, false);
     barrier.wait();
+    clock_.mark(tid, PhaseClock::kQkv);
     if (c.pv.scalar_type() == torch::kFloat32) rope_and_store<float>(l, ly, tid, team, w, c, row, pos, cos, sin);
     else rope_and_store<uint16_t>(l, ly, tid, team, w, c, row, pos, cos, sin);
     barrier.wait();
+    clock_.mark(tid, PhaseClock::kRope);
     if (c.pv.scalar_type() == torch::kFloat32) attention<float>(l, ly, tid, team, w, c, row, pos);
     else attention<uint16_t>(l, ly, tid, team, w, c, row, pos);
     barrier.wait();
+    clock_.mark(tid, PhaseClock::kAttention);
     w.act.set_k(H_ * hd_);
     {
       const auto [t0, t1] = share(T, tid, team);
+      prefetch(w.attn.data() + t0 * H_ * hd_, (t1 - t0) * H_ * hd_ * 4);
       for (int64_t t = t0; t < t1; ++t) w.act.quantize(t, w.attn.data() + t * H_ * hd_);
     }
     barrier.wait();
-    {
-            project(ly.o, w.act, T, tid, team, w.x.data(), D_, true);
-    }
+    clock_.mark(tid, PhaseClock::kQuantize);
+    project(ly.o, w.act, T, tid, team, w.x.data(), D_, true);
     barrier.wait();
+    clock_.mark(tid, PhaseClock::kOut);
     norm_rows(w, ly.norm_mlp, tid, team);
     barrier.wait();
-    {
-            project(ly.gate_up, w.act, T, tid, team, w.gu.data(), 2 * F_, false);
-    }
+    clock_.mark(tid, PhaseClock::kNormMlp);
+    project(ly.gate_up, w.act, T, tid, team, w.gu.data(), 2 * F_, false);
     barrier.wait();
+    clock_.mark(tid, PhaseClock::kGateUp);
     w.act.set_k(F_);
     {
       const auto [t0, t1] = share(T, tid, team);
+      prefetch(w.gu.data() + t0 * 2 * F_, (t1 - t0) * 2 * F_ * 4);
       for (int64_t t = t0; t < t1; ++t) {
         const float* g = w.gu.data() + t * 2 * F_;
         float* hh = w.h.data() + t * F_;
@@ -283,10 +333,10 @@ class Model {
       }
     }
     barrier.wait();
-    {
-            project(ly.down, w.act, T, tid, team, w.x.data(), D_, true);
-    }
+    clock_.mark(tid, PhaseClock::kSilu);
+    project(ly.down, w.act, T, tid, team, w.x.data(), D_, true);
     barrier.wait();
+    clock_.mark(tid, PhaseClock::kDown);
   }
 
   // q/k norms (Qwen3), rotary embedding of q and k heads; k and v heads into the cache.
@@ -296,6 +346,7 @@ class Model {
                       const float* sin) const {
     const int64_t heads = H_ + 2 * G_, nq = heads * hd_;
     const auto [i0, i1] = share(w.T * heads, tid, team);
+    prefetch(w.qkv.data() + i0 * hd_, (i1 - i0) * hd_ * 4);
     float tmp[512];
     KV* ok = reinterpret_cast<KV*>(c.ok.data_ptr());
     KV* ov = reinterpret_cast<KV*>(c.ov.data_ptr());
@@ -324,9 +375,14 @@ class Model {
     const int64_t nqkv = (H_ + 2 * G_) * hd_, group = H_ / G_, per_group = w.T * group;
     // one or two tokens: a task per head (the team's threads then share the work evenly and each
     // reads its head's keys once); more: blocks of up to kMaxQueries, each key read once per block
-    const int64_t size = w.T <= 2 ? 1 : (per_group + (per_group + kMaxQueries - 1) / kMaxQueries - 1) /
-                                            ((per_group + kMaxQueries - 1) / kMaxQueries);
-    const int64_t n_blocks = (per_group + size - 1) / size;
+    // more: the fewest blocks of at most kMaxQueries whose count over all KV heads the team shares
+    // evenly (9 blocks on 2 threads would leave one idle a ninth of the time)
+    int64_t n_blocks = per_group;
+    if (w.T > 2) {
+      n_blocks = (per_group + kMaxQueries - 1) / kMaxQueries;
+      while ((G_ * n_blocks) % team && n_blocks < per_group) ++n_blocks;
+    }
+    const int64_t size = (per_group + n_blocks - 1) / n_blocks;
     const KV* kt = reinterpret_cast<const KV*>(c.kt.data_ptr());
     const KV* pv = reinterpret_cast<const KV*>(c.pv.data_ptr());
     const KV* ok = reinterpret_cast<const KV*>(c.ok.data_ptr());
@@ -349,6 +405,7 @@ class Model {
   }
 
   std::vector<torch::Tensor> keep_;
+  mutable PhaseClock clock_;
   std::vector<Layer> layers_;
   torch::Tensor embed_;
   const float* norm_ = nullptr;
@@ -388,7 +445,10 @@ void register_step(pybind11::module& module) {
   pybind11::class_<Model>(module, "Model", "a model's weights as the native decode step reads them")
       .def(pybind11::init<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>>())
       .def("step", &Model::step, "logits [T, V] of the real tokens of one decode/verify step",
-           pybind11::call_guard<pybind11::gil_scoped_release>());
+           pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def("time_phases", [](Model& m, bool on) { m.time_phases(on); },
+           "stamp every phase of later steps (off by default: it costs a clock read per phase)")
+      .def("phase_seconds", &Model::phase_seconds, "seconds per phase since the last call (PHASES order)");
   pybind11::class_<Int8Linear>(module, "Int8Linear", "x @ W.T through 8-bit activation blocks (kind 0: q4, 1: q8)")
       .def(pybind11::init<int64_t, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&>())
       .def("__call__", &Int8Linear::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
