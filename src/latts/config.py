@@ -57,6 +57,34 @@ def check_generation_args(branches: int, max_new_tokens: int) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Pruning:
+    """Online pruning of low-confidence branches (DeepConf, arXiv 2508.15260, in its online form).
+
+    A token's confidence is the negative mean log-probability of the ``top_k`` most likely tokens at
+    its position (a peaked distribution scores high); a branch's *group confidence* is the mean over
+    its last ``window`` tokens. Once every branch has thought ``warmup`` tokens, the bar is the
+    ``below`` quantile of the branches' lowest group confidences so far (the group's own warm-up
+    sets it: no offline calibration); from then on a thinking branch whose group confidence falls
+    under the bar stops (finish reason ``pruned``), is compacted away, and does not vote. Never
+    fewer than ``min_branches`` branches are left running.
+    """
+
+    below: float = 0.1
+    window: int = 16
+    warmup: int = 32
+    top_k: int = 20
+    min_branches: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.below < 1:
+            raise LattsError(f"pruning quantile must be in (0, 1), got {self.below}")
+        if self.window < 1 or self.warmup < self.window:
+            raise LattsError(f"pruning needs window >= 1 and warmup >= window, got {self.window} and {self.warmup}")
+        if self.top_k < 1 or self.min_branches < 1:
+            raise LattsError("pruning needs top_k >= 1 and min_branches >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetForcing:
     """s1-style control of how long each branch thinks (Muennighoff et al. 2025, "budget forcing").
 
@@ -101,12 +129,15 @@ class Plan:
     seed: int = 0
     early_stop: bool = True
     weighted: bool = False  # weight each vote by exp(mean token log-probability) of its branch
+    prune: float = 0.0  # prune branches under this quantile of the group's confidence (Pruning.below); 0: never
 
     def __post_init__(self) -> None:
         if self.branches < 1:
             raise LattsError(f"branches must be >= 1, got {self.branches}")
         BudgetForcing(self.min_think, self.max_think, answer_tokens=self.answer_tokens)  # validates
         SamplingParams(self.temperature, self.top_p, seed=self.seed)
+        if self.prune:
+            Pruning(self.prune)  # validates
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from latts.config import MAX_GAMMA, BudgetForcing, SamplingParams, check_generation_args
+from latts.config import MAX_GAMMA, BudgetForcing, Pruning, SamplingParams, check_generation_args
 from latts.errors import LattsError
 from latts.types import Branch
 
@@ -53,6 +53,8 @@ class GenerateRequest:
             accuracy surface). Probes come back in ``Generation.probes``; each is answered exactly as
             a run with ``max_think`` = its checkpoint would answer. Plain decoding only (``gamma``
             0): speculation changes latency, not answers. Embedded engine only. Kept sorted.
+        pruning: stop thinking branches whose confidence falls under the group's bar (embedded
+            engine; see :class:`~latts.config.Pruning`).
     """
 
     prompt: str | tuple[int, ...]
@@ -68,6 +70,7 @@ class GenerateRequest:
     budget: BudgetForcing | None = None
     logprobs: bool = False
     checkpoints: tuple[int, ...] = ()
+    pruning: Pruning | None = None
 
     def __post_init__(self) -> None:
         # normalised first (callers pass lists and None), then checked

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from latts.config import Plan
 
-FinishReason = Literal["eos", "stop", "length", "deadline", "answered", "cancelled"]
+FinishReason = Literal["eos", "stop", "length", "deadline", "answered", "cancelled", "pruned"]
 
 
 @dataclass(slots=True)
@@ -20,7 +20,8 @@ class Branch:
     ``finish_reason``: ``eos`` (end-of-sequence token), ``stop`` (a stop string; ``text`` ends before
     it), ``length`` (token budget), ``deadline`` (the wall-clock deadline stopped it), ``answered``
     (budget forcing made it answer and the answer is complete), ``cancelled`` (the caller stopped it,
-    e.g. the vote was already decided).
+    e.g. the vote was already decided), ``pruned`` (its confidence fell under the group's bar, see
+    :class:`~latts.config.Pruning`; it does not vote).
 
     Budget forcing: ``think_tokens`` counts the thinking part, ``ignored`` the suppressed stops,
     ``forced`` why the answer was forced (``max_think``, ``deadline`` or ``checkpoint``; None if it

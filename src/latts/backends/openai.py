@@ -189,6 +189,9 @@ class OpenAIBackend:
         if r.checkpoints:
             raise LattsError("checkpoint probes need the embedded engine: they copy a branch's cache row, "
                              "which a server does not expose")
+        if r.pruning is not None:
+            raise LattsError("confidence pruning needs the embedded engine: it reads every token's distribution, "
+                             "which the openai backend does not collect")
         text = self.prompt_text(r.prompt, r.chat)
         n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         out = [Branch(index=i) for i in range(r.branches)]

@@ -24,7 +24,7 @@ TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t")]
 SeedOpt = Annotated[int, typer.Option("--seed")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="dataset file (required for gpqa_diamond)")]
 PlansOpt = Annotated[Optional[str], typer.Option("--plans", help="plans file (default: this machine's cache)")]
-DrafterOpt = Annotated[str, typer.Option("--drafter", help="ngram, ngram:N, or model:PATH")]
+DrafterOpt = Annotated[str, typer.Option("--drafter", help="ngram, ngram:N, group, group:N (drafts from every branch), or model:PATH")]
 TaskOpt = Annotated[str, typer.Option("--task", help="math500, aime24, aime25, gpqa_diamond or arith")]
 BackendOpt = Annotated[str, typer.Option(
     "--backend", help="embedded (latts' engine on this CPU) or openai (a vLLM / SGLang / llama.cpp server; "

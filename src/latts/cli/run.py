@@ -33,7 +33,7 @@ def generate(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="stop string (repeatable)")] = None,
     deadline: Annotated[Optional[float], typer.Option("--deadline", help="seconds allowed for decoding")] = None,
     gamma: Annotated[int, typer.Option("--gamma", help="draft tokens per branch and step (0: no speculation)")] = 0,
-    drafter: Annotated[str, typer.Option("--drafter", help="ngram (ngram:N: matches of >= N tokens), or model:PATH")] = "ngram",
+    drafter: Annotated[str, typer.Option("--drafter", help="ngram (ngram:N: matches of >= N tokens), group (group:N: drafts from every branch), or model:PATH")] = "ngram",
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of the live view")] = False,

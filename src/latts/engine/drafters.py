@@ -6,6 +6,9 @@ One small protocol (modelled on transformers' ``CandidateGenerator``: ``get_cand
 - :class:`NGramDrafter` (prompt lookup): continues the most recent earlier occurrence of the
   row's last n tokens (longest n first, up to 12) in the prompt and the row's own output, for up
   to n/2 tokens. No model, no cost; at larger batches only matches of 3 or more tokens propose.
+- :class:`GroupDrafter`: n-gram lookup over the prompt and *every* branch of the request (branches
+  of one question repeat each other's text), with the continuation counts as a draft distribution
+  for sampled rows, so that rejection sampling keeps drafts the target would have sampled anyway.
 - :class:`DraftModelDrafter`: a smaller model with the same tokenizer, decoding γ tokens for all
   rows in one batch, with its own branch KV cache rolled back per row on rejection.
 
@@ -21,7 +24,7 @@ import torch
 
 from latts.config import SamplingParams
 from latts.engine.kv_cache import KVCache
-from latts.engine.sampler import draw, probabilities
+from latts.engine.sampler import DraftProbs, SparseDraftProbs, draw, probabilities
 from latts.errors import LattsError
 from latts.engine.loading import LoadedModel
 
@@ -36,7 +39,7 @@ class Drafter(Protocol):
 
     def propose(
         self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, DraftProbs | None]:
         """Drafts ``[n, gamma]`` (padded), proposals per row ``[n]`` and draft distributions ``[n, gamma, V]``.
 
         ``histories[slot]`` is the row's prompt plus generated tokens. The distributions are ``None``
@@ -133,6 +136,106 @@ class NGramDrafter:
         self._index[dst], self._indexed[dst] = self._index[src], self._indexed[src]
 
 
+class GroupDrafter:
+    """Drafts every row from the longest match anywhere in its group: the prompt and all branches so far.
+
+    Branches of one question repeat each other (the same steps, the same formulas, the same answer
+    phrasing), so what one branch wrote is a draft for the others; STAND (arXiv 2506.04708) and
+    vLLM's suffix decoding draft across reasoning traces the same way. The index maps each n-gram
+    (n <= ``max_n``, by hash) to the counts of the tokens that followed it anywhere in the group;
+    branches that finished stay in it. A row's suffix is looked up longest first; the draft goes on
+    from the drafted tokens themselves, for at most ``max(1, n // 2)`` tokens after a first match of
+    n tokens (as :class:`NGramDrafter`, whose measurements set that rule).
+
+    Greedy rows take the most frequent continuation. Sampled rows *draw* their draft from the
+    continuation counts (the distribution ``q`` given to the rejection sampler): where branches
+    diverge, a row is offered what its group wrote in proportion, and acceptance, ``sum min(p, q)``,
+    beats one-hot drafts of a single continuation. Exactness needs nothing else (any ``q`` works).
+    """
+
+    name = "group"
+
+    def __init__(self, max_n: int = 12, min_n: int | None = None) -> None:
+        if min_n is not None and not 1 <= min_n <= max_n:
+            raise LattsError(f"group drafter: the least match length must be in 1..{max_n}, got {min_n}")
+        self.max_n, self.min_n = max_n, min_n
+        self._min_n = min_n or 1
+        self._counts: dict[int, dict[int, int]] = {}  # n-gram hash -> next token -> count
+        self._indexed: list[int] = []  # per row: n-grams ending before this position are counted
+
+    def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
+        """Count the prompt's n-grams once; every row then adds its own tokens as they are kept."""
+        self._counts = {}
+        self._add(prompt, 0, len(prompt) - 1)
+        self._indexed = [max(0, len(prompt) - 1)] * rows
+        self._min_n = self.min_n or (1 if rows <= NGramDrafter.SMALL_BATCH else min(NGramDrafter.CONFIDENT_N, self.max_n))
+
+    def _add(self, hist: list[int], first: int, end: int) -> None:
+        """Count, for every position j in ``first .. end - 1``, the token after each n-gram ending at j."""
+        for j in range(first, end):
+            nxt = hist[j + 1]
+            for n in range(1, min(self.max_n, j + 1) + 1):
+                followers = self._counts.setdefault(hash(tuple(hist[j - n + 1 : j + 1])), {})
+                followers[nxt] = followers.get(nxt, 0) + 1
+
+    def _match(self, hist: list[int]) -> tuple[int, dict[int, int]] | None:
+        """(n, counts of what followed) for the longest suffix of ``hist`` seen in the group, or None."""
+        for n in range(min(self.max_n, len(hist)), self._min_n - 1, -1):
+            followers = self._counts.get(hash(tuple(hist[-n:])))
+            if followers:
+                return n, followers
+        return None
+
+    def _draft_row(self, hist: list[int], gamma: int, sampling: SamplingParams,
+                   generator: torch.Generator) -> tuple[list[int], list[dict[int, float]]]:
+        drafts: list[int] = []
+        dists: list[dict[int, float]] = []
+        context = list(hist[-self.max_n :])
+        limit = gamma
+        while len(drafts) < limit:
+            found = self._match(context)
+            if found is None:
+                break
+            n, followers = found
+            if not drafts:
+                limit = min(gamma, max(1, n // 2))
+            if sampling.greedy:
+                tok = max(followers.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+            else:
+                total = sum(followers.values())
+                dist = {t: c / total for t, c in followers.items()}
+                toks = list(dist)
+                pick = torch.multinomial(torch.tensor([dist[t] for t in toks]), 1, generator=generator)
+                tok = toks[int(pick)]
+                dists.append(dist)
+            drafts.append(tok)
+            context = context[1:] + [tok] if len(context) >= self.max_n else context + [tok]
+        return drafts, dists
+
+    def propose(
+        self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, SparseDraftProbs | None]:
+        """Every row's drafts from the group's counts, padded with 0 to ``gamma``; their distributions when sampled."""
+        for slot, hist in enumerate(histories):  # the group first takes in every row's kept tokens
+            end = len(hist) - 1
+            if self._indexed[slot] < end:
+                self._add(hist, self._indexed[slot], end)
+                self._indexed[slot] = end
+        found = [self._draft_row(hist, gamma, sampling, generator) for hist in histories]
+        drafts = torch.zeros((len(histories), gamma), dtype=torch.long)
+        for row, (toks, _) in enumerate(found):
+            drafts[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+        q = None if sampling.greedy else SparseDraftProbs([dists for _, dists in found])
+        return drafts, torch.tensor([len(t) for t, _ in found], dtype=torch.long), q
+
+    def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
+        """Nothing to learn: the counts follow the rows' histories."""
+
+    def move_row(self, src: int, dst: int) -> None:
+        """A row's counting position follows its branch (its counted tokens stay in the group)."""
+        self._indexed[dst] = self._indexed[src]
+
+
 def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
     """Refuse a draft model whose tokenizer maps text to different ids than the target's."""
     t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
@@ -211,30 +314,41 @@ def _is_ngram(spec: str) -> bool:
     return spec == "ngram" or spec.startswith("ngram:")
 
 
+def _is_group(spec: str) -> bool:
+    return spec == "group" or spec.startswith("group:")
+
+
+def is_model_free(spec: str) -> bool:
+    """Whether a drafter spelling needs no model (``ngram``, ``ngram:N``, ``group``, ``group:N``)."""
+    return _is_ngram(spec) or _is_group(spec)
+
+
 def check_drafter_spec(spec: str) -> None:
     """Refuse a drafter spelling :func:`make_drafter` would not understand, before any model is loaded."""
-    if _is_ngram(spec):
+    if is_model_free(spec):
         ngram_drafter(spec)  # cheap: no model; its own checks name the problem
     elif not spec.startswith("model:"):
-        raise LattsError(f"unknown drafter '{spec}': use ngram, ngram:N or model:PATH")
+        raise LattsError(f"unknown drafter '{spec}': use ngram, ngram:N, group, group:N or model:PATH")
 
 
-def ngram_drafter(spec: str) -> NGramDrafter:
-    """The n-gram drafter of ``ngram`` (least match length by batch size) or ``ngram:N`` (at least N tokens)."""
-    if not _is_ngram(spec):
+def ngram_drafter(spec: str) -> NGramDrafter | GroupDrafter:
+    """A model-free drafter from its spelling: ``ngram`` / ``group`` (least match length by batch size),
+    ``ngram:N`` / ``group:N`` (matches of at least N tokens)."""
+    if not is_model_free(spec):
         raise LattsError(f"drafter '{spec}' is not an n-gram drafter")
-    if spec == "ngram":
-        return NGramDrafter()
-    n = spec.removeprefix("ngram:")
+    kind, _, n = spec.partition(":")
+    cls = NGramDrafter if kind == "ngram" else GroupDrafter
+    if not n:
+        return cls()
     if not n.isdigit():
-        raise LattsError(f"drafter '{spec}': use ngram:N with N the least match length")
-    return NGramDrafter(min_n=int(n))  # refuses N outside 1..max_n
+        raise LattsError(f"drafter '{spec}': use {kind}:N with N the least match length")
+    return cls(min_n=int(n))  # refuses N outside 1..max_n
 
 
 def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None) -> Drafter:
-    """Build a drafter from its CLI spelling: ``ngram`` (``ngram:N``: only matches of at least N tokens)
-    or ``model:PATH`` (same-tokenizer model)."""
-    if _is_ngram(spec):
+    """Build a drafter from its CLI spelling: ``ngram`` (``ngram:N``: only matches of at least N tokens),
+    ``group`` (``group:N``; :class:`GroupDrafter`) or ``model:PATH`` (same-tokenizer model)."""
+    if is_model_free(spec):
         return ngram_drafter(spec)
     check_drafter_spec(spec)
     from latts.engine.loading import load

@@ -26,6 +26,7 @@ from latts.config import SamplingParams
 from latts.engine.budget import Appender, Forcing, Row
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
+from latts.engine.pruning import ConfidencePruner
 from latts.engine.sampler import greedy_accept, rejection_sample, sample, target_probabilities
 from latts.errors import LattsError
 from latts.engine.loading import LoadedModel
@@ -143,8 +144,9 @@ class Engine:
         spec = SpecStats(drafter.name, request.gamma) if drafter is not None else None
         # until a step has been timed, the prefill (which costs at least a step) stands in for one
         step_s = self._step_hint.get(B, t_prefill - t0)
+        pruner = ConfidencePruner(request.pruning) if request.pruning is not None else None
         batch = _Batch(request, out, rows, list(range(B)), cache, append, gen, drafter, spec, t0, t_prefill,
-                       step_s)
+                       step_s, pruner)
         self._postprocess(batch, _Step([[t] for t in first], logits[:, None], t_prefill - t0))
         return batch
 
@@ -199,6 +201,8 @@ class Engine:
         kept = b.append(b.live, step.new, step.at)  # [n] tokens each row kept
         if b.request.logprobs:
             _add_logprobs(b.out, b.live, step.new, kept, step.logits)
+        if b.pruner is not None:
+            self._prune(b, kept, step.logits)
         if step.start is not None:  # a decode step (the prefill's own tokens are not in the cache yet)
             for r, i in enumerate(b.live):
                 if step.pending is not None:
@@ -210,6 +214,17 @@ class Engine:
                                   [min(len(t) - 1, k) for t, k in zip(step.new, kept)])
         self._fork_probes(b, step.at)
         self._compact(b)
+
+    def _prune(self, b: _Batch, kept: list[int], logits: torch.Tensor) -> None:
+        """Feed the pruner the confidences of the model tokens each thinking row kept; stop those under the bar."""
+        for r, i in enumerate(b.live):
+            k = min(kept[r], logits.shape[1])
+            if k and b.rows[i].phase == "think":
+                b.pruner.observe(i, logits[r, :k])
+        running = [i for i in b.live if not b.out[i].finish_reason]
+        thinking = [i for i in running if b.rows[i].phase == "think" and b.out[i].parent is None]
+        for i in b.pruner.to_prune(thinking, len(running)):
+            b.out[i].finish_reason = "pruned"
 
     def _fork_probes(self, b: _Batch, at: float) -> None:
         """Copy every branch that just reached a checkpoint (tokens, state, cache row) into a new live probe
@@ -244,7 +259,7 @@ class Engine:
         width = int(n_proposed.max())
         if width < gamma:
             drafts = drafts[:, :width]
-            q = q[:, :width] if q is not None else None
+            q = q[:, :width] if isinstance(q, torch.Tensor) else q  # sparse ones are read per position
         t1 = time.perf_counter()
         feed = torch.cat([last, drafts], 1)  # [n, width + 1]
         logits = self.model.decode(feed, start, b.cache, n_proposed + 1)  # [n, width + 1, V]
@@ -327,6 +342,7 @@ class _Batch:
     t0: float
     t_prefill: float
     step_s: float  # estimated seconds per step (EMA), held against the deadline
+    pruner: ConfidencePruner | None = None  # with ``request.pruning``
     steps: int = 0
     now: float = 0.0  # when the current step was scheduled
 

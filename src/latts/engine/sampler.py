@@ -69,11 +69,35 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 TargetProbs = Callable[[torch.Tensor, int], torch.Tensor]
 
 
+class SparseDraftProbs:
+    """A drafter's distributions ``[n, gamma, V]`` held as a few (token, probability) pairs per position.
+
+    A count-based drafter's distribution has a handful of tokens; building it densely over a 49k
+    vocabulary for every row and draft position would cost more than the drafting itself. The
+    rejection sampler asks only for some rows at one position at a time (:meth:`at`).
+    """
+
+    def __init__(self, entries: list[list[dict[int, float]]]) -> None:
+        self.entries = entries  # entries[row][j]: token -> probability (summing to 1)
+
+    def at(self, rows: torch.Tensor, j: int, vocab: int) -> torch.Tensor:
+        """The distributions of ``rows`` at draft position ``j``, dense ``[len(rows), vocab]``."""
+        out = torch.zeros((len(rows), vocab))
+        for i, r in enumerate(rows.tolist()):
+            if j < len(self.entries[r]):  # past a row's own drafts: padding, as zeros in a dense q
+                for tok, prob in self.entries[r][j].items():
+                    out[i, tok] = prob
+        return out
+
+
+DraftProbs = torch.Tensor | SparseDraftProbs
+
+
 def rejection_sample(
     drafts: torch.Tensor,
     n_proposed: torch.Tensor,
     p: torch.Tensor | TargetProbs,
-    q: torch.Tensor | None,
+    q: DraftProbs | None,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Speculative-decoding acceptance for a batch of rows (Leviathan et al. 2023; Chen et al. 2023).
@@ -84,8 +108,8 @@ def rejection_sample(
         p: the target's (warped) distributions at each draft position and after: ``[n, gamma + 1, V]``,
             or a function ``(rows, j) -> [len(rows), V]`` giving them for some rows at position ``j``
             on demand (see :func:`target_probabilities`).
-        q: ``[n, gamma, V]`` the drafter's distributions, or ``None`` for a deterministic drafter
-            (one-hot on its proposal, e.g. n-gram lookup).
+        q: ``[n, gamma, V]`` the drafter's distributions (a tensor or :class:`SparseDraftProbs`), or
+            ``None`` for a deterministic drafter (one-hot on its proposal, e.g. n-gram lookup).
         generator: seeded randomness.
 
     Returns:
@@ -99,6 +123,10 @@ def rejection_sample(
     vocabulary of 49k, warping every verified position cost up to half a decode step at B=8.
     """
     target = p if callable(p) else (lambda rows, j: p[rows, j])
+    if isinstance(q, SparseDraftProbs):
+        draft_probs = q.at
+    else:
+        draft_probs = lambda rows, j, vocab: q[rows, j]  # noqa: E731
     n, gamma = drafts.shape
     accepted = torch.zeros(n, dtype=torch.long)
     final: torch.Tensor | None = None  # [n, V]: each row's distribution for its next token
@@ -116,13 +144,14 @@ def rejection_sample(
             break
         tok = drafts[active, j]
         p_tok = pj.gather(-1, tok[:, None]).squeeze(-1)
-        q_tok = q[active, j].gather(-1, tok[:, None]).squeeze(-1) if q is not None else torch.ones_like(p_tok)
+        q_j = draft_probs(active, j, pj.shape[-1]) if q is not None else None  # [m, V]
+        q_tok = q_j.gather(-1, tok[:, None]).squeeze(-1) if q_j is not None else torch.ones_like(p_tok)
         u = torch.rand(p_tok.shape, generator=generator)
         keep = (u * q_tok < p_tok) & ~done
         rejected = ~keep & ~done
         if rejected.any():
             rows = active[rejected]
-            qj = q[rows, j] if q is not None else torch.nn.functional.one_hot(tok[rejected], pj.shape[-1]).to(pj.dtype)
+            qj = q_j[rejected] if q_j is not None else torch.nn.functional.one_hot(tok[rejected], pj.shape[-1]).to(pj.dtype)
             residual = (pj[rejected] - qj).clamp_(min=0)
             mass = residual.sum(-1, keepdim=True)
             # p == q leaves no residual mass: rejection had probability 0 then, so fall back to p itself

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 
-from latts.config import BudgetForcing, Plan, SamplingParams, check_deadline, default_plan
+from latts.config import BudgetForcing, Plan, Pruning, SamplingParams, check_deadline, default_plan
 from latts.engine.drafters import Drafter
 from latts.backends.base import Backend
 from latts.errors import LattsError
@@ -36,17 +36,17 @@ class Solver:
         self.backend = backend
         self.task = get_task(task) if isinstance(task, str) else task
         self.drafter = drafter
-        self._ngram: dict[str, Drafter] = {}  # per spelling (ngram, ngram:N)
+        self._ngram: dict[str, Drafter] = {}  # per spelling (ngram, ngram:N, group, group:N)
 
     def _drafter_for(self, plan: Plan) -> Drafter | None:
         if plan.gamma == 0:
             return None
         if self.drafter is not None:
             return self.drafter
-        if not plan.drafter.startswith("ngram"):
-            raise LattsError(f"drafter '{plan.drafter}' must be built by the caller (pass drafter=...)")
-        from latts.engine.drafters import ngram_drafter
+        from latts.engine.drafters import is_model_free, ngram_drafter
 
+        if not is_model_free(plan.drafter):
+            raise LattsError(f"drafter '{plan.drafter}' must be built by the caller (pass drafter=...)")
         if plan.drafter not in self._ngram:
             self._ngram[plan.drafter] = ngram_drafter(plan.drafter)
         return self._ngram[plan.drafter]
@@ -86,7 +86,7 @@ class Solver:
             for b in branches:
                 if b.finish_reason and b.index not in answers:
                     text = self.backend.tokenizer.decode(b.token_ids, skip_special_tokens=True)
-                    answers[b.index] = self.task.extract(text)
+                    answers[b.index] = self.task.extract(text) if b.finish_reason != "pruned" else None
             remaining = sum(1 for b in branches if not b.finish_reason)
             done = [b for b in branches if b.index in answers]
             weights = [_weight(b) for b in done] if plan.weighted else None
@@ -98,9 +98,11 @@ class Solver:
 
         request = GenerateRequest(self.task.prompt(problem), branches=plan.branches, sampling=sampling,
                                   deadline=deadline, gamma=plan.gamma, drafter=self._drafter_for(plan),
-                                  budget=budget, logprobs=plan.weighted)
+                                  budget=budget, logprobs=plan.weighted,
+                                  pruning=Pruning(plan.prune) if plan.prune else None)
         gen = self.backend.generate(request, on_step=watch)
-        branch_answers = [self.task.extract(b.text) for b in gen.branches]
+        # a pruned branch stopped mid-thought for low confidence: it abstains
+        branch_answers = [self.task.extract(b.text) if b.finish_reason != "pruned" else None for b in gen.branches]
         result = self._vote(branch_answers, [_weight(b) for b in gen.branches] if plan.weighted else None)
         return Solution(
             question=problem.question,
