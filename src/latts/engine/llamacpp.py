@@ -18,6 +18,13 @@ rewrites the positions of rejected drafts. ``move_row`` (batch compaction, check
 Contexts are pooled per model: a cache takes an idle context big enough for it (or creates one) and
 gives it back when it is garbage-collected, so a request costs no context allocation once warm.
 
+Attention: llama.cpp's default (``auto``: its flash-attention kernel on CPUs). Measured on the default
+model, B=4 rows then decode token-identically to llama.cpp's single-sequence decode with that kernel;
+with it off they did not (a near-tie at token 11). Either way llama.cpp's attention sums a row's cells
+in cache order (flash attention accumulates in f16), so a row whose later cells land in holes freed by
+other rows (finished probes, rejected drafts) can round differently from a run without them; the tests
+measure that and check such divergences are near-ties.
+
 llama-cpp-python is an optional dependency (``pip install latts[llamacpp]``), imported on first use.
 """
 
