@@ -35,6 +35,7 @@ import logging
 import time
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ import torch
 from latts.engine.llamacpp_tokenizer import GGUFTokenizer
 from latts.engine.transformer import ModelShape
 from latts.errors import LattsError
+
+if TYPE_CHECKING:
+    from latts.engine.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +242,9 @@ class LlamaCppModel:
         i = 0
         for r in range(n):
             lib.llama_memory_seq_rm(mem, r, starts[r], -1)
+            if lib.llama_memory_seq_pos_max(mem, r) + 1 != starts[r]:
+                raise LattsError(f"row {r} holds positions up to {lib.llama_memory_seq_pos_max(mem, r)}: llama.cpp "
+                                 f"needs its next tokens at the following position, not {starts[r]}")
             p0, row = starts[r], toks[r]
             for j in range(lens[r]):
                 b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = row[j], p0 + j, 1, True
@@ -264,7 +271,7 @@ def _free_model(lib, model, idle: list[_Context]) -> None:
     lib.llama_model_free(model)
 
 
-def load_gguf(path: Path, name: str) -> "LoadedModel":  # noqa: F821 - imported below
+def load_gguf(path: Path, name: str) -> LoadedModel:
     """Load a GGUF file for the llama.cpp engine: the model, and its tokenizer and chat template from the file.
 
     Any architecture and quantization llama.cpp runs; threads: torch's (``torch.get_num_threads()``).
