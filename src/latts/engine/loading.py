@@ -157,6 +157,7 @@ class LoadedModel:
     quant_format: str = ""  # which: 'q4+q8' (latts' kernels) or 'int4' (torch's)
     kernels_s: float = 0.0  # of load_s: building (once per machine, ~1 min) or loading latts' CPU kernels
     native: bool = False  # decode steps run in latts' native step (8-bit activations x the blocks)
+    engine: str = "torch"  # which engine runs the model: 'torch' (latts' Transformer) or 'llamacpp'
 
     @property
     def weights(self) -> str:
@@ -171,6 +172,11 @@ class LoadedModel:
         build (latts' kernels or torch's ops), the weight format (dtype and quantized format), CPU and threads."""
         dtype = str(self.dtype).removeprefix("torch.")
         weights = f"{dtype} {self.quant_format}" if self.quant_format else dtype
+        if self.engine == "llamacpp":
+            from latts.engine.llamacpp import llamacpp_build
+
+            return MeasuredWith(llamacpp_build(), self.quant_format, cpu_name(), torch.get_num_threads(),
+                                torch.__version__)
         return MeasuredWith(engine_build(self.model.fast), weights, cpu_name(), torch.get_num_threads(),
                             torch.__version__)
 
