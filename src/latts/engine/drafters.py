@@ -231,9 +231,10 @@ def ngram_drafter(spec: str) -> NGramDrafter:
     return NGramDrafter(min_n=int(n))  # refuses N outside 1..max_n
 
 
-def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None) -> Drafter:
+def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None,
+                 engine: str = "auto") -> Drafter:
     """Build a drafter from its CLI spelling: ``ngram`` (``ngram:N``: only matches of at least N tokens)
-    or ``model:PATH`` (same-tokenizer model)."""
+    or ``model:PATH`` (same-tokenizer model, loaded on ``engine``: see :mod:`latts.engine.choice`)."""
     if _is_ngram(spec):
         return ngram_drafter(spec)
     check_drafter_spec(spec)
@@ -242,7 +243,7 @@ def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None
     # the draft runs the same kind of weights as the target (a fast target's draft in plain
     # float32 would read ~4x the bytes per token it needs to)
     draft = load(spec.removeprefix("model:"), dtype if dtype is not None else target.dtype,
-                 fast=None if dtype is not None else target.model.fast)
+                 fast=None if dtype is not None else target.model.fast, engine=engine)
     check_same_tokenizer(target, draft)
     return DraftModelDrafter(draft, target.model.shape.vocab)
 
