@@ -243,7 +243,7 @@ def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None
     # the draft runs the same kind of weights as the target (a fast target's draft in plain
     # float32 would read ~4x the bytes per token it needs to)
     draft = load(spec.removeprefix("model:"), dtype if dtype is not None else target.dtype,
-                 fast=None if dtype is not None else target.model.fast, engine=engine)
+                 fast=None if dtype is not None else getattr(target.model, "fast", False), engine=engine)
     check_same_tokenizer(target, draft)
     return DraftModelDrafter(draft, target.model.shape.vocab)
 

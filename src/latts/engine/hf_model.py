@@ -40,23 +40,76 @@ class HFShape:
     n_layers: int
 
 
+@dataclass
+class _Rows:
+    """Some rows of the cache: every layer's keys and values ``[m, heads, S, hd]`` and each slot's position."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    pos: torch.Tensor  # [m, S], -1: an empty slot
+
+    def __len__(self) -> int:
+        return self.pos.shape[0]
+
+    def padded(self, slots: int) -> _Rows:
+        """The same rows with empty slots appended up to ``slots``."""
+        extra = slots - self.pos.shape[1]
+        if extra <= 0:
+            return self
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t.new_zeros(t.shape[:2] + (extra,) + t.shape[3:])], 2)
+
+        return _Rows([pad(k) for k in self.keys], [pad(v) for v in self.values],
+                     torch.cat([self.pos, self.pos.new_full((len(self), extra), -1)], 1))
+
+    def select(self, rows: slice | torch.Tensor) -> _Rows:
+        """A subset of the rows (a copy when ``rows`` is an index tensor)."""
+        return _Rows([k[rows] for k in self.keys], [v[rows] for v in self.values], self.pos[rows])
+
+    def join(self, other: _Rows | None) -> _Rows:
+        """These rows followed by ``other``'s, padded to the same number of slots."""
+        if other is None or len(other) == 0:
+            return self
+        slots = max(self.pos.shape[1], other.pos.shape[1])
+        a, b = self.padded(slots), other.padded(slots)
+        return _Rows([torch.cat(p, 0) for p in zip(a.keys, b.keys)], [torch.cat(p, 0) for p in zip(a.values, b.values)],
+                     torch.cat([a.pos, b.pos], 0))
+
+
 class HFCache:
-    """All rows' K/V in one transformers ``DynamicCache``, with each slot's position per row."""
+    """All live rows' K/V in one transformers ``DynamicCache``, with each slot's position per row.
+
+    Live rows are ``0..rows-1``. A decode over fewer rows parks the others (kept for a later decode over
+    more, as the profiler does; the engine's compaction never asks for them back); a decode over more rows
+    than were ever filled gets copies of the prompt.
+    """
 
     def __init__(self, past: object, prompt_len: int, rows_cap: int) -> None:
         self.past = past  # transformers.DynamicCache
         self.prompt_len = prompt_len
         self.rows_cap = rows_cap
         self.pos = torch.empty((1, 0), dtype=torch.long)  # [rows, S]: position of each slot (-1: none)
+        self.parked: _Rows | None = None  # rows past the live ones
+        self.prompt: _Rows | None = None  # the prefilled prompt alone, one row: what new rows start from
         self.repacks = 0  # how often empty slots were squeezed out
 
     @property
     def rows(self) -> int:
-        """Rows the cache holds now (live rows are a prefix; the rest are dropped at the next decode)."""
+        """Live rows."""
         return self.pos.shape[0]
 
     def _layers(self) -> list:
         return list(self.past.layers)
+
+    def _live(self) -> _Rows:
+        layers = self._layers()
+        return _Rows([layer.keys for layer in layers], [layer.values for layer in layers], self.pos)
+
+    def _set_live(self, rows: _Rows) -> None:
+        for layer, k, v in zip(self._layers(), rows.keys, rows.values):
+            layer.keys, layer.values = k, v
+        self.pos = rows.pos
 
     def _map_rows(self, fn) -> None:
         """Apply ``fn`` to every layer's keys and values ``[rows, heads, S, hd]`` (and to nothing else)."""
@@ -64,25 +117,39 @@ class HFCache:
             layer.keys, layer.values = fn(layer.keys), fn(layer.values)
 
     @torch.inference_mode()
+    def prefilled(self) -> None:
+        """Remember the prompt's K/V (one row) for rows started later."""
+        self.prompt = self._live().select(slice(0, 1))
+        self.parked = None
+
+    @torch.inference_mode()
     def fit_rows(self, n: int) -> None:
-        """Make the cache hold exactly ``n`` rows: the prompt's one row copied, or rows past ``n`` dropped."""
+        """Make rows ``0..n-1`` the live ones: rows past ``n`` parked, missing ones un-parked or new prompt rows."""
         if n == self.rows:
             return
+        live = self._live()
         if n < self.rows:
-            self._map_rows(lambda t: t[:n])
-            self.pos = self.pos[:n]
-        elif self.rows == 1:
-            self._map_rows(lambda t: t.expand(n, *t.shape[1:]).contiguous())
-            self.pos = self.pos.expand(n, -1).contiguous()
-        else:
-            raise LattsError(f"hf cache: a decode of {n} rows on a cache of {self.rows}")
+            self.parked = live.select(slice(n, None)).join(self.parked)
+            self._set_live(live.select(slice(0, n)))
+            return
+        need = n - self.rows
+        parked = self.parked if self.parked is not None else live.select(slice(0, 0))
+        taken = parked.select(slice(0, need))
+        self.parked = parked.select(slice(need, None))
+        if len(taken) < need:
+            fresh = self.prompt.select(torch.zeros(need - len(taken), dtype=torch.long))
+            taken = taken.join(fresh)
+        self._set_live(live.join(taken))
 
     @torch.inference_mode()
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Copy row ``src`` (its first ``length`` generated tokens) into row ``dst`` (compaction, forking)."""
-        if dst == self.rows:  # a new row past the live ones (a checkpoint probe)
-            self._map_rows(lambda t: torch.cat([t, t[src : src + 1]], 0))
-            self.pos = torch.cat([self.pos, self.pos[src : src + 1]], 0)
+        if dst == self.rows:  # a new row past the live ones (a checkpoint probe) replaces the first parked one
+            self._set_live(self._live().join(self._live().select(torch.tensor([src]))))
+            if self.parked is not None:
+                self.parked = self.parked.select(slice(1, None))
+        elif dst > self.rows:
+            raise LattsError(f"hf cache: row {dst} is past the {self.rows} live rows")
         else:
             for layer in self._layers():
                 layer.keys[dst] = layer.keys[src]
@@ -167,6 +234,7 @@ class HFModel:
         extra = {"logits_to_keep": 1} if self._takes["logits_to_keep"] else {}  # as HF generate does
         logits = self._forward(tokens, torch.ones((1, P), dtype=torch.long), positions, 0, cache, **extra)
         cache.pos = positions.clone()
+        cache.prefilled()
         return logits[:, -1].float()
 
     @torch.inference_mode()
