@@ -140,3 +140,12 @@ def test_cli_refusal_is_one_line_and_quick(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "latts.cli", "generate", "hi", "--engine", "nope"],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert bad.returncode == 2 and "unknown engine 'nope'" in bad.stderr
+
+
+def test_engine_is_for_the_embedded_backend() -> None:
+    from latts.backends import RemoteOptions, open_backend
+
+    with pytest.raises(LattsError, match="--backend openai the server runs it"):
+        open_backend("openai", "m", remote=RemoteOptions("http://127.0.0.1:1/v1"), engine="torch")
+    with pytest.raises(LattsError, match="unknown engine 'tpu'"):
+        open_backend("embedded", DEFAULT_MODEL, engine="tpu")

@@ -131,7 +131,7 @@ def _auto(f: ModelFacts) -> Choice:
     arch_ok = f.architecture in torch_architectures()
     if not f.gguf:
         if arch_ok:
-            return Choice("torch", f"auto: latts' torch engine runs {f.architecture}")
+            return Choice("torch", f"auto: latts' torch engine has {f.architecture}")
         if _hf_architecture(f.architecture):
             return Choice("hf", f"auto: the torch engine has no {f.architecture}; transformers runs it")
         raise LattsError(f"{f.where}: neither latts' torch engine ({', '.join(torch_architectures())}) nor "
@@ -159,8 +159,8 @@ def _torch_reason(f: ModelFacts, prefix: str) -> str:
         return (f"{prefix}the torch engine de-quantizes {_types(slow)} blocks to dense weights (slower; "
                 f"--engine llamacpp runs them as they are)")
     if blocks:
-        return f"{prefix}latts' torch engine runs {f.architecture} with {_types(blocks)} blocks in its own kernels"
-    return f"{prefix}latts' torch engine runs {f.architecture}"
+        return f"{prefix}latts' torch engine has {f.architecture} and kernels for the file's {_types(blocks)} blocks"
+    return f"{prefix}latts' torch engine has {f.architecture}"
 
 
 def _torch(f: ModelFacts) -> Choice:
