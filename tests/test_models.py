@@ -128,9 +128,10 @@ def test_load_unsupported_architecture(tmp_path: Path, tmp_cache: Path) -> None:
     assert json.loads((folder / "config.json").read_text())["model_type"] == "gpt2"
     assert resolve(str(folder)) == folder  # a valid HF folder ...
 
-    with pytest.raises(LattsError, match="unsupported architecture 'gpt2'") as info:
-        load(str(folder), "float32")  # ... that the engine cannot run
+    with pytest.raises(LattsError, match="architecture 'gpt2'") as info:
+        load(str(folder), "float32", engine="torch")  # ... that latts' torch engine cannot run
     assert "llama" in str(info.value)  # says what it does run
+    assert "--engine hf" in str(info.value)  # and which engine can
 
 
 # ---------------------------------------------------------------------------- dtypes

@@ -295,7 +295,7 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
              validate_out: str | os.PathLike[str] = "runs/validate.jsonl",
              data: str | os.PathLike[str] | None = None, plans: str | os.PathLike[str] | None = None,
              model: str = DEFAULT_MODEL, dtype: str = "auto",
-             reporter: Reporter | None = None) -> Optimized:
+             reporter: Reporter | None = None, engine: str = "auto") -> Optimized:
     """The latency-optimal (B, γ, L) of ``model`` on ``task`` per deadline, saved where ``solve`` finds them.
 
     What is missing is measured first: the accuracy surface (one wide run of max(``branches``) branches with
@@ -317,7 +317,7 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
     wide = wide_run(max(branches), thinks)
     problems = the_task.load(data=Path(data) if data else None)
     records = [r for r in read_records(Path(surface)) if r["task"] == task and r.get("kind") == "surface"]
-    opened = open_backend("embedded", model, dtype)
+    opened = open_backend("embedded", model, dtype, engine=engine)
     reporter.opened(opened)
     current = opened.measured_with()
     prof = _profile(profile, opened, current, reporter)

@@ -43,10 +43,20 @@ class Opened:
         return self.backend.measured_with() if self.loaded is None else self.loaded.measured_with()
 
 
-def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptions | None = None) -> Opened:
-    """Load the embedded engine or connect to a server, then warm it up (never inside a deadline)."""
+def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptions | None = None,
+                 engine: str = "auto") -> Opened:
+    """Load the embedded engine or connect to a server, then warm it up (never inside a deadline).
+
+    ``engine`` (embedded only): which engine runs the model, ``auto``, ``torch``, ``llamacpp`` or ``hf`` (see
+    :mod:`latts.engine.choice`)."""
+    from latts.engine.choice import check_engine
+
     if kind not in BACKENDS:
         raise LattsError(f"unknown backend '{kind}': use {' or '.join(BACKENDS)}")
+    check_engine(engine)
+    if kind == "openai" and engine != "auto":
+        raise LattsError("--engine chooses what runs the model in this process; with --backend openai the server "
+                         "runs it")
     if kind == "openai":
         from latts.backends.openai import OpenAIBackend
 
@@ -61,7 +71,7 @@ def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptio
     from latts.engine.engine import Engine
     from latts.engine.loading import load
 
-    loaded = load(model, dtype)
+    loaded = load(model, dtype, engine=engine)
     engine = Engine(loaded)
     engine.warmup()
     return Opened(loaded.name, engine, loaded)

@@ -40,7 +40,7 @@ def announce(opened: Any) -> None:
     if opened.loaded is not None:
         loaded = opened.loaded
         built = f" (of which latts' CPU kernels {loaded.kernels_s:.1f} s)" if loaded.kernels_s >= 1 else ""
-        err.print(f"[dim]{loaded.name} ({loaded.weights}) loaded in {loaded.load_s:.1f} s{built}, "
+        err.print(f"[dim]{escape(loaded.name)} ({escape(loaded.report)}) loaded in {loaded.load_s:.1f} s{built}, "
                   f"warm-up {opened.backend.warmup_s:.1f} s (not counted in any deadline)[/]")
     else:
         b = opened.backend

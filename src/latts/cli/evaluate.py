@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from latts.cli.console import ConsoleReporter, out
-from latts.cli.options import (Backend, DataOpt, DrafterOpt, DtypeOpt, ModelOpt, TaskOpt, TemperatureOpt,
+from latts.cli.options import (Backend, DataOpt, DrafterOpt, DtypeOpt, EngineOpt, ModelOpt, TaskOpt, TemperatureOpt,
                                backend_options, numbers, one_line_errors)
 from latts.errors import LattsError
 
@@ -41,6 +41,7 @@ def evaluate_cmd(
     backend: Backend = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "auto",
 ) -> None:
     """Evaluate a task over a grid of (B, γ, L, deadline) × seeds; one JSONL record per run, resumable."""
     from latts.eval.sweep import run_grid, run_surface
@@ -50,7 +51,7 @@ def evaluate_cmd(
     deadlines = [None] if deadline is None else numbers(deadline, "--deadline", float)
     bs, gs, ls = numbers(branches, "--branches"), numbers(gamma, "--gamma"), numbers(max_think, "--max-think")
     common: dict[str, Any] = dict(temperature=temperature, limit=limit, data=data, model=model, dtype=dtype,
-                                  reporter=ConsoleReporter())
+                                  engine=engine, reporter=ConsoleReporter())
     if surface:
         _check_surface_options(drafter, backend, gs, deadline, min_think)
         _print_surface(task, out_path, run_surface(task, out_path, bs, ls, numbers(seeds, "--seeds"), **common))

@@ -20,6 +20,9 @@ ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="bundled model name, HF folder or GGUF file")
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto, float32 or bfloat16")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="what runs the model: auto, torch (latts' own), llamacpp (any GGUF) or hf (transformers' "
+                     "own forward, slow); auto picks by architecture and the file's blocks")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t")]
 SeedOpt = Annotated[int, typer.Option("--seed")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="dataset file (required for gpqa_diamond)")]
@@ -120,24 +123,24 @@ def choose_backend(backend: str, base_url: str | None, api_key: str | None, toke
     return Backend(backend, RemoteOptions(base_url, api_key, tokenizer, branch_mode, server_gamma, slots))
 
 
-def open_announced(backend: Backend | str, model: str, dtype: str, announce: bool = True) -> Any:
-    """The embedded engine (``backend="embedded"``) or a remote server, ready and warmed up, announced on stderr
-    (see :func:`latts.backends.open_backend`)."""
+def open_announced(backend: Backend | str, model: str, dtype: str, announce: bool = True, engine: str = "auto") -> Any:
+    """The embedded engine (``backend="embedded"``, the model on ``engine``) or a remote server, ready and warmed
+    up, announced on stderr (see :func:`latts.backends.open_backend`)."""
     from latts.backends import open_backend
     from latts.cli.console import announce as say
 
     kind, remote = (backend, None) if isinstance(backend, str) else (backend.kind, backend.remote)
-    opened = open_backend(kind, model, dtype, remote)
+    opened = open_backend(kind, model, dtype, remote, engine=engine)
     if announce:
         say(opened)
     return opened
 
 
-def drafter_for(spec: str, loaded: Any, speculates: bool) -> Any:
-    """The ``--drafter`` the embedded engine (``loaded``) drafts with; None when nothing speculates or on a
-    server, which drafts for itself."""
+def drafter_for(spec: str, loaded: Any, speculates: bool, engine: str = "auto") -> Any:
+    """The ``--drafter`` the embedded engine (``loaded``) drafts with (a draft model on ``engine``); None when
+    nothing speculates or on a server, which drafts for itself."""
     if not speculates or loaded is None:
         return None
     from latts.engine.drafters import make_drafter
 
-    return make_drafter(spec, loaded)
+    return make_drafter(spec, loaded, engine=engine)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from latts.cli.console import ConsoleReporter, note, out
-from latts.cli.options import (Backend, DataOpt, DtypeOpt, ModelOpt, PlansOpt, backend_options, numbers,
+from latts.cli.options import (Backend, DataOpt, DtypeOpt, EngineOpt, ModelOpt, PlansOpt, backend_options, numbers,
                                one_line_errors, open_announced)
 from latts.errors import LattsError
 
@@ -25,6 +25,7 @@ def profile(
     contexts: Annotated[str, typer.Option("--contexts", help="comma-separated context lengths")] = "256,1024",
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "auto",
     backend: Backend = None,
 ) -> None:
     """Measure prefill and decode-forward times on this machine (or a server's latency vs B) and fit the
@@ -35,7 +36,7 @@ def profile(
     bs, ks, cs = numbers(branches, "--branches"), numbers(k, "--k"), numbers(contexts, "--contexts")
     if min(bs) < 1 or min(ks) < 1 or min(cs) < 1:
         raise LattsError("--branches, --k and --contexts must be >= 1")
-    opened = open_announced(backend, model, dtype)
+    opened = open_announced(backend, model, dtype, engine=engine)
     if opened.remote:  # a server: latency vs B end to end (its own speculation included), no k sweep
         prof = profile_remote(opened.backend, bs, cs, progress=note)
     else:
@@ -74,6 +75,7 @@ def optimize(
     plans: PlansOpt = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "auto",
 ) -> None:
     """The latency-optimal (B, γ, L) per deadline and the Pareto frontier; optionally validated for real."""
     from latts.planning import optimize as run_optimize
@@ -83,7 +85,8 @@ def optimize(
         gammas=numbers(gammas, "--gamma"), branches=numbers(branches, "--branches"),
         thinks=numbers(thinks, "--max-think"), surface_problems=surface_limit, validate_problems=validate_limit,
         seeds=numbers(seeds, "--seeds") if validate_limit > 0 else [],  # read only when validating, as always
-        validate_out=validate_out, data=data, plans=plans, model=model, dtype=dtype, reporter=ConsoleReporter())
+        validate_out=validate_out, data=data, plans=plans, model=model, dtype=dtype, engine=engine,
+        reporter=ConsoleReporter())
     _print_optimized(result)
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from latts.cli.console import err, note, out, print_json
-from latts.cli.options import (Backend, DrafterOpt, DtypeOpt, ModelOpt, PlansOpt, SeedOpt, TemperatureOpt,
+from latts.cli.options import (Backend, DrafterOpt, DtypeOpt, EngineOpt, ModelOpt, PlansOpt, SeedOpt, TemperatureOpt,
                                backend_options, drafter_for, one_line_errors, open_announced)
 from latts.errors import LattsError
 
@@ -36,6 +36,7 @@ def generate(
     drafter: Annotated[str, typer.Option("--drafter", help="ngram (ngram:N: matches of >= N tokens), group (group:N: drafts from every branch), or model:PATH")] = "ngram",
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of the live view")] = False,
 ) -> None:
     """Decode B branches of one prompt in one batch (optionally speculatively) and show them."""
@@ -44,26 +45,28 @@ def generate(
     from latts.request import GenerateRequest
 
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    _check_generate_args(prompt, branches, max_tokens, deadline, gamma, drafter)
-    opened = open_announced("embedded", model, dtype, announce=not as_json)
-    engine = opened.backend
-    spec = {"gamma": gamma, "drafter": drafter_for(drafter, opened.loaded, True)} if gamma > 0 else {}
+    _check_generate_args(prompt, branches, max_tokens, deadline, gamma, drafter, engine)
+    opened = open_announced("embedded", model, dtype, announce=not as_json, engine=engine)
+    spec = {"gamma": gamma, "drafter": drafter_for(drafter, opened.loaded, True, engine)} if gamma > 0 else {}
+    runner = opened.backend
     t_deadline = time.monotonic() + deadline if deadline is not None else None
     request = GenerateRequest(prompt, branches, max_tokens, sampling, stop or (), t_deadline, **spec)
-    result = watch(None if as_json else out, engine.tokenizer, branches,
-                   lambda on_step: engine.generate(request, on_step=on_step))
+    result = watch(None if as_json else out, runner.tokenizer, branches,
+                   lambda on_step: runner.generate(request, on_step=on_step))
     if as_json:
         loaded = opened.loaded
-        print_json({"model": loaded.name, "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights,
+        print_json({"model": loaded.name, "engine": loaded.engine, "engine_reason": loaded.engine_reason,
+                    "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights,
                     "load_s": round(loaded.load_s, 3), "kernels_s": round(loaded.kernels_s, 3),
-                    "warmup_s": round(engine.warmup_s, 3), "prompt": prompt, **result.to_dict()})
+                    "warmup_s": round(runner.warmup_s, 3), "prompt": prompt, **result.to_dict()})
     else:
         print_summary(out, result)
 
 
 @one_line_errors
 def models() -> None:
-    """List the bundled models and the converted ones cached on this machine."""
+    """List the bundled models and the converted ones cached on this machine, with the engine each runs on
+    (``--engine auto``) and why."""
     from rich.table import Table
 
     from latts.engine.loading import list_models
@@ -71,11 +74,11 @@ def models() -> None:
     rows = list_models()
     if not out.is_terminal:  # piped: whole paths, one model per line, tab-separated
         for row in rows:
-            sys.stdout.write(f"{row['name']}\t{row['kind']}\t{row['path']}\n")
+            sys.stdout.write(f"{row['name']}\t{row['kind']}\t{row['path']}\t{row['engine']}\t{row['why']}\n")
         return
-    table = Table("name", "kind", "path")
+    table = Table("name", "kind", "engine (auto)", "why", "path")
     for row in rows:
-        table.add_row(row["name"], row["kind"], row["path"])
+        table.add_row(row["name"], row["kind"], row["engine"], row["why"], row["path"])
     out.print(table)
 
 
@@ -97,6 +100,7 @@ def solve(
     backend: Backend = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the Solution as one JSON object")] = False,
 ) -> None:
     """Answer one question by voting over B branches, within a deadline if given.
@@ -112,9 +116,9 @@ def solve(
                  "min_think": min_think, "temperature": temperature, "seed": seed, "early_stop": early_stop}
     base = _base_plan(question, deadline, backend.server_gamma, overrides)
     the_task = get_task(task)
-    opened = open_announced(backend, model, dtype, announce=not as_json)
+    opened = open_announced(backend, model, dtype, announce=not as_json, engine=engine)
     plan = _chosen_plan(deadline, plans, opened, task, overrides, base, announce=not as_json)
-    solver = Solver(opened.backend, the_task, drafter_for(drafter, opened.loaded, plan.gamma > 0))
+    solver = Solver(opened.backend, the_task, drafter_for(drafter, opened.loaded, plan.gamma > 0, engine))
     sol = watch(None if as_json else out, opened.backend.tokenizer, plan.branches,
                 lambda on_step: solver.solve(question, plan, deadline, on_step=on_step))
     if as_json:
@@ -130,6 +134,7 @@ def demo(
     branches: Annotated[int, typer.Option("--branches", "-B", help="branches of the scaled run")] = 8,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "auto",
 ) -> None:
     """Solve one arith question under a deadline twice, baseline (B=1) and B voting branches, side by side."""
     from dataclasses import replace
@@ -141,16 +146,17 @@ def demo(
     check_deadline(deadline)
     task = get_task("arith")
     problem = task.load(limit=index + 1)[index]
-    solver = Solver(open_announced("embedded", model, dtype).backend, task)
+    solver = Solver(open_announced("embedded", model, dtype, engine=engine).backend, task)
     runs = [(f"B={b}, γ=0", solver.solve(problem, replace(default_plan(deadline), branches=b, gamma=0), deadline))
             for b in (1, branches)]
     _print_demo(task, problem, deadline, runs)
 
 
 def _check_generate_args(prompt: str, branches: int, max_tokens: int, deadline: float | None, gamma: int,
-                         drafter: str) -> None:
+                         drafter: str, engine: str = "auto") -> None:
     """What ``generate`` checks before the model loads, in this order (the first problem is the one named)."""
     from latts.config import MAX_GAMMA, check_deadline, check_generation_args
+    from latts.engine.choice import check_engine
     from latts.engine.drafters import check_drafter_spec
 
     check_generation_args(branches, max_tokens)
@@ -160,6 +166,7 @@ def _check_generate_args(prompt: str, branches: int, max_tokens: int, deadline: 
     if not 0 <= gamma <= MAX_GAMMA:
         raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
     check_drafter_spec(drafter)
+    check_engine(engine)
 
 
 def _base_plan(question: str, deadline: float | None, server_gamma: int, overrides: dict[str, Any]) -> Plan:

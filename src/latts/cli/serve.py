@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from latts.cli.console import ConsoleReporter
-from latts.cli.options import Backend, DtypeOpt, ModelOpt, backend_options, one_line_errors
+from latts.cli.options import Backend, DtypeOpt, EngineOpt, ModelOpt, backend_options, one_line_errors
 
 
 @one_line_errors
@@ -24,6 +24,7 @@ def serve(
                                                  "if `latts optimize` wrote one)")] = None,
     model: ModelOpt = "smollm2-135m-instruct",
     dtype: DtypeOpt = "auto",
+    engine: EngineOpt = "auto",
     backend: Backend = None,
 ) -> None:
     """Serve voted answers within a latency budget behind an OpenAI-compatible API (POST /v1/chat/completions)."""
@@ -31,4 +32,4 @@ def serve(
 
     run_server(task, host=host, port=port, default_budget=default_budget, max_budget=max_budget,
                max_branches=max_branches, plans=plans, model=model, dtype=dtype, backend=backend.kind,
-               remote=backend.remote, reporter=ConsoleReporter())
+               remote=backend.remote, reporter=ConsoleReporter(), engine=engine)

@@ -345,9 +345,11 @@ def ngram_drafter(spec: str) -> NGramDrafter | GroupDrafter:
     return cls(min_n=int(n))  # refuses N outside 1..max_n
 
 
-def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None) -> Drafter:
+def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None,
+                 engine: str = "auto") -> Drafter:
     """Build a drafter from its CLI spelling: ``ngram`` (``ngram:N``: only matches of at least N tokens),
-    ``group`` (``group:N``; :class:`GroupDrafter`) or ``model:PATH`` (same-tokenizer model)."""
+    ``group`` (``group:N``; :class:`GroupDrafter`) or ``model:PATH`` (same-tokenizer model, loaded on
+    ``engine``: see :mod:`latts.engine.choice`)."""
     if is_model_free(spec):
         return ngram_drafter(spec)
     check_drafter_spec(spec)
@@ -356,7 +358,7 @@ def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None
     # the draft runs the same kind of weights as the target (a fast target's draft in plain
     # float32 would read ~4x the bytes per token it needs to)
     draft = load(spec.removeprefix("model:"), dtype if dtype is not None else target.dtype,
-                 fast=None if dtype is not None else target.model.fast)
+                 fast=None if dtype is not None else getattr(target.model, "fast", False), engine=engine)
     check_same_tokenizer(target, draft)
     return DraftModelDrafter(draft, target.model.shape.vocab)
 

@@ -83,18 +83,6 @@ def resolve(model: str) -> Path:
     return path
 
 
-def _gguf_architecture(path: Path) -> str:
-    """Read the architecture from a GGUF header; a file that cannot be parsed is reported as corrupt."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(str(path))
-        field = reader.fields["general.architecture"]
-        return bytes(field.parts[field.data[0]]).decode()
-    except Exception as exc:  # the gguf reader raises many kinds on damaged input
-        raise LattsError(f"GGUF file {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
-
-
 def _file_key(path: Path) -> str:
     """A cache key that changes when the file does (size, mtime and a hash of its ends)."""
     st = path.stat()
@@ -111,8 +99,11 @@ def gguf_to_hf_folder(path: Path) -> Path:
     target = cache_root() / f"{path.stem}-{_file_key(path)}"
     if (target / "config.json").is_file():
         return target
-    arch = _gguf_architecture(path)
-    log.info("converting %s (%s) to %s, once", path, arch, target)
+    from latts.engine.gguf_header import read_header
+
+    arch = read_header(path).architecture  # a damaged file is named here, before the slow part
+    log.warning("converting %s (%s) to dense weights in %s, once (20-70 s; later loads reuse it)", path, arch,
+                target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -157,12 +148,21 @@ class LoadedModel:
     quant_format: str = ""  # which: 'q4+q8' (latts' kernels) or 'int4' (torch's)
     kernels_s: float = 0.0  # of load_s: building (once per machine, ~1 min) or loading latts' CPU kernels
     native: bool = False  # decode steps run in latts' native step (8-bit activations x the blocks)
-    engine: str = "torch"  # which engine runs the model: 'torch' (latts' Transformer) or 'llamacpp'
+    engine: str = "torch"  # which engine runs the model: torch (latts' own), llamacpp or hf
+    engine_reason: str = ""  # why that engine (see latts.engine.choice), for load reports
+
+    @property
+    def report(self) -> str:
+        """The load report's middle: engine, weights and why, e.g. ``torch engine, float32 (auto: ...)``."""
+        why = f"; {self.engine_reason}" if self.engine_reason else ""
+        return f"{self.engine} engine, {self.weights}{why}"
 
     @property
     def weights(self) -> str:
         """The weight formats in use, for load reports: e.g. ``float32, q4/q8 blocks up to 4 rows``."""
         dtype = str(self.dtype).removeprefix("torch.")
+        if self.engine == "hf":
+            return f"{dtype}, transformers' own forward (the slow path)"
         if self.native:
             return f"{dtype} prefill, native int8 x {self.quant_format} decode"
         return f"{dtype}, {self.quant_format} up to {self.quant_max_rows} rows" if self.quant_max_rows else dtype
@@ -177,7 +177,12 @@ class LoadedModel:
 
             return MeasuredWith(llamacpp_build(), self.quant_format, cpu_name(), torch.get_num_threads(),
                                 torch.__version__)
-        return MeasuredWith(engine_build(self.model.fast), weights, cpu_name(), torch.get_num_threads(),
+        build = engine_build(self.model.fast)
+        if self.engine == "hf":
+            import transformers
+
+            build = f"hf-transformers-{transformers.__version__}"
+        return MeasuredWith(build, weights, cpu_name(), torch.get_num_threads(),
                             torch.__version__)
 
     def encode_chat(self, user_message: str, system: str | None = None) -> list[int]:
@@ -200,41 +205,74 @@ def hf_folder(model: str) -> Path:
     return path if path.is_dir() else gguf_to_hf_folder(path)
 
 
-def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bool | None = None) -> LoadedModel:
-    """Load ``model`` (bundled name, HF folder or GGUF file) for the latts engine in ``dtype``.
+def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bool | None = None,
+         engine: str = "auto") -> LoadedModel:
+    """Load ``model`` (bundled name, HF folder or GGUF file) in ``dtype`` on ``engine``.
 
-    ``fast`` (by default: unless ``dtype`` is an explicit float32) picks this CPU's fastest weight
-    formats; float32 alone is the reference path, bit for bit what HF computes. A draft model is
-    loaded with its target's choice, so both run the same kind of kernels.
+    ``engine`` is ``auto``, ``torch`` (latts' own decoder), ``llamacpp`` or ``hf`` (transformers' own forward);
+    see :mod:`latts.engine.choice`. The choice is made from the GGUF header or config.json before anything is
+    converted, so a model the chosen engine cannot run is refused in well under a second, naming the engine
+    that can. ``fast`` (by default: unless ``dtype`` is an explicit float32) picks this CPU's fastest weight
+    formats on the torch engine; float32 alone is the reference path, bit for bit what HF computes. A draft
+    model is loaded with its target's choice, so both run the same kind of kernels.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from latts.engine import kernels
-    from latts.engine.linear import quant_formats
-    from latts.engine.transformer import SUPPORTED_ARCHITECTURES, Transformer
+    from latts.engine.choice import choose, model_facts
 
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
-    # an explicit float32 is the reference path (plain F.linear, what HF computes); anything else
-    # gets the fastest formats this CPU has
-    if fast is None:
-        fast = dtype not in ("float32", "fp32", torch.float32)
     t0 = time.perf_counter()
     source = resolve(model)
+    choice = choose(model_facts(source), engine)
+    name = model if model in BUNDLED_MODELS else source.name
+    if choice.engine == "llamacpp":
+        from latts.engine.llamacpp import load_gguf
+
+        loaded = load_gguf(source, name)
+    elif choice.engine == "hf":
+        loaded = _load_hf(source, name, torch_dtype, t0)
+    else:
+        loaded = _load_torch(source, name, dtype, torch_dtype, fast, t0)
+    loaded.engine, loaded.engine_reason = choice.engine, choice.reason
+    if choice.engine == "hf":
+        log.warning("%s runs on the hf engine: transformers' own forward, the slow path (%s; benchmarks/hf_engine.py "
+                    "measures how much slower)", name, choice.reason)
+    return loaded
+
+
+def _hf_parts(source: Path) -> tuple[Path, object, object]:
+    """The HF folder of ``source`` (a GGUF converted once), its transformers model (fp32) and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     folder = source if source.is_dir() else gguf_to_hf_folder(source)
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except Exception as exc:
-        raise LattsError(f"cannot read the config of {folder} ({type(exc).__name__}: {exc})") from None
-    if config.model_type not in SUPPORTED_ARCHITECTURES:
-        raise LattsError(
-            f"unsupported architecture '{config.model_type}' in {source}: "
-            f"the latts engine runs {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
     try:
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:
         raise LattsError(f"cannot load model from {folder} ({type(exc).__name__}: {exc})") from None
+    return folder, hf, tokenizer
+
+
+def _load_hf(source: Path, name: str, torch_dtype: torch.dtype, t0: float) -> LoadedModel:
+    """The ``hf`` engine: transformers' model and cache behind latts' model interface (the slow path)."""
+    from latts.engine.hf_model import HFModel
+
+    folder, hf, tokenizer = _hf_parts(source)
+    model = HFModel(hf, torch_dtype)
+    return LoadedModel(name=name, source=source, hf_path=folder, model=model, tokenizer=tokenizer,
+                       eos_token_ids=_eos_ids(hf, tokenizer), dtype=torch_dtype, load_s=time.perf_counter() - t0)
+
+
+def _load_torch(source: Path, name: str, dtype: str | torch.dtype, torch_dtype: torch.dtype, fast: bool | None,
+                t0: float) -> LoadedModel:
+    """latts' own torch engine (its kernels and native step where this CPU has them)."""
+    from latts.engine import kernels
+    from latts.engine.linear import quant_formats
+    from latts.engine.transformer import Transformer
+
+    # an explicit float32 is the reference path (plain F.linear, what HF computes); anything else
+    # gets the fastest formats this CPU has
+    if fast is None:
+        fast = dtype not in ("float32", "fp32", torch.float32)
+    folder, hf, tokenizer = _hf_parts(source)
     t_kernels = time.perf_counter()
     if fast:
         kernels.compiled()  # built here, once per machine, and timed apart
@@ -243,7 +281,6 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bo
     eos = _eos_ids(hf, tokenizer)
     del hf
     quant_rows = tuned_quant_rows(transformer) if fast else 0
-    name = model if model in BUNDLED_MODELS else source.name
     return LoadedModel(
         name=name,
         source=source,
@@ -273,19 +310,35 @@ def _eos_ids(hf: torch.nn.Module, tokenizer: object) -> tuple[int, ...]:
 
 
 def list_models() -> list[dict[str, str]]:
-    """Bundled and converted models this machine has, for ``latts models``."""
+    """Bundled and converted models this machine has, for ``latts models``: each with the engine ``auto``
+    runs it on and why (from its header or config alone, nothing loaded)."""
     rows = []
     for name in BUNDLED_MODELS:
         try:
-            rows.append({"name": name, "kind": "bundled GGUF", "path": str(bundled_path(name))})
+            path = bundled_path(name)
         except LattsError as exc:
-            rows.append({"name": name, "kind": "bundled GGUF (not installed)", "path": str(exc)})
+            rows.append({"name": name, "kind": "bundled GGUF (not installed)", "path": str(exc), "engine": "",
+                         "why": ""})
+            continue
+        rows.append({"name": name, "kind": "bundled GGUF", "path": str(path), **_engine_of(path)})
     root = cache_root()
     if root.is_dir():
         for folder in sorted(root.iterdir()):
             if (folder / "config.json").is_file():
-                rows.append({"name": folder.name, "kind": "converted cache", "path": str(folder)})
+                rows.append({"name": folder.name, "kind": "converted cache", "path": str(folder),
+                             **_engine_of(folder)})
     return rows
+
+
+def _engine_of(path: Path) -> dict[str, str]:
+    """``engine`` and ``why`` of the model at ``path`` under ``--engine auto`` (or why none runs it)."""
+    from latts.engine.choice import choose, model_facts
+
+    try:
+        choice = choose(model_facts(path))
+    except LattsError as exc:
+        return {"engine": "none", "why": str(exc)}
+    return {"engine": choice.engine, "why": choice.reason}
 
 
 def load_tokenizer(model: str) -> object:

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from latts.engine import kernels, native
+from latts.engine.choice import TORCH_ARCHITECTURES as SUPPORTED_ARCHITECTURES
 from latts.engine.kv_cache import KVCache
 from latts.engine.linear import Projection
 from latts.errors import LattsError
-
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 @dataclass(frozen=True)

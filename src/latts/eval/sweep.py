@@ -34,11 +34,12 @@ def run_grid(task: str, out: PathLike, branches: Sequence[int] = (1, 4), gammas:
              deadlines: Sequence[float | None] = (None,), *, drafter: str = "ngram", min_think: int = 0,
              temperature: float = 0.7, limit: int | None = None, data: PathLike | None = None,
              concurrency: int = 1, model: str = DEFAULT_MODEL, dtype: str = "auto", backend: str = "embedded",
-             remote: RemoteOptions | None = None, reporter: Reporter | None = None) -> list[dict[str, Any]]:
+             remote: RemoteOptions | None = None, reporter: Reporter | None = None,
+             engine: str = "auto") -> list[dict[str, Any]]:
     """Run every (B, γ, L, deadline) × seed on the first ``limit`` problems of ``task`` that ``out`` does not
     hold yet; all the grid's records (resumed ones included).
 
-    ``backend`` "embedded" runs latts' engine (``model`` in ``dtype``, speculating with ``drafter``),
+    ``backend`` "embedded" runs latts' engine (``model`` in ``dtype`` on ``engine``, speculating with ``drafter``),
     "openai" the server ``remote`` describes (it drafts for itself), ``concurrency`` problems at once.
     """
     reporter = reporter or Reporter()
@@ -52,10 +53,10 @@ def run_grid(task: str, out: PathLike, branches: Sequence[int] = (1, 4), gammas:
     configs = grid(branches, gammas, thinks, deadlines, drafter=drafter, min_think=min_think, temperature=temperature)
     check_concurrency(concurrency, backend != "embedded")
     problems = the_task.load(limit=limit, data=Path(data) if data else None)
-    opened = open_backend(backend, model, dtype, remote)
+    opened = open_backend(backend, model, dtype, remote, engine=engine)
     reporter.opened(opened)
     speculates = opened.loaded is not None and any(c.plan.gamma for c in configs)  # a server drafts for itself
-    draft = make_drafter(drafter, opened.loaded) if speculates else None
+    draft = make_drafter(drafter, opened.loaded, engine=engine) if speculates else None
     with reporter.progress(task) as progress:
         return evaluate(Solver(opened.backend, the_task, draft), problems, configs, list(seeds), Path(out),
                         progress, concurrency=concurrency)
@@ -73,7 +74,7 @@ class SurfaceRuns:
 def run_surface(task: str, out: PathLike, branches: Sequence[int] = (1, 4), thinks: Sequence[int] = (256,),
                 seeds: Sequence[int] = (0,), *, temperature: float = 0.7, limit: int | None = None,
                 data: PathLike | None = None, model: str = DEFAULT_MODEL, dtype: str = "auto",
-                reporter: Reporter | None = None) -> SurfaceRuns:
+                reporter: Reporter | None = None, engine: str = "auto") -> SurfaceRuns:
     """One wide run of max(``branches``) branches per problem × seed, answers forced at every budget of
     ``thinks`` (resumable in ``out``); then the accuracy of every (B, L) for B in ``branches``.
 
@@ -85,7 +86,7 @@ def run_surface(task: str, out: PathLike, branches: Sequence[int] = (1, 4), thin
         raise LattsError("--branches must be >= 1")
     run = wide_run(max(branches), thinks, temperature)
     problems = the_task.load(limit=limit, data=Path(data) if data else None)
-    opened = open_backend("embedded", model, dtype)
+    opened = open_backend("embedded", model, dtype, engine=engine)
     reporter.opened(opened)
     with reporter.progress(task) as progress:
         records = evaluate(Solver(opened.backend, the_task), problems, [run], list(seeds), Path(out), progress,

@@ -23,7 +23,7 @@ from latts.tts.solver import Solver
 def serve(task: str = "math500", *, host: str = "127.0.0.1", port: int = 8000, default_budget: float = 10.0,
           max_budget: float = 120.0, max_branches: int = 64, plans: str | os.PathLike[str] | None = None,
           model: str = DEFAULT_MODEL, dtype: str = "auto", backend: str = "embedded",
-          remote: RemoteOptions | None = None, reporter: Reporter | None = None) -> None:
+          remote: RemoteOptions | None = None, reporter: Reporter | None = None, engine: str = "auto") -> None:
     """Serve voted answers to ``task``'s questions within a latency budget on ``http://host:port/v1``.
 
     Requests without ``latency_budget`` get ``default_budget`` seconds; larger budgets than ``max_budget``
@@ -45,7 +45,7 @@ def serve(task: str = "math500", *, host: str = "127.0.0.1", port: int = 8000, d
     if not 0 < port < 65536:
         raise LattsError(f"--port must be between 1 and 65535, got {port}")
     the_task = get_task(task)
-    opened = open_backend(backend, model, dtype, remote)
+    opened = open_backend(backend, model, dtype, remote, engine=engine)
     reporter.opened(opened)
     # read once, before anything is measured: a stale --plans is refused, a stale cache skipped with a note
     frontier = saved_frontier(plans, opened.name, task, opened.measured_with(), reporter.note)
