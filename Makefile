@@ -35,7 +35,8 @@ demo: setup
 # least time an answer needs) or need llama.cpp's server run after the build: with the compile beside it, niced,
 # that measurement once made the server refuse an 8 s budget as needing 10.05 s (nice does not divide caches
 # or memory bandwidth).
-LATE_TESTS := tests/test_openai_backend.py tests/test_serve.py tests/test_llamacpp_engine.py tests/test_engine_choice_llamacpp.py
+LATE_TESTS := tests/test_openai_backend.py tests/test_serve.py tests/test_llamacpp_engine.py tests/test_engine_choice_llamacpp.py \
+              tests/test_thinking_tags_remote.py
 test: setup
 	@nice -n 19 $(MAKE) --no-print-directory llamacpp > $(VENV)/llamacpp.log 2>&1 & build=$$!; \
 	$(BIN)/python -m pytest -q --durations=12 $(addprefix --ignore=,$(LATE_TESTS)); rc=$$?; \

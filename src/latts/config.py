@@ -7,6 +7,7 @@ candidates and the surface's wide runs compose it rather than redefine it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,14 +20,31 @@ ANSWER_PROMPT = "\n\nFinal answer: \\boxed{"  # what budget forcing appends to m
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How the next token is chosen: ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` disable those filters."""
+    """How the next token is chosen: ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` disable those filters.
+
+    ``logit_bias`` adds a number to chosen tokens' logits before anything else (OpenAI's ``logit_bias``:
+    -100 bans a token, +100 all but forces it), on every engine and passed on to a remote server. Give
+    it as a ``{token id: bias}`` mapping; it is kept as sorted ``(id, bias)`` pairs so that the
+    settings stay frozen and hashable.
+    """
 
     temperature: float = 0.7
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    logit_bias: Mapping[int, float] | tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
+        pairs = self.logit_bias.items() if isinstance(self.logit_bias, Mapping) else self.logit_bias
+        try:
+            bias = tuple(sorted({int(t): float(v) for t, v in pairs}.items()))
+        except (TypeError, ValueError):
+            raise LattsError(f"logit bias must map token ids to numbers, got {self.logit_bias!r}") from None
+        if any(t < 0 for t, _ in bias):
+            raise LattsError(f"logit bias token ids must be >= 0, got {[t for t, _ in bias if t < 0]}")
+        if any(v != v for _, v in bias):
+            raise LattsError("logit bias values must be numbers, got NaN")
+        object.__setattr__(self, "logit_bias", bias)
         if not self.temperature >= 0:
             raise LattsError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

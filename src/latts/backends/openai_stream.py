@@ -2,7 +2,11 @@
 runs for each ``generate`` call.
 
 A coroutine per branch streams its segments (thinking, the ignore string's continuations, the forced
-answer) and timestamps every piece; a watcher runs ``on_step`` and holds the deadline. Errors become
+answer, or the response after a reasoning model closed its thinking) and timestamps every piece; a
+watcher runs ``on_step`` and holds the deadline. For a model whose tokenizer has ``</think>``, a
+thinking segment ends where the tag arrives: below ``min_think`` the tag is dropped and the ignore
+string appended (as the embedded engine does), else the tag is kept and the branch streams its
+response; a forced answer is ``</think>`` and the answer prompt. Errors become
 one :class:`~latts.errors.LattsError` line (:func:`api_error`).
 """
 
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from latts.config import BudgetForcing, SamplingParams
 from latts.engine.budget import answer_end
+from latts.tasks.grading import THINK_END
 from latts.errors import LattsError
 from latts.request import OnStep
 from latts.types import Branch
@@ -52,7 +57,8 @@ class _Segment:
 
     text: str = ""
     # eos (the server stopped: end of sequence), length (max_tokens), stop (a stop string), answered (the
-    # forced answer ended: answer_end), until (our time limit closed it)
+    # forced answer ended: answer_end), until (our time limit closed it), think_end (</think> arrived; not
+    # in the text)
     reason: str | None = None
     tokens: int = 0
     pieces: int = 0  # streamed pieces (each one token or more)
@@ -68,8 +74,13 @@ class Run:
         self.stops, self.deadline, self.budget, self.max_new_tokens = stops, deadline, budget, max_new_tokens
         self.on_step, self.t0 = on_step, t0
         self.pieces = [0] * len(out)
-        # fixed-length runs (profiling): end-of-sequence banned
-        self.logit_bias = {str(t): -100 for t in backend.eos_token_ids} if ignore_eos else None
+        # the request's own bias; fixed-length runs (profiling): end-of-sequence banned
+        bias = {str(t): v for t, v in sampling.logit_bias}
+        if ignore_eos:
+            bias.update({str(t): -100 for t in backend.eos_token_ids})
+        self.logit_bias = bias or None
+        # a reasoning model's end of thinking, when its tokenizer has the tag as one token
+        self.think_end = THINK_END in backend.tokenizer.get_vocab() if budget is not None else False
         # thinking ends here so that the forced answers still fit before the deadline
         self.force_at = None
         if deadline is not None and budget is not None:
@@ -126,13 +137,16 @@ class Run:
             if part == 0 and self.be.branch_mode == "n" and len(self.out) > 1:
                 seg = await self._shared_first(client, i, f.max_think)
             else:
-                seg = (await self._segment(client, [i], f.max_think - b.think_tokens, self.force_at, part))[0]
+                seg = (await self._segment(client, [i], f.max_think - b.think_tokens, self.force_at, part,
+                                           thinking=True))[0]
             part += 1
             b.think_tokens += f.max_think - b.think_tokens if seg.reason == "length" else seg.tokens
             if seg.reason == "stop":
                 return self._finish(b, "stop")
-            if seg.reason == "eos":
-                if b.think_tokens >= f.min_think:
+            if seg.reason == "think_end" and b.think_tokens >= f.min_think:
+                return await self._respond(client, i, part)
+            if seg.reason in ("eos", "think_end"):
+                if seg.reason == "eos" and b.think_tokens >= f.min_think:
                     return self._finish(b, "eos")
                 self._append(i, f.ignore)  # s1: suppress the stop, make it go on
                 b.think_tokens += self._count(f.ignore)
@@ -141,23 +155,35 @@ class Run:
                     continue
             b.forced = "deadline" if seg.reason == "until" else "max_think"
             break
-        self._append(i, f.answer_prompt)
+        self._append(i, (THINK_END if self.think_end else "") + f.answer_prompt)
         seg = (await self._segment(client, [i], f.answer_tokens, self.deadline, part, answer=True))[0]
         self._finish(b, {"length": "answered", "until": "deadline"}.get(seg.reason, seg.reason))
+
+    async def _respond(self, client: Any, i: int, part: int) -> None:
+        """Branch ``i`` closed its thinking by itself: keep the tag and stream its response, up to the tokens a
+        branch may hold in all (the embedded engine's :attr:`~latts.engine.budget.Forcing.capacity`)."""
+        b, f = self.out[i], self.budget
+        self._append(i, THINK_END)
+        capacity = (f.max_think + self._count(f.ignore) + self._count(THINK_END + f.answer_prompt) + f.answer_tokens
+                    + 1)
+        left = max(1, capacity - self._count(b.text))
+        seg = (await self._segment(client, [i], left, self.deadline, part, thinking=False))[0]
+        self._finish(b, {"until": "deadline"}.get(seg.reason, seg.reason))
 
     async def _shared_first(self, client: Any, i: int, max_tokens: int) -> _Segment:
         """The first thinking segment of every branch from one ``n = B`` request (one shared prefill)."""
         if self._first is None:
             self._first = asyncio.create_task(self._segment(client, list(range(len(self.out))), max_tokens,
-                                                            self.force_at, 0))
+                                                            self.force_at, 0, thinking=True))
         return (await asyncio.shield(self._first))[i]
 
     def _append(self, i: int, text: str) -> None:
         self.out[i].text += text
 
     async def _segment(self, client: Any, rows: list[int], max_tokens: int, until: float | None, part: int,
-                       answer: bool = False) -> list[_Segment]:
-        """Stream one completion (``n = len(rows)`` choices) continuing each row's text, until ``until``."""
+                       answer: bool = False, thinking: bool = False) -> list[_Segment]:
+        """Stream one completion (``n = len(rows)`` choices) continuing each row's text, until ``until``
+        (``thinking``: it ends where ``</think>`` arrives)."""
         segs = [_Segment() for _ in rows]
         if until is not None and time.monotonic() >= until:
             for s in segs:
@@ -182,7 +208,8 @@ class Run:
                         if k >= len(rows) or segs[k].reason:
                             continue
                         if ch.text:
-                            self._receive(rows[k], segs[k], ch.text, answer, now, t_req, last, k)
+                            self._receive(rows[k], segs[k], ch.text, answer, now, t_req, last, k,
+                                          thinking and self.think_end)
                         if ch.finish_reason and not segs[k].reason:
                             segs[k].reason = "eos" if ch.finish_reason == "stop" else ch.finish_reason
                     if all(s.reason for s in segs):
@@ -217,8 +244,9 @@ class Run:
                          "--interrupt_requests False)")
 
     def _receive(self, i: int, seg: _Segment, piece: str, answer: bool, now: float, t_req: float, last: list,
-                 k: int) -> None:
-        """Add a streamed piece to branch ``i``: timestamps, stop strings, the end of a forced answer."""
+                 k: int, thinking: bool = False) -> None:
+        """Add a streamed piece to branch ``i``: timestamps, stop strings, the end of a forced answer, the end of
+        thinking (``</think>``: the segment ends before it, and the tag is left out of the text)."""
         b, be = self.out[i], self.be
         if last[k] is None:
             be.ttft_s = (1 - _EMA) * be.ttft_s + _EMA * (now - t_req)
@@ -234,6 +262,9 @@ class Run:
                 piece, seg.reason = piece[: end - len(seg.text)], "answered"
         seg.text += piece
         b.text += piece
+        if thinking and THINK_END in seg.text:
+            cut = len(seg.text) - seg.text.index(THINK_END)
+            b.text, seg.text, seg.reason = b.text[:-cut], seg.text[:-cut], "think_end"
         for s in self.stops:
             at = b.text.find(s)
             if at >= 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from latts.config import BudgetForcing
+from latts.tasks.grading import THINK_END
 from latts.types import Branch
 
 
@@ -47,6 +48,31 @@ def hit_stop(tokenizer: object, token_ids: list[int], stops: tuple[str, ...]) ->
     return any(s in tail for s in stops)
 
 
+def branch_text(tokenizer: object, token_ids: list[int], tags: set[int]) -> str:
+    """A branch's text without special tokens, but with its thinking tags (``tags``: :func:`thinking_tags`) even
+    where the tokenizer marks them special: the answer is read after ``</think>``
+    (:func:`~latts.tasks.grading.after_thinking`)."""
+    if not tags or not tags & set(token_ids):
+        return tokenizer.decode(token_ids, skip_special_tokens=True)
+    parts, start = [], 0
+    for j, tok in enumerate(token_ids + [-1]):
+        if tok in tags or tok == -1:
+            parts.append(tokenizer.decode(token_ids[start:j], skip_special_tokens=True))
+            if tok != -1:
+                parts.append(tokenizer.convert_ids_to_tokens(tok))
+            start = j + 1
+    return "".join(parts)
+
+
+def thinking_tags(tokenizer: object) -> set[int]:
+    """Ids of ``<think>`` and ``</think>`` where the tokenizer has them as special tokens (else empty)."""
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    if not special:
+        return set()
+    vocab = tokenizer.get_vocab()
+    return {vocab[t] for t in ("<think>", THINK_END) if t in vocab} & special
+
+
 @dataclass(slots=True)
 class Row:
     """Per-branch decoding state: prompt + tokens so far, and how many positions have K/V in the cache."""
@@ -71,8 +97,8 @@ class Forcing:
     def build(cls, tokenizer: object, budget: BudgetForcing) -> Forcing:
         """The ignore and answer texts tokenized, the thinking-end token found (models with ``</think>``)."""
         enc = lambda text: list(tokenizer.encode(text, add_special_tokens=False)) if text else []  # noqa: E731
-        think_end = tokenizer.convert_tokens_to_ids("</think>") if "</think>" in tokenizer.get_vocab() else None
-        answer = enc(("</think>" if think_end is not None else "") + budget.answer_prompt)
+        think_end = tokenizer.convert_tokens_to_ids(THINK_END) if THINK_END in tokenizer.get_vocab() else None
+        answer = enc((THINK_END if think_end is not None else "") + budget.answer_prompt)
         ignore = enc(budget.ignore)
         capacity = budget.max_think + len(ignore) + len(answer) + budget.answer_tokens + 1
         return cls(budget, ignore, answer, think_end, capacity)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.budget import Appender, Forcing, Row
+from latts.engine.budget import Appender, Forcing, Row, branch_text, thinking_tags
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
 from latts.engine.pruning import ConfidencePruner
@@ -48,6 +48,7 @@ class Engine:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.eos = frozenset(loaded.eos_token_ids)
+        self._tags = thinking_tags(self.tokenizer)  # special-token thinking tags, kept in branch texts
         self.warmup_s = 0.0
         self._step_hint: dict[int, float] = {}  # last measured step time per batch size
 
@@ -110,6 +111,9 @@ class Engine:
         if request.gamma > 0 and request.drafter is None:
             raise LattsError("speculative decoding (gamma > 0) needs a drafter")
         ids = self.encode(request.prompt, request.chat)
+        vocab = self.model.shape.vocab
+        if any(t >= vocab for t, _ in request.sampling.logit_bias):
+            raise LattsError(f"logit bias token ids must be in [0, {vocab}) for this model")
         forcing = Forcing.build(self.tokenizer, request.budget) if request.budget is not None else None
         max_new_tokens = forcing.capacity if forcing is not None else request.max_new_tokens
         context = self.model.max_positions
@@ -264,7 +268,7 @@ class Engine:
         feed = torch.cat([last, drafts], 1)  # [n, width + 1]
         logits = self.model.decode(feed, start, b.cache, n_proposed + 1)  # [n, width + 1, V]
         if sampling.greedy:
-            accepted, nxt = greedy_accept(drafts, n_proposed, logits)
+            accepted, nxt = greedy_accept(drafts, n_proposed, logits, sampling)
         else:
             p = target_probabilities(logits, sampling)
             accepted, nxt = rejection_sample(drafts, n_proposed, p, q, b.gen)
@@ -294,7 +298,7 @@ class Engine:
             b.live.pop()
 
     def _final_text(self, b: Branch, stops: tuple[str, ...]) -> str:
-        text = self.tokenizer.decode(b.token_ids, skip_special_tokens=True)
+        text = branch_text(self.tokenizer, b.token_ids, self._tags)
         if b.finish_reason == "stop":
             cut = min((text.find(s) for s in stops if s in text), default=-1)
             if cut >= 0:

@@ -13,8 +13,26 @@ import torch
 from latts.config import SamplingParams
 
 
+def biased(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """``logits`` ``[..., V]`` with ``params.logit_bias`` added (a copy; the same tensor when there is none).
+
+    Every choice of a token goes through here first (:func:`probabilities`, :func:`sample`,
+    :func:`greedy_accept`), so a bias steers greedy and sampled decoding, drafts and their verification
+    alike. Ids past this vocabulary are left out (a draft model's may be smaller).
+    """
+    V = logits.shape[-1]
+    pairs = [(t, v) for t, v in params.logit_bias if t < V]
+    if not pairs:
+        return logits
+    ids = torch.tensor([t for t, _ in pairs])
+    out = logits.float().clone()
+    out[..., ids] += torch.tensor([v for _, v in pairs], dtype=out.dtype)
+    return out
+
+
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The distribution ``[..., V]`` (fp32) that sampling with ``params`` draws from (one-hot when greedy)."""
+    logits = biased(logits, params)
     if params.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     logits = logits.float() / params.temperature
@@ -62,7 +80,7 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
     """Next tokens ``[...]`` for logits ``[..., V]``: argmax when greedy, else a seeded draw."""
     if params.greedy:
-        return torch.argmax(logits, dim=-1)
+        return torch.argmax(biased(logits, params), dim=-1)
     return draw(probabilities(logits, params), generator)
 
 
@@ -168,16 +186,17 @@ def target_probabilities(logits: torch.Tensor, params: SamplingParams) -> Target
 
 
 def greedy_accept(
-    drafts: torch.Tensor, n_proposed: torch.Tensor, logits: torch.Tensor
+    drafts: torch.Tensor, n_proposed: torch.Tensor, logits: torch.Tensor, params: SamplingParams | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rejection_sample` for greedy decoding, straight from logits ``[n, gamma + 1, V]``.
 
     Exact-match acceptance: keep drafts while they equal the target's argmax; the next token is the
     argmax at the first mismatch (or after the last draft). Same result as the one-hot case of
-    :func:`rejection_sample`, without building ``[n, gamma + 1, V]`` distributions.
+    :func:`rejection_sample`, without building ``[n, gamma + 1, V]`` distributions. ``params`` brings
+    the request's logit bias.
     """
     n, gamma = drafts.shape
-    target = logits.argmax(-1)  # [n, gamma + 1]
+    target = (biased(logits, params) if params is not None else logits).argmax(-1)  # [n, gamma + 1]
     keep = (drafts == target[:, :gamma]) & (torch.arange(gamma)[None, :] < n_proposed[:, None])
     accepted = keep.long().cumprod(-1).sum(-1)
     return accepted, target[torch.arange(n), accepted]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from latts.config import ANSWER_PROMPT
 from latts.errors import LattsError
-from latts.tasks.grading import as_integer, equation_value, extract_boxed
+from latts.tasks.grading import after_thinking, as_integer, equation_value, extract_boxed
 from latts.tasks.base import Problem, check_limit
 
 DEFAULT_LEVEL = 1  # calibrated for the default model: see the note above
@@ -171,8 +171,10 @@ class ArithTask:
 
         A box holding an equation that ends in a single number (``\\boxed{9 + 2 = 11}``: the model often
         boxes the whole sum) gives that number. The last-number fallback matters for the small default
-        model, which mostly answers bare sums as "7 + 5 is 12." without any answer phrase.
+        model, which mostly answers bare sums as "7 + 5 is 12." without any answer phrase. Only the text after
+        a reasoning model's thinking counts (:func:`~latts.tasks.grading.after_thinking`).
         """
+        completion = after_thinking(completion)
         boxed = extract_boxed(completion)
         if boxed is not None:
             value = equation_value(boxed)

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 from latts.config import ANSWER_PROMPT
 from latts.errors import LattsError
-from latts.tasks.grading import equation_value, extract_boxed, math_equal
+from latts.tasks.grading import after_thinking, equation_value, extract_boxed, math_equal
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -107,7 +107,9 @@ class MathTask:
         return f"{problem.question}\n\n{BOXED_INSTRUCTION}"
 
     def extract(self, completion: str) -> str | None:
-        """The last ``\\boxed{}`` content, else the last "the answer is ..." phrase, else None."""
+        """The last ``\\boxed{}`` content, else the last "the answer is ..." phrase, else None (after the
+        thinking, :func:`~latts.tasks.grading.after_thinking`)."""
+        completion = after_thinking(completion)
         boxed = extract_boxed(completion)
         if boxed is not None:
             return boxed

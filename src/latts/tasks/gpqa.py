@@ -15,7 +15,7 @@ from pathlib import Path
 
 from latts.config import ANSWER_PROMPT
 from latts.errors import LattsError
-from latts.tasks.grading import extract_letter
+from latts.tasks.grading import after_thinking, extract_letter
 from latts.tasks.base import Problem, check_limit, read_jsonl, read_text, require
 
 LETTERS = "ABCD"
@@ -104,8 +104,9 @@ class GpqaDiamondTask:
         return f"{problem.question}\n\n{INSTRUCTION}"
 
     def extract(self, completion: str) -> str | None:
-        """The letter the completion settles on (see ``latts.tasks.grading.extract_letter``), or None."""
-        return extract_letter(completion)
+        """The letter the completion settles on after any thinking (see ``latts.tasks.grading.extract_letter``
+        and ``after_thinking``), or None."""
+        return extract_letter(after_thinking(completion))
 
     def grade(self, gold: str, pred: str | None) -> bool:
         """Letter equality (``"(B)"`` and ``"b"`` count as B); None is wrong."""

@@ -28,6 +28,17 @@ _MAX_EXPONENT = 10_000
 _MAX_FACTORIAL = 1_000
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
+THINK_END = "</think>"  # where a reasoning model (Qwen3, DeepSeek-R1 distills) closes its thinking
+
+
+def after_thinking(completion: str) -> str:
+    """The part of ``completion`` that answers: after the last ``</think>``, or all of it when there is none.
+
+    A reasoning model's thinking tries answers out; only what it says after closing its thinking (by itself
+    or forced by budget forcing) is its answer, so every task extracts from this part.
+    """
+    at = completion.rfind(THINK_END)
+    return completion if at < 0 else completion[at + len(THINK_END):]
 
 
 def _boxes(text: str) -> list[tuple[str, bool]]:
