@@ -62,5 +62,5 @@ def latts_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = latts_cmd("serve", "--port", str(port), "--task", "arith", "--max-budget", "30", "--max-branches", "16",
                     "--default-budget", "6", "--api-key", SERVER_KEY)
-    with running(cmd, f"http://127.0.0.1:{port}/health", log):
+    with running(cmd, f"http://127.0.0.1:{port}/health", log, timeout_s=600):  # start-up measures; slow on a busy CPU
         yield f"http://127.0.0.1:{port}"

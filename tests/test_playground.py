@@ -70,7 +70,7 @@ def test_playground_shows_branches_racing_a_5s_deadline(browser, latts_server, t
     deadline.clear()
     deadline.send_keys("5")
     d.find_element(By.CSS_SELECTOR, "input[name=plan][value=hand]").click()
-    for field, value in (("branches", "4"), ("gamma", "0"), ("max-think", "256")):
+    for field, value in (("branches", "3"), ("gamma", "0"), ("max-think", "256")):
         box = d.find_element(By.ID, field)
         box.clear()
         box.send_keys(value)
@@ -93,7 +93,7 @@ def test_playground_shows_branches_racing_a_5s_deadline(browser, latts_server, t
     assert answer and answer != "…" and d.find_element(By.ID, "error").text == ""
     assert answer == "(no answer)" or any(item.startswith(answer + " ·") for item in tally)
     assert "of 5 s" in done and d.find_element(By.ID, "grade").text  # graded against the gold answer
-    assert "B=4 γ=0 L=256" in d.find_element(By.ID, "plan-line").text
+    assert "B=3 γ=0 L=256" in d.find_element(By.ID, "plan-line").text
     shot = tmp_path / "playground.png"
     assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     DOCS.mkdir(exist_ok=True)
