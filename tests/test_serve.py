@@ -223,9 +223,10 @@ def test_prompt_longer_than_the_context_is_a_400_naming_the_limit(server) -> Non
 
 
 def test_stream_yields_reasoning_then_the_voted_answer_as_unstreamed(client) -> None:
-    budget = 10.0
+    # a budget the answers never meet (L = 16 ends them first), so both runs decode the same tokens
+    budget = 25.0
     ask = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "seed": 3}
-    extra = {"latency_budget": budget, "branches": 2, "max_think": 40}
+    extra = {"latency_budget": budget, "branches": 2, "max_think": 16}
     t0 = time.monotonic()
     chunks = list(client.chat.completions.create(**ask, stream=True, extra_body=extra))
     wall = time.monotonic() - t0
@@ -239,10 +240,12 @@ def test_stream_yields_reasoning_then_the_voted_answer_as_unstreamed(client) -> 
     latts = last.model_extra["latts"]
     assert latts["plan"]["branches"] == 2 and latts["reasoning_branch"] == 0 and latts["latency_s"] <= budget
     reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks)
-    assert len(reasoning) > 20
+    assert len(reasoning) > 10
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert content == (latts["answer"] or "")
     plain = client.chat.completions.create(**ask, extra_body=extra)
+    forced = latts["forced"] + plain.model_extra["latts"]["forced"]
+    assert "deadline" not in forced, f"the CPU was too busy for a {budget} s budget to be free: {forced}"
     assert content == plain.choices[0].message.content
     assert latts["branch_answers"] == plain.model_extra["latts"]["branch_answers"]
 
@@ -262,8 +265,9 @@ def test_a_client_leaving_a_stream_frees_the_server_at_once(client, server) -> N
         time.sleep(0.02)
     freed_s = time.monotonic() - t_closed
     print(f"stream closed -> server free after {freed_s:.3f} s")
-    assert _health(server)["running"] == 0
-    budget = 5.0
+    health = _health(server)
+    assert health["running"] == 0
+    budget = min(25.0, max(5.0, 1.5 * (health["min_service_s"] + 2 * health["min_service_per_branch_s"])))
     t0 = time.monotonic()
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                        extra_body={"latency_budget": budget, "branches": 2, "max_think": 32})

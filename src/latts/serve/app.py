@@ -370,6 +370,7 @@ def _completion(sol: Solution, solver: Solver, config: ServeConfig, budget: floa
             "solve_s": round(sol.latency_s, 4),
             "early_stopped": sol.early_stopped,
             "finish_reasons": sol.finish_reasons,
+            "forced": [b.forced for b in sol.branches],  # why an answer was forced (max_think, deadline) or None
             "branch_answers": sol.branch_answers,
             "winners": [i for i, a in enumerate(sol.branch_answers)
                         if a is not None and sol.answer is not None and solver.task.same(a, sol.answer)],
