@@ -1,10 +1,11 @@
 """Load test of ``latts serve``: N concurrent OpenAI clients for a fixed time, with mixed latency budgets.
 
 Starts ``latts serve`` on 127.0.0.1 (or uses ``--url``), then each client sends chat completions back
-to back, each with a budget drawn uniformly from [--min-budget, --max-budget] seconds. Prints requests
-served, deliberate 503s (cannot be answered in time), other errors, and percentiles of latency ÷
-budget. Exits non-zero on any 5xx other than the deliberate 503, or on any answer that came later
-than its budget + 5%.
+to back, each with a budget drawn uniformly from [--min-budget, --max-budget] seconds; half of the
+clients (--streaming) ask with ``stream: true`` and time the stream's end (its ``[DONE]``). Prints
+requests served, deliberate 503s (cannot be answered in time), other errors, and percentiles of
+latency ÷ budget, streamed and not. Exits non-zero on any 5xx other than the deliberate 503, on a
+stream that ends without its final chunk, or on any answer that came later than its budget + 5%.
 
     python benchmarks/serve_load.py                 # 8 clients, 60 s, budgets 2-10 s, arith questions
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 --clients 16
@@ -41,11 +42,30 @@ class Result:
     error: str = ""
     server_s: float = 0.0  # the server's own arrival-to-response time
     solve_s: float = 0.0  # of which the solve itself
+    streamed: bool = False
+    chunks: int = 0  # streamed: chunks received
+
+
+def ask_streaming(client, q: str, budget: float, t0: float) -> Result:
+    """One streamed request: read every chunk; the last carries finish_reason, usage and the latts object."""
+    chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}],
+                                                 stream=True, extra_body={"latency_budget": budget}))
+    wall = time.monotonic() - t0
+    last = chunks[-1] if chunks else None
+    if last is None or not last.choices or last.choices[0].finish_reason != "stop" or last.usage is None:
+        return Result(-1, budget, wall, error="stream ended without its final chunk", streamed=True)
+    extra = last.model_extra["latts"]
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    if content != (extra["answer"] or ""):
+        return Result(-1, budget, wall, error=f"streamed content {content!r} != answer {extra['answer']!r}",
+                      streamed=True)
+    return Result(200, budget, wall, extra["answer"], extra["plan"]["branches"], server_s=extra["latency_s"],
+                  solve_s=extra["solve_s"], streamed=True, chunks=len(chunks))
 
 
 def client_loop(base: str, questions: list[str], stop_at: float, seed: int, lo: float, hi: float,
-                out: list[Result], lock: threading.Lock) -> None:
-    """Send requests back to back until ``stop_at``; append what happened to ``out``."""
+                out: list[Result], lock: threading.Lock, streaming: bool = False) -> None:
+    """Send requests back to back until ``stop_at`` (streamed ones if ``streaming``); append what happened."""
     import openai
 
     client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=hi * 3 + 30)
@@ -55,15 +75,22 @@ def client_loop(base: str, questions: list[str], stop_at: float, seed: int, lo: 
         q = rng.choice(questions)
         t0 = time.monotonic()
         try:
+            if streaming:
+                res = ask_streaming(client, q, budget, t0)
+                with lock:
+                    out.append(res)
+                continue
             r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}],
                                                extra_body={"latency_budget": budget})
             extra = r.model_extra["latts"]
             res = Result(200, budget, time.monotonic() - t0, extra["answer"], extra["plan"]["branches"],
                          server_s=extra["latency_s"], solve_s=extra["solve_s"])
         except openai.APIStatusError as exc:
-            res = Result(exc.status_code, budget, time.monotonic() - t0, error=str(exc)[:200])
+            res = Result(exc.status_code, budget, time.monotonic() - t0, error=str(exc)[:200], streamed=streaming)
         except openai.APIConnectionError as exc:
-            res = Result(0, budget, time.monotonic() - t0, error=f"connection: {exc}"[:200])
+            res = Result(0, budget, time.monotonic() - t0, error=f"connection: {exc}"[:200], streamed=streaming)
+        except openai.APIError as exc:  # an error event inside a stream
+            res = Result(-1, budget, time.monotonic() - t0, error=f"in stream: {exc}"[:200], streamed=streaming)
         with lock:
             out.append(res)
 
@@ -83,7 +110,7 @@ def run(base: str, args: argparse.Namespace) -> int:
     lock = threading.Lock()
     stop_at = time.monotonic() + args.duration
     threads = [threading.Thread(target=client_loop, args=(base, questions, stop_at, i, args.min_budget,
-                                                          args.max_budget, results, lock))
+                                                          args.max_budget, results, lock, i < args.streaming))
                for i in range(args.clients)]
     t0 = time.monotonic()
     for t in threads:
@@ -96,17 +123,24 @@ def run(base: str, args: argparse.Namespace) -> int:
     other = [r for r in results if r.status not in (200, 503)]
     late = [r for r in served if r.latency > r.budget * LATE]
     late_503 = [r for r in refused if r.latency > r.budget * LATE]
-    ratio = [r.latency / r.budget for r in served]
-    print(f"latts serve load: {args.clients} clients, {wall:.0f} s, budgets {args.min_budget:g}-{args.max_budget:g} s")
+    print(f"latts serve load: {args.clients} clients ({args.streaming} streaming), {wall:.0f} s, "
+          f"budgets {args.min_budget:g}-{args.max_budget:g} s")
     print()
-    print("| requests | served (200) | 503 (cannot be answered in time) | other errors | answers late (> budget + 5%) |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| {len(results)} | {len(served)} | {len(refused)} | {len(other)} | {len(late)} |")
+    print("| requests | streamed | served (200) | 503 (cannot be answered in time) | other errors | "
+          "answers late (> budget + 5%) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| {len(results)} | {sum(r.streamed for r in results)} | {len(served)} | {len(refused)} | {len(other)} | "
+          f"{len(late)} |")
     print()
     if served:
-        print("| served: latency ÷ budget | p50 | p95 | p99 | max |")
-        print("| --- | --- | --- | --- | --- |")
-        print(f"| | {pct(ratio, 50):.3f} | {pct(ratio, 95):.3f} | {pct(ratio, 99):.3f} | {max(ratio):.3f} |")
+        print("| served: latency ÷ budget | requests | p50 | p95 | p99 | max |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name, rs in (("all", served), ("streamed", [r for r in served if r.streamed]),
+                         ("not streamed", [r for r in served if not r.streamed])):
+            ratio = [r.latency / r.budget for r in rs]
+            if ratio:
+                print(f"| {name} | {len(rs)} | {pct(ratio, 50):.3f} | {pct(ratio, 95):.3f} | {pct(ratio, 99):.3f} | "
+                      f"{max(ratio):.3f} |")
         print()
         by_budget = {}
         for r in results:
@@ -128,8 +162,8 @@ def run(base: str, args: argparse.Namespace) -> int:
     if other:
         failed.append(f"{len(other)} responses other than 200/503, e.g. {other[0].status}: {other[0].error}")
     for r in late:
-        print(f"late: budget {r.budget:.2f} s, client saw {r.latency:.3f} s, server {r.server_s:.3f} s "
-              f"(solve {r.solve_s:.3f} s)")
+        print(f"late{' (streamed)' if r.streamed else ''}: budget {r.budget:.2f} s, client saw {r.latency:.3f} s, "
+              f"server {r.server_s:.3f} s (solve {r.solve_s:.3f} s)")
     if late:
         failed.append(f"{len(late)} answers later than budget + 5% (worst {max(r.latency / r.budget for r in late):.3f}x)")
     if late_503:
@@ -148,10 +182,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="an already running latts serve (default: start one)")
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--streaming", type=int, default=None, help="how many clients stream (default: half)")
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--min-budget", type=float, default=2.0)
     ap.add_argument("--max-budget", type=float, default=10.0)
     args = ap.parse_args()
+    args.streaming = args.clients // 2 if args.streaming is None else min(args.streaming, args.clients)
     if args.url:
         return run(args.url.rstrip("/"), args)
     port = free_port()

@@ -47,3 +47,20 @@ def draft_folder(fp32_model: LoadedModel, tmp_path_factory) -> str:
     hf.save_pretrained(folder)
     AutoTokenizer.from_pretrained(fp32_model.hf_path).save_pretrained(folder)
     return str(folder)
+
+
+SERVER_KEY = "test-key-24"
+
+
+@pytest.fixture(scope="session")
+def latts_server(tmp_path_factory):
+    """A real ``latts serve`` on 127.0.0.1 (arith prompts, an API key): its base URL. Shared by the server
+    and playground tests, so the model loads and the least service time is measured once."""
+    from servers import free_port, latts_cmd, running
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    cmd = latts_cmd("serve", "--port", str(port), "--task", "arith", "--max-budget", "30", "--max-branches", "16",
+                    "--default-budget", "6", "--api-key", SERVER_KEY)
+    with running(cmd, f"http://127.0.0.1:{port}/health", log, timeout_s=600):  # start-up measures; slow on a busy CPU
+        yield f"http://127.0.0.1:{port}"

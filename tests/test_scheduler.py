@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from latts.serve.scheduler import Scheduler, Unservable
+from latts.serve.scheduler import Gone, Scheduler, Unservable
 
 
 def test_budget_below_need_is_refused_at_once() -> None:
@@ -88,3 +88,28 @@ def test_when_others_wait_the_starting_request_gets_a_fair_share() -> None:
     # a started with b waiting: about half of a's remaining budget, not all of it; b then alone gets all of its own
     assert ends["a"] < now + 10.0 - 3.0
     assert ends["b"] == pytest.approx(now + 12.0)
+
+
+def test_a_waiter_whose_client_left_leaves_the_queue() -> None:
+    s = Scheduler(1)
+    release, started = threading.Event(), threading.Event()
+    holder = _occupy(s, release, started)
+    cancelled, outcome = threading.Event(), []
+
+    def wait_then_run() -> None:
+        try:
+            s.run(time.monotonic(), 20.0, 0.01, lambda end: outcome.append("ran"), cancelled)
+        except Gone as exc:
+            outcome.append(str(exc))
+
+    waiter = threading.Thread(target=wait_then_run)
+    waiter.start()
+    while s.waiting == 0:
+        time.sleep(0.005)
+    cancelled.set()
+    waiter.join(5)
+    assert not waiter.is_alive() and outcome == ["the client went away while its request waited"]
+    assert s.waiting == 0 and s.refused == 0
+    release.set()
+    holder.join(5)
+    assert s.served == 1

@@ -1,9 +1,10 @@
-"""``latts serve`` for real: the server runs as its own process on 127.0.0.1 with the default model, and the
-official ``openai`` client (and raw HTTP for malformed requests) talks to it."""
+"""``latts serve`` for real: the server runs as its own process on 127.0.0.1 with the default model and an API
+key, and the official ``openai`` client (and raw HTTP for malformed requests) talks to it, streaming too."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import time
 import urllib.error
@@ -11,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from servers import free_port, latts_cmd, running
+from conftest import SERVER_KEY
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -19,19 +20,14 @@ QUESTION = "What is 7 + 5? Answer with just the number."
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = latts_cmd("serve", "--port", str(port), "--task", "arith", "--max-budget", "30", "--max-branches", "16",
-                    "--default-budget", "6")
-    with running(cmd, f"http://127.0.0.1:{port}/health", log):
-        yield f"http://127.0.0.1:{port}"
+def server(latts_server):
+    return latts_server
 
 
 @pytest.fixture(scope="module")
 def client(server):
     openai = pytest.importorskip("openai")
-    return openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=server + "/v1", api_key=SERVER_KEY, max_retries=0, timeout=60)
 
 
 def _health(server: str) -> dict:
@@ -40,9 +36,10 @@ def _health(server: str) -> dict:
 
 
 def _post(server: str, body: bytes | str, path: str = "/v1/chat/completions", method: str = "POST",
-          content_type: str = "application/json") -> tuple[int, dict]:
+          content_type: str = "application/json", key: str | None = SERVER_KEY) -> tuple[int, dict]:
     data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(server + path, data=data, method=method, headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(server + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read() or b"{}")
@@ -152,7 +149,7 @@ MALFORMED: list[tuple[str, object, int]] = [
     ("temperature negative", {"messages": [{"role": "user", "content": "hi"}], "temperature": -0.1}, 400),
     ("top_p zero", {"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 400),
     ("n > 1", {"messages": [{"role": "user", "content": "hi"}], "n": 4}, 400),
-    ("streaming", {"messages": [{"role": "user", "content": "hi"}], "stream": True}, 400),
+    ("stream not a boolean", {"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400),
     ("unknown model", {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404),
 ]
 
@@ -173,3 +170,113 @@ def test_malformed_requests_get_a_clear_4xx_and_the_server_keeps_serving(server)
                                             "latency_budget": 10, "branches": 2, "max_think": 32}))
     assert status == 200, doc
     assert _health(server)["status"] == "ok"
+
+
+def _ask(**extra) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], **extra}
+
+
+def _room(server: str, branches: int = 2) -> float:
+    """A budget this server (as measured at its start, on a possibly busy CPU) can serve with ``branches``."""
+    h = _health(server)
+    return min(30.0, max(8.0, 1.5 * (h["min_service_s"] + branches * h["min_service_per_branch_s"])))
+
+
+def test_api_key_is_required_on_v1_and_health_and_page_stay_open(server) -> None:
+    import openai
+
+    for key in ("none", SERVER_KEY + "x"):
+        stranger = openai.OpenAI(base_url=server + "/v1", api_key=key, max_retries=0, timeout=30)
+        with pytest.raises(openai.AuthenticationError) as info:
+            stranger.models.list()
+        assert info.value.status_code == 401
+        assert info.value.body["code"] == "invalid_api_key" and "--api-key" in info.value.body["message"]
+    status, doc = _post(server, json.dumps(_ask(latency_budget=5)), key=None)
+    assert status == 401 and doc["error"]["type"] == "invalid_request_error"
+    assert _health(server)["status"] == "ok"
+    with urllib.request.urlopen(server + "/", timeout=10) as r:
+        page = r.read().decode()
+    assert r.status == 200 and "latts playground" in page and "playground.js" in page
+    with urllib.request.urlopen(server + "/playground/info", timeout=10) as r:
+        info_doc = json.loads(r.read())
+    assert info_doc["needs_key"] is True and info_doc["model"] == MODEL and info_doc["task"] == "arith"
+    status, doc = _post(server, json.dumps(_ask(latency_budget=_room(server), branches=2, max_think=16)))
+    assert status == 200 and doc["object"] == "chat.completion"
+
+
+def test_oversize_body_is_413_and_the_server_still_answers(server) -> None:
+    big = json.dumps(_ask(padding="x" * (2 << 20)))
+    status, doc = _post(server, big)
+    assert status == 413 and "limit of 1048576 bytes" in doc["error"]["message"]
+    # the same without a Content-Length (chunked): the limit is counted as the body arrives
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    parts = (big[i:i + 65536].encode() for i in range(0, len(big), 65536))
+    conn.request("POST", "/v1/chat/completions", body=parts, encode_chunked=True,
+                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {SERVER_KEY}"})
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["error"]["code"] == "request_too_large"
+    conn.close()
+    status, doc = _post(server, json.dumps(_ask(latency_budget=_room(server), branches=2, max_think=16)))
+    assert status == 200, doc
+
+
+def test_prompt_longer_than_the_context_is_a_400_naming_the_limit(server) -> None:
+    status, doc = _post(server, json.dumps({"messages": [{"role": "user", "content": "seven plus five " * 4000}]}))
+    assert status == 400, doc
+    message = doc["error"]["message"]
+    assert "context of 8192 tokens" in message and doc["error"]["code"] == "context_length_exceeded"
+
+
+def test_stream_yields_reasoning_then_the_voted_answer_as_unstreamed(client) -> None:
+    # a budget the answers never meet (L = 16 ends them first), so both runs decode the same tokens
+    budget = 25.0
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "seed": 3}
+    extra = {"latency_budget": budget, "branches": 2, "max_think": 16}
+    t0 = time.monotonic()
+    chunks = list(client.chat.completions.create(**ask, stream=True, extra_body=extra))
+    wall = time.monotonic() - t0
+    assert wall <= budget * 1.05
+    last = chunks[-1]
+    assert len(chunks) >= 3  # >= 2 before the last
+    assert all(c.object == "chat.completion.chunk" and c.id == last.id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert last.choices[0].finish_reason == "stop" and all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert last.usage.prompt_tokens > 10 and last.usage.completion_tokens > 0
+    latts = last.model_extra["latts"]
+    assert latts["plan"]["branches"] == 2 and latts["reasoning_branch"] == 0 and latts["latency_s"] <= budget
+    reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks)
+    assert len(reasoning) > 10
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert content == (latts["answer"] or "")
+    plain = client.chat.completions.create(**ask, extra_body=extra)
+    forced = latts["forced"] + plain.model_extra["latts"]["forced"]
+    assert "deadline" not in forced, f"the CPU was too busy for a {budget} s budget to be free: {forced}"
+    assert content == plain.choices[0].message.content
+    assert latts["branch_answers"] == plain.model_extra["latts"]["branch_answers"]
+
+
+def test_a_client_leaving_a_stream_frees_the_server_at_once(client, server) -> None:
+    long = {"latency_budget": 25, "branches": 8, "max_think": 2048}
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                            stream=True, extra_body=long)
+    seen = 0
+    for _ in stream:
+        seen += 1
+        if seen == 3:
+            break
+    stream.close()
+    t_closed = time.monotonic()
+    while _health(server)["running"] and time.monotonic() - t_closed < 20:
+        time.sleep(0.02)
+    freed_s = time.monotonic() - t_closed
+    print(f"stream closed -> server free after {freed_s:.3f} s")
+    health = _health(server)
+    assert health["running"] == 0
+    budget = _room(server)
+    t0 = time.monotonic()
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                       extra_body={"latency_budget": budget, "branches": 2, "max_think": 32})
+    wall = time.monotonic() - t0
+    print(f"next request answered in {wall:.3f} s of {budget} s")
+    assert r.model_extra["latts"]["latency_s"] <= budget and wall <= budget * 1.05

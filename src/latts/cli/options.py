@@ -35,6 +35,9 @@ BackendOpt = Annotated[str, typer.Option(
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai backend: the server's URL, e.g. "
                                                                       "http://127.0.0.1:8000/v1")]
 ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="openai backend: API key")]
+# on `latts serve`, --api-key is the key the server itself requires: the backend's key is spelled apart
+BackendApiKeyOpt = Annotated[Optional[str], typer.Option("--backend-api-key", envvar="OPENAI_API_KEY",
+                                                         help="openai backend: the remote server's API key")]
 TokenizerOpt = Annotated[Optional[str], typer.Option(
     "--tokenizer", help="openai backend: the served model's tokenizer (latts model name, HF folder or GGUF) for "
                         "its chat template; default --model")]
@@ -94,14 +97,28 @@ _BACKEND_OPTIONS: dict[str, tuple[Any, Any]] = {
 def backend_options(command: F) -> F:
     """Give ``command`` the options --backend, --base-url, --api-key, --tokenizer, --branch-mode,
     --server-gamma and --slots; it receives them, checked, as one ``backend: Backend`` argument."""
+    return _with_backend_options(command, _BACKEND_OPTIONS)
+
+
+def serving_backend_options(command: F) -> F:
+    """:func:`backend_options` for a server, whose own --api-key is the key its clients send: the remote
+    backend's key is --backend-api-key there."""
+    options = {("backend_api_key" if k == "api_key" else k): ((BackendApiKeyOpt, None) if k == "api_key" else v)
+               for k, v in _BACKEND_OPTIONS.items()}
+    return _with_backend_options(command, options)
+
+
+def _with_backend_options(command: F, options: dict[str, tuple[Any, Any]]) -> F:
     sig = inspect.signature(command, eval_str=True)  # typer reads a given __signature__ as it stands
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-             for name, (kind, default) in _BACKEND_OPTIONS.items()]
+             for name, (kind, default) in options.items()]
     params = [p for p in sig.parameters.values() if p.name != "backend"] + added
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        opts = {name: kwargs.pop(name) for name in _BACKEND_OPTIONS}
+        opts = {name: kwargs.pop(name) for name in options}
+        if "backend_api_key" in opts:
+            opts["api_key"] = opts.pop("backend_api_key")
         return command(**kwargs, backend=choose_backend(**opts))
 
     wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]

@@ -8,19 +8,24 @@ reasoning parsers use), plus a ``latts`` object: votes, plan, latency, whether t
 ``GET /v1/models`` and ``GET /health`` complete the surface an OpenAI client and a load balancer need.
 
 Requests that cannot be answered in time get a 503 with the reason before their deadline (see
-:mod:`latts.serve.scheduler`); malformed ones a 4xx in the OpenAI error shape naming the problem.
+:mod:`latts.serve.scheduler`); malformed ones a 4xx in the OpenAI error shape naming the problem, a
+prompt longer than the model's context a 400 naming the limit. ``stream: true`` answers with
+server-sent events (:mod:`latts.serve.stream`); the API key and the body-size limit are checked in
+front of everything (:mod:`latts.serve.access`). ``GET /`` is the playground (``static/``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,7 +34,10 @@ from latts.config import MAX_GAMMA, Plan
 from latts.errors import LattsError
 from latts.latency.optimizer import Candidate
 from latts.planning import choose_plan
-from latts.serve.scheduler import Scheduler, Unservable
+from latts.serve.access import AccessLimits
+from latts.serve.scheduler import Gone, Scheduler, Unservable
+from latts.serve.stream import Live, chunk, sse
+from latts.tasks import Problem
 from latts.tts.solver import Solver
 from latts.types import Solution
 
@@ -44,6 +52,13 @@ class ServeConfig:
     max_branches: int = 64
     max_think: int = 4096
     plans_file: str | None = None  # where the frontier create_app was given comes from (None: no saved plans)
+    api_key: str | None = None  # bearer token every /v1 endpoint needs (None: open)
+    max_body_bytes: int = 1 << 20
+    report_dir: str | None = None  # a `latts report` folder whose accuracy_vs_latency.png the playground links
+
+
+STATIC = Path(__file__).parent / "static"
+FIGURE = "accuracy_vs_latency.png"
 
 
 class Message(BaseModel):
@@ -75,18 +90,21 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     n: int | None = Field(default=None, ge=1, le=1)
     stream: bool | None = None
+    latts_branches: bool = False  # streamed: every branch's progress and the live tally (the playground)
+    gold: str | None = None  # the right answer, if known: the reply says whether the voted answer is it
 
-    @field_validator("stream")
+    @field_validator("stream", "latts_branches", mode="before")
     @classmethod
-    def _no_stream(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("streaming is not supported: the answer is a vote over finished branches")
+    def _strict_bool(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, bool):
+            raise ValueError("must be true or false")
         return v
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
-                                                               "code": status}})
+                                                               "code": code if code is not None else status}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,37 +175,154 @@ def create_app(solver: Solver, config: ServeConfig, min_service: MinService,
         return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": created,
                                             "owned_by": "latts"}]}
 
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Any:
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            return _error(404, f"no static file '{name}'", kind="not_found_error")
+        return FileResponse(path)
+
+    @app.get("/playground/info")
+    async def info() -> dict[str, Any]:
+        figure = Path(config.report_dir) / FIGURE if config.report_dir else None
+        return {"model": config.model_name, "task": solver.task.name, "needs_key": config.api_key is not None,
+                "default_budget_s": config.default_budget_s, "max_budget_s": config.max_budget_s,
+                "max_branches": config.max_branches, "max_think": config.max_think,
+                "optimized_plans": frontier is not None,
+                "report_figure": "/report/" + FIGURE if figure is not None and figure.is_file() else None}
+
+    @app.get("/report/" + FIGURE, include_in_schema=False)
+    async def report_figure() -> Any:
+        figure = Path(config.report_dir) / FIGURE if config.report_dir else None
+        if figure is None or not figure.is_file():
+            return _error(404, "no report figure: start latts serve with --report <latts report folder>",
+                          kind="not_found_error")
+        return FileResponse(figure, media_type="image/png")
+
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest) -> Any:
+    async def chat(body: ChatRequest, request: Request) -> Any:
         arrival = time.monotonic()
-        if body.model is not None and body.model != config.model_name:
-            return _error(404, f"model '{body.model}' is not served here; this server serves '{config.model_name}'",
-                          kind="not_found_error", param="model")
         question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
-        if not question.strip():
-            return _error(400, "messages must contain a user message with text (the question)", param="messages")
         budget = body.latency_budget if body.latency_budget is not None else config.default_budget_s
-        if budget > config.max_budget_s:
-            return _error(400, f"latency_budget must be <= {config.max_budget_s:g} s on this server, got {budget:g}",
-                          param="latency_budget")
-        if body.branches is not None and body.branches > config.max_branches:
-            return _error(400, f"branches must be <= {config.max_branches} on this server, got {body.branches}",
-                          param="branches")
-        if body.max_think is not None and body.max_think > config.max_think:
-            return _error(400, f"max_think must be <= {config.max_think} on this server, got {body.max_think}",
-                          param="max_think")
+        problem = _check(body, question, budget, config, solver)
+        if isinstance(problem, JSONResponse):
+            return problem
         try:
             plan = _plan(body, budget, frontier)
+        except LattsError as exc:
+            return _error(400, str(exc))
+        need = min_service(plan.branches)
+        if body.stream:
+            return await _stream(request, body, scheduler, solver, config, plan, question, budget, arrival, need)
+        try:
             solution = await run_in_threadpool(
-                scheduler.run, arrival, budget, min_service(plan.branches),
+                scheduler.run, arrival, budget, need,
                 lambda end: solver.solve(question, plan, deadline_s=_solve_time(end, budget)))
         except Unservable as exc:
             return _error(503, str(exc), kind="deadline_unservable")
         except LattsError as exc:
             return _error(400, str(exc))
-        return _completion(solution, solver, config, budget, time.monotonic() - arrival)
+        return _completion(solution, solver, config, budget, time.monotonic() - arrival, body.gold)
 
+    app.add_middleware(AccessLimits, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app
+
+
+def _check(body: ChatRequest, question: str, budget: float, config: ServeConfig, solver: Solver) -> JSONResponse | None:
+    """The 4xx for what the schema cannot see (model, question, server limits, context), or None."""
+    if body.model is not None and body.model != config.model_name:
+        return _error(404, f"model '{body.model}' is not served here; this server serves '{config.model_name}'",
+                      kind="not_found_error", param="model")
+    if not question.strip():
+        return _error(400, "messages must contain a user message with text (the question)", param="messages")
+    if budget > config.max_budget_s:
+        return _error(400, f"latency_budget must be <= {config.max_budget_s:g} s on this server, got {budget:g}",
+                      param="latency_budget")
+    if body.branches is not None and body.branches > config.max_branches:
+        return _error(400, f"branches must be <= {config.max_branches} on this server, got {body.branches}",
+                      param="branches")
+    if body.max_think is not None and body.max_think > config.max_think:
+        return _error(400, f"max_think must be <= {config.max_think} on this server, got {body.max_think}",
+                      param="max_think")
+    context = getattr(getattr(solver.backend, "model", None), "max_positions", None)
+    if context is not None and len(question) > context:  # a token is at least one character: count only then
+        prompt = solver.task.prompt(Problem("question", question, "", {"raw": True}))
+        n = solver.backend.count_prompt_tokens(prompt)
+        if n >= context:
+            return _error(400, f"the prompt is {n} tokens, over this model's context of {context} tokens "
+                               "(room is needed for thinking and the answer too)", param="messages",
+                          code="context_length_exceeded")
+    return None
+
+
+async def _stream(request: Request, body: ChatRequest, scheduler: Scheduler, solver: Solver, config: ServeConfig,
+                  plan: Plan, question: str, budget: float, arrival: float, need: float) -> Any:
+    """A streamed reply (see :mod:`latts.serve.stream`): a 503 or 400 is still a plain error response, sent
+    before the first event; once the request runs, events until the voted answer and ``[DONE]``."""
+    loop = asyncio.get_running_loop()
+    live = Live(loop, solver.backend.tokenizer, solver.task, body.latts_branches)
+    admitted = asyncio.Event()
+
+    def work(end: float) -> Solution:
+        loop.call_soon_threadsafe(admitted.set)
+        return solver.solve(question, plan, deadline_s=_solve_time(end, budget), on_step=live.on_step)
+
+    job = asyncio.ensure_future(run_in_threadpool(scheduler.run, arrival, budget, need, work, live.cancelled))
+    gate = asyncio.ensure_future(admitted.wait())
+    while gate not in (await asyncio.wait({job, gate}, timeout=0.2, return_when=asyncio.FIRST_COMPLETED))[0]:
+        if job.done():
+            gate.cancel()
+            exc = job.exception()
+            if isinstance(exc, Unservable):
+                return _error(503, str(exc), kind="deadline_unservable")
+            if isinstance(exc, LattsError):
+                return _error(400, str(exc))
+            if isinstance(exc, Gone):
+                return _error(499, str(exc), kind="client_closed_request")
+            raise exc if exc is not None else RuntimeError("the solve ended before it started")
+        if await request.is_disconnected():
+            live.cancelled.set()
+    cid, created = f"chatcmpl-latts-{uuid.uuid4().hex[:16]}", int(time.time())
+
+    async def events() -> Any:
+        try:
+            yield chunk(cid, created, config.model_name, {"role": "assistant", "content": ""},
+                        latts={"plan": plan.to_dict(), "latency_budget_s": budget})
+            while True:
+                get = asyncio.ensure_future(live.queue.get())
+                done, _ = await asyncio.wait({get, job}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break
+                yield _progress_chunk(cid, created, config.model_name, get.result())
+            while not live.queue.empty():
+                yield _progress_chunk(cid, created, config.model_name, live.queue.get_nowait())
+            try:
+                solution = job.result()
+            except LattsError as exc:
+                yield sse({"error": {"message": str(exc), "type": "invalid_request_error", "param": None,
+                                     "code": 400}})
+                return
+            done_doc = _completion(solution, solver, config, budget, time.monotonic() - arrival, body.gold)
+            yield chunk(cid, created, config.model_name, {"content": done_doc["choices"][0]["message"]["content"]})
+            yield chunk(cid, created, config.model_name, {}, "stop", usage=done_doc["usage"],
+                        latts={**done_doc["latts"], "reasoning_branch": 0})
+            yield sse("[DONE]")
+        finally:
+            live.cancelled.set()  # a no-op when the solve is over; else the client left: free the rows now
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _progress_chunk(cid: str, created: int, model: str, event: dict[str, Any]) -> bytes:
+    delta = {"reasoning_content": event["reasoning"]} if "reasoning" in event else {}
+    extra = {"latts": event["latts"]} if "latts" in event else {}
+    return chunk(cid, created, model, delta, **extra)
 
 
 def _solve_time(end: float, budget_s: float) -> float:
@@ -204,7 +339,8 @@ def _plan(body: ChatRequest, budget: float, frontier: list[Candidate] | None) ->
     return choose_plan(budget, frontier, overrides)[0]
 
 
-def _completion(sol: Solution, solver: Solver, config: ServeConfig, budget: float, latency_s: float) -> dict[str, Any]:
+def _completion(sol: Solution, solver: Solver, config: ServeConfig, budget: float, latency_s: float,
+                gold: str | None = None) -> dict[str, Any]:
     """A chat.completion whose message is the voted answer, with the winning branch's reasoning."""
     winner = next((b for b, a in zip(sol.branches, sol.branch_answers)
                    if a is not None and sol.answer is not None and solver.task.same(a, sol.answer)), None)
@@ -234,6 +370,10 @@ def _completion(sol: Solution, solver: Solver, config: ServeConfig, budget: floa
             "solve_s": round(sol.latency_s, 4),
             "early_stopped": sol.early_stopped,
             "finish_reasons": sol.finish_reasons,
+            "forced": [b.forced for b in sol.branches],  # why an answer was forced (max_think, deadline) or None
             "branch_answers": sol.branch_answers,
+            "winners": [i for i, a in enumerate(sol.branch_answers)
+                        if a is not None and sol.answer is not None and solver.task.same(a, sol.answer)],
+            **({"gold": gold, "correct": solver.task.grade(gold, sol.answer)} if gold is not None else {}),
         },
     }

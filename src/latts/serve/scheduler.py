@@ -27,6 +27,10 @@ class Unservable(Exception):
     """The request cannot be answered within its budget; the message says why (for a 503)."""
 
 
+class Gone(Exception):
+    """The request's client went away while it waited: it left the queue unanswered."""
+
+
 @dataclass(order=True, slots=True)
 class _Ticket:
     deadline: float
@@ -63,12 +67,14 @@ class Scheduler:
         """Requests being answered now."""
         return self._running
 
-    def run(self, arrival: float, budget_s: float, need_s: float, work: Callable[[float], T]) -> T:
+    def run(self, arrival: float, budget_s: float, need_s: float, work: Callable[[float], T],
+            cancelled: threading.Event | None = None) -> T:
         """Run ``work(end)`` once it is this request's turn; ``end`` is the monotonic time it must finish by.
 
         ``need_s`` is the least time the request needs to produce any answer (prefill and a forced
         answer with its plan's branches). Raises :class:`Unservable`, before the deadline, when the
-        request cannot be answered in time.
+        request cannot be answered in time, and :class:`Gone` when ``cancelled`` is set while it waits
+        (a streaming client that disconnected).
         """
         deadline = arrival + budget_s
         ticket = _Ticket(deadline, next(self._seq), arrival, need_s)
@@ -80,6 +86,11 @@ class Scheduler:
             heapq.heappush(self._waiting, ticket)
             while not (self._running < self.capacity and self._waiting[0] is ticket):
                 left = deadline - need_s - time.monotonic()
+                if cancelled is not None and cancelled.is_set():
+                    self._waiting.remove(ticket)
+                    heapq.heapify(self._waiting)
+                    self._cond.notify_all()
+                    raise Gone("the client went away while its request waited")
                 if left <= 0:
                     self._waiting.remove(ticket)
                     heapq.heapify(self._waiting)
@@ -88,7 +99,7 @@ class Scheduler:
                     self._cond.notify_all()
                     raise Unservable(f"no time left to answer within {budget_s:g} s: waited "
                                      f"{time.monotonic() - arrival:.2f} s behind {ahead} other request(s)")
-                self._cond.wait(left)
+                self._cond.wait(left if cancelled is None else min(left, 0.1))
             heapq.heappop(self._waiting)
             self._running += 1
             end = self._end(ticket, time.monotonic())

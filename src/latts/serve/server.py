@@ -23,12 +23,15 @@ from latts.tts.solver import Solver
 def serve(task: str = "math500", *, host: str = "127.0.0.1", port: int = 8000, default_budget: float = 10.0,
           max_budget: float = 120.0, max_branches: int = 64, plans: str | os.PathLike[str] | None = None,
           model: str = DEFAULT_MODEL, dtype: str = "auto", backend: str = "embedded",
-          remote: RemoteOptions | None = None, reporter: Reporter | None = None, engine: str = "auto") -> None:
+          remote: RemoteOptions | None = None, reporter: Reporter | None = None, api_key: str | None = None,
+          max_body: int = 1 << 20, report: str | os.PathLike[str] | None = None, engine: str = "auto") -> None:
     """Serve voted answers to ``task``'s questions within a latency budget on ``http://host:port/v1``.
 
     Requests without ``latency_budget`` get ``default_budget`` seconds; larger budgets than ``max_budget``
     and more branches than ``max_branches`` are refused. The plans ``latts optimize`` saved (``plans``, by
-    default this machine's cache for the model and task) are used when the file exists.
+    default this machine's cache for the model and task) are used when the file exists. With ``api_key``
+    (default: the ``LATTS_API_KEY`` environment variable) every ``/v1`` endpoint needs it as a bearer token;
+    bodies over ``max_body`` bytes get 413; ``report`` is a ``latts report`` folder the playground links.
     """
     try:
         import uvicorn
@@ -44,6 +47,11 @@ def serve(task: str = "math500", *, host: str = "127.0.0.1", port: int = 8000, d
         raise LattsError(f"--max-branches must be between 1 and {MAX_BRANCHES}, got {max_branches}")
     if not 0 < port < 65536:
         raise LattsError(f"--port must be between 1 and 65535, got {port}")
+    if max_body < 1024:
+        raise LattsError(f"--max-body must be >= 1024 bytes, got {max_body}")
+    if report is not None and not Path(report).is_dir():
+        raise LattsError(f"--report {report}: no such folder (write one with latts report ... --out)")
+    api_key = api_key if api_key is not None else os.environ.get("LATTS_API_KEY") or None
     the_task = get_task(task)
     opened = open_backend(backend, model, dtype, remote, engine=engine)
     reporter.opened(opened)
@@ -53,9 +61,12 @@ def serve(task: str = "math500", *, host: str = "127.0.0.1", port: int = 8000, d
     solver = Solver(opened.backend, the_task)
     min_service = MinService.measure(solver, default_plan(default_budget))
     config = ServeConfig(opened.name, default_budget, max_budget, max_branches,
-                         plans_file=str(plans_file) if frontier is not None else None)
+                         plans_file=str(plans_file) if frontier is not None else None, api_key=api_key,
+                         max_body_bytes=max_body, report_dir=str(report) if report is not None else None)
     application = create_app(solver, config, min_service, frontier)
     reporter.note(f"serving {opened.name} on http://{host}:{port}/v1 · an answer needs >= {min_service.base_s:.2f} s "
                   f"+ {min_service.per_branch_s:.3f} s per branch · "
-                  f"plans: {config.plans_file or 'default (no latts optimize plans)'}")
+                  f"plans: {config.plans_file or 'default (no latts optimize plans)'} · "
+                  f"API key: {'required' if api_key else 'none (open to anyone who can reach ' + host + ')'} · "
+                  f"playground: http://{host}:{port}/")
     uvicorn.run(application, host=host, port=port, log_level="warning")

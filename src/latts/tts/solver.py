@@ -61,7 +61,8 @@ class Solver:
         """Answer ``question`` with ``plan`` (default: :func:`default_plan`), by ``deadline_s`` seconds if given.
 
         The deadline counts from this call (the model is already loaded). ``on_step(branches)`` is
-        called after every decode step (live views).
+        called after every decode step (live views, streaming); returning True ends the request (its
+        unfinished branches are ``cancelled``).
         """
         t0 = time.monotonic()
         check_deadline(deadline_s)
@@ -79,8 +80,8 @@ class Solver:
         early = [False]
 
         def watch(branches: list[Branch]) -> bool:
-            if on_step is not None:
-                on_step(branches)
+            if on_step is not None and on_step(branches):
+                return True  # the caller ended the request (a streaming client went away)
             if not plan.early_stop:
                 return False
             for b in branches:
