@@ -246,7 +246,10 @@ def test_stream_yields_reasoning_then_the_voted_answer_as_unstreamed(client) -> 
     latts = last.model_extra["latts"]
     assert latts["plan"]["branches"] == 2 and latts["reasoning_branch"] == 0 and latts["latency_s"] <= budget
     reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks)
-    assert len(reasoning) > 10
+    # branch 0's thinking arrived before the answer (its length is the sampled branch's: it may stop early)
+    assert reasoning.strip()
+    first_content = next((i for i, c in enumerate(chunks) if c.choices[0].delta.content), len(chunks) - 1)
+    assert any(c.choices[0].delta.model_extra.get("reasoning_content") for c in chunks[:first_content])
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert content == (latts["answer"] or "")
     plain = client.chat.completions.create(**ask, extra_body=extra)
