@@ -18,6 +18,7 @@ from scipy.stats import chi2_contingency
 llama_cpp = pytest.importorskip("llama_cpp")
 
 import gguf_models  # noqa: E402
+from distributions import homogeneity_table  # noqa: E402
 from latts.config import BudgetForcing, SamplingParams  # noqa: E402
 from latts.engine.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer  # noqa: E402
 from latts.engine.engine import Engine  # noqa: E402
@@ -147,11 +148,7 @@ def test_sampled_speculation_matches_plain_distribution(engines) -> None:
         return c
 
     plain, spec = pairs(0, None), pairs(3, draft)
-    keys = [k for k in plain if plain[k] + spec[k] >= 20]
-    table = [[plain[k] for k in keys] + [sum(v for k, v in plain.items() if k not in keys)],
-             [spec[k] for k in keys] + [sum(v for k, v in spec.items() if k not in keys)]]
-    if table[0][-1] + table[1][-1] == 0:
-        table = [row[:-1] for row in table]
+    keys, table = homogeneity_table(plain, spec, 20)
     assert len(keys) >= 3
     assert chi2_contingency(table).pvalue > 0.001
     tv = 0.5 * sum(abs(plain[k] - spec[k]) for k in set(plain) | set(spec)) / 2048

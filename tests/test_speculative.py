@@ -14,6 +14,8 @@ from latts.engine.sampler import SparseDraftProbs, greedy_accept, rejection_samp
 from latts.errors import LattsError
 from latts.request import GenerateRequest
 
+from distributions import homogeneity_table
+
 PROMPT = "Explain step by step how to compute 17 * 23."
 
 
@@ -176,11 +178,7 @@ def test_sampled_speculation_matches_plain_distribution(engine, draft_folder, ki
 
     plain = pairs(0, None)
     spec = pairs(3, drafters(engine, draft_folder)[kind])
-    keys = [k for k in plain if plain[k] + spec[k] >= 20]
-    table = [[plain[k] for k in keys] + [sum(v for k, v in plain.items() if k not in keys)],
-             [spec[k] for k in keys] + [sum(v for k, v in spec.items() if k not in keys)]]
-    if table[0][-1] + table[1][-1] == 0:
-        table = [row[:-1] for row in table]
+    keys, table = homogeneity_table(plain, spec, 20)
     assert len(keys) >= 3
     assert chi2_contingency(table).pvalue > 0.001
     tv = 0.5 * sum(abs(plain[k] - spec[k]) for k in set(plain) | set(spec)) / 2048
@@ -253,11 +251,7 @@ def test_speculation_with_budget_forcing_keeps_the_answer_distribution(engine, d
         return c
 
     plain, spec = answers(0), answers(2)
-    keys = [k for k in plain if plain[k] + spec[k] >= 15]
-    table = [[plain[k] for k in keys] + [sum(v for k, v in plain.items() if k not in keys)],
-             [spec[k] for k in keys] + [sum(v for k, v in spec.items() if k not in keys)]]
-    if table[0][-1] + table[1][-1] == 0:
-        table = [row[:-1] for row in table]
+    keys, table = homogeneity_table(plain, spec, 15)
     assert len(keys) >= 3, (plain, spec)
     assert chi2_contingency(table).pvalue > 0.001, (plain, spec)
     # total variation between the grouped distributions (the tail of one-off answers pooled): sampling
