@@ -90,13 +90,19 @@ class NGramDrafter:
         self._index: list[dict[int, int]] = []
         self._indexed: list[int] = []
 
+    @classmethod
+    def least_match(cls, min_n: int | None, max_n: int, rows: int) -> int:
+        """The shortest match that proposes: ``min_n`` if set, else 1 up to :attr:`SMALL_BATCH` rows and
+        :attr:`CONFIDENT_N` beyond (where a verified position costs a third of a row's step)."""
+        return min_n or (1 if rows <= cls.SMALL_BATCH else min(cls.CONFIDENT_N, max_n))
+
     def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
         """Index the prompt once (its n-grams ending before its last token); fresh row indexes; the least match."""
         self._prompt_index = {}
         self._add(self._prompt_index, prompt, 0, len(prompt) - 1)
         self._index = [{} for _ in range(rows)]
         self._indexed = [max(0, len(prompt) - 1)] * rows
-        self._min_n = self.min_n or (1 if rows <= self.SMALL_BATCH else min(self.CONFIDENT_N, self.max_n))
+        self._min_n = self.least_match(self.min_n, self.max_n, rows)
 
     def _add(self, index: dict[int, int], hist: list[int], first: int, end: int) -> None:
         """Index every n-gram (n <= max_n) of ``hist`` ending at positions ``first .. end - 1``."""
@@ -168,7 +174,7 @@ class GroupDrafter:
         self._counts = {}
         self._add(prompt, 0, len(prompt) - 1)
         self._indexed = [max(0, len(prompt) - 1)] * rows
-        self._min_n = self.min_n or (1 if rows <= NGramDrafter.SMALL_BATCH else min(NGramDrafter.CONFIDENT_N, self.max_n))
+        self._min_n = NGramDrafter.least_match(self.min_n, self.max_n, rows)
 
     def _add(self, hist: list[int], first: int, end: int) -> None:
         """Count, for every position j in ``first .. end - 1``, the token after each n-gram ending at j."""
