@@ -142,6 +142,30 @@ def test_cli_refusal_is_one_line_and_quick(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown engine 'nope'" in bad.stderr
 
 
+REFUSE_IN_PROCESS = """
+import sys
+from latts.cli import main
+sys.argv = ["latts", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    print(exc.code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("command", [["generate", "hi"], ["solve", "1+1"], ["profile"], ["optimize", "--deadline", "5"],
+                                     ["eval"], ["serve"], ["demo"]])
+def test_every_model_command_refuses_before_importing_torch(tmp_path: Path, command: list[str]) -> None:
+    """The refusal comes from the header alone, before torch (1.5-2 s to import here) is: what keeps it within
+    a second on every command that loads a model (benchmarks/refusal_time.py times it)."""
+    path = write_gguf(tmp_path / "tiny-phi3.gguf", "phi3", {"token_embd.weight": "F32"})
+    proc = subprocess.run([sys.executable, "-c", REFUSE_IN_PROCESS, *command, "--engine", "torch", "--model", str(path)],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1"})
+    assert "architecture 'phi3'" in proc.stderr and "--engine llamacpp" in proc.stderr, proc.stderr
+    assert proc.stdout.split() == ["2", "False"]
+
+
 def test_engine_is_for_the_embedded_backend() -> None:
     from latts.backends import RemoteOptions, open_backend
 

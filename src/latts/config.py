@@ -58,6 +58,17 @@ class SamplingParams:
         return self.temperature == 0
 
 
+DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16")
+
+
+def check_dtype(name: str) -> str:
+    """``name`` if it names a model dtype (``auto``, ``float32``/``fp32``, ``bfloat16``/``bf16``), else a
+    one-line error (checked before any model work, without torch)."""
+    if name not in DTYPE_NAMES:
+        raise LattsError(f"unknown dtype '{name}': use auto, float32 or bfloat16")
+    return name
+
+
 def check_deadline(seconds: float | None) -> None:
     """Reject a deadline that is not a positive number of seconds (None means no deadline)."""
     if seconds is not None and not seconds > 0:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from latts.backends import Opened, open_backend
 from latts.config import Plan, SamplingParams, check_deadline, default_plan
 from latts.engine.drafters import NGramDrafter
-from latts.engine.loading import DEFAULT_MODEL
+from latts.engine.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import Config, evaluate, read_records, run_one
 from latts.eval.surface_run import expected_thinking, run_wide, surface_from_records, wide_run

@@ -68,6 +68,9 @@ def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptio
                                 timeout_s=r.timeout_s)
         backend.warmup()
         return Opened(model, backend)
+    from latts.engine.choice import choose_for
+
+    choose_for(model, engine)  # refuses, before torch is imported, a model the engine cannot run
     from latts.engine.engine import Engine
     from latts.engine.loading import load
 

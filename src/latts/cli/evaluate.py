@@ -10,7 +10,7 @@ import typer
 
 from latts.cli.console import ConsoleReporter, out
 from latts.cli.options import (Backend, DataOpt, DrafterOpt, DtypeOpt, EngineOpt, ModelOpt, TaskOpt, TemperatureOpt,
-                               backend_options, numbers, one_line_errors)
+                               backend_options, numbers, one_line_errors, refuse_unrunnable)
 from latts.errors import LattsError
 
 if TYPE_CHECKING:
@@ -44,12 +44,13 @@ def evaluate_cmd(
     engine: EngineOpt = "auto",
 ) -> None:
     """Evaluate a task over a grid of (B, γ, L, deadline) × seeds; one JSONL record per run, resumable."""
-    from latts.eval.sweep import run_grid, run_surface
-
     if backend.remote is not None and gamma == "0":
         gamma = str(backend.server_gamma)  # what the server runs, recorded in every record
     deadlines = [None] if deadline is None else numbers(deadline, "--deadline", float)
     bs, gs, ls = numbers(branches, "--branches"), numbers(gamma, "--gamma"), numbers(max_think, "--max-think")
+    refuse_unrunnable(backend, model, engine, dtype)
+    from latts.eval.sweep import run_grid, run_surface
+
     common: dict[str, Any] = dict(temperature=temperature, limit=limit, data=data, model=model, dtype=dtype,
                                   engine=engine, reporter=ConsoleReporter())
     if surface:

@@ -153,6 +153,20 @@ def open_announced(backend: Backend | str, model: str, dtype: str, announce: boo
     return opened
 
 
+def refuse_unrunnable(backend: Backend | str, model: str, engine: str, dtype: str) -> None:
+    """Refuse, from the model file's header alone and before torch is imported, a ``--dtype`` that is not one
+    or a model that ``--engine`` cannot run in this process, naming the engine that can: the first thing a
+    command that loads a model does after its own cheap checks, so that the refusal takes well under a second.
+    A server (``--backend openai``) runs its own model, so nothing is checked for it here."""
+    from latts.config import check_dtype
+    from latts.engine.choice import choose_for
+
+    if (backend if isinstance(backend, str) else backend.kind) != "embedded":
+        return
+    check_dtype(dtype)
+    choose_for(model, engine)
+
+
 def drafter_for(spec: str, loaded: Any, speculates: bool, engine: str = "auto") -> Any:
     """The ``--drafter`` the embedded engine (``loaded``) drafts with (a draft model on ``engine``); None when
     nothing speculates or on a server, which drafts for itself."""

@@ -9,7 +9,7 @@ import typer
 
 from latts.cli.console import ConsoleReporter, note, out
 from latts.cli.options import (Backend, DataOpt, DtypeOpt, EngineOpt, ModelOpt, PlansOpt, backend_options, numbers,
-                               one_line_errors, open_announced)
+                               one_line_errors, open_announced, refuse_unrunnable)
 from latts.errors import LattsError
 
 if TYPE_CHECKING:
@@ -30,12 +30,13 @@ def profile(
 ) -> None:
     """Measure prefill and decode-forward times on this machine (or a server's latency vs B) and fit the
     latency model."""
-    from latts.latency.profiler import profile as run_profile
-    from latts.latency.remote_profiler import profile_remote
-
     bs, ks, cs = numbers(branches, "--branches"), numbers(k, "--k"), numbers(contexts, "--contexts")
     if min(bs) < 1 or min(ks) < 1 or min(cs) < 1:
         raise LattsError("--branches, --k and --contexts must be >= 1")
+    refuse_unrunnable(backend, model, engine, dtype)
+    from latts.latency.profiler import profile as run_profile
+    from latts.latency.remote_profiler import profile_remote
+
     opened = open_announced(backend, model, dtype, engine=engine)
     if opened.remote:  # a server: latency vs B end to end (its own speculation included), no k sweep
         prof = profile_remote(opened.backend, bs, cs, progress=note)
@@ -78,6 +79,7 @@ def optimize(
     engine: EngineOpt = "auto",
 ) -> None:
     """The latency-optimal (B, γ, L) per deadline and the Pareto frontier; optionally validated for real."""
+    refuse_unrunnable("embedded", model, engine, dtype)
     from latts.planning import optimize as run_optimize
 
     result = run_optimize(

