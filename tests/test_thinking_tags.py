@@ -29,10 +29,13 @@ def think_folder(tmp_path_factory):
     return build_think_folder(tmp_path_factory.mktemp("think") / "model")
 
 
-@pytest.fixture(scope="module", params=["float32", "auto"])
+@pytest.fixture(scope="module", params=[("float32", "torch"), ("auto", "torch"), ("float32", "hf")],
+                ids=["torch-fp32", "torch-auto", "hf"])
 def engine(request, think_folder) -> Engine:
-    """The torch reference path (fp32) and this CPU's fast formats."""
-    return Engine(load(str(think_folder), request.param))
+    """The torch engine's reference path (fp32) and this CPU's fast formats, and the hf engine (transformers'
+    own forward). The llama.cpp engine runs these tests in test_thinking_tags_llamacpp.py."""
+    dtype, kind = request.param
+    return Engine(load(str(think_folder), dtype, engine=kind))
 
 
 def _ids(engine: Engine, text: str) -> list[int]:
