@@ -234,3 +234,14 @@ def test_greedy_ngram_speculation_is_token_identical(default_engine, gamma) -> N
                                                    gamma=gamma, drafter=NGramDrafter(min_n=1)))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
     assert spec.spec.accepted > 0 and spec.spec.proposed > spec.spec.accepted  # accepted and rejected drafts
+
+
+def test_the_profiler_times_ragged_verifies_on_llamacpp(default_engine) -> None:
+    """``latts profile`` on this engine: a verify of k tokens over rows a round left at different lengths is
+    timed as it runs, whatever order the shapes come in (llama.cpp's rows must continue their positions)."""
+    from latts.latency.profiler import measure_steps
+
+    shapes = [(4, 3, 64), (4, 1, 64), (4, 2, 64), (1, 3, 64)]
+    samples = measure_steps(default_engine, shapes, repeats=1, passes=2)
+    assert sorted((s.branches, s.k, s.context) for s in samples) == sorted(shapes)
+    assert all(0 < s.seconds < 5 for s in samples)
