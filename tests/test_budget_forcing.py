@@ -84,6 +84,31 @@ def test_deadline_forces_answers_before_it(engine) -> None:
     assert any(b.finish_reason == "answered" for b in got.branches)
 
 
+def test_one_stalled_step_does_not_force_every_answer(fast_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that stalls once (another process had the CPU) says little about the next ones: answers are
+    forced when the steps' usual time says the deadline is near, not at the first hiccup."""
+    from latts.engine.engine import Engine
+
+    engine = Engine(fast_model)
+    decode, calls = engine.model.decode, []
+
+    def stalls_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            time.sleep(0.5)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "decode", stalls_once)
+    budget = BudgetForcing(max_think=30, answer_tokens=16)
+    got = engine.generate(GenerateRequest(LONG, branches=2, budget=budget, deadline=time.monotonic() + 2.5,
+                                          sampling=SamplingParams(temperature=0.7, seed=1)))
+    assert len(calls) > 4
+    # taking the 0.5 s step as the pace would put 18 answer steps (~2.7 s at an EMA of 0.3) past the deadline
+    # at once; the steps' median lets every branch think to max_think (~0.3 s of work here)
+    assert [b.forced for b in got.branches] == ["max_think", "max_think"], \
+        [(b.forced, b.finish_reason, b.n_tokens) for b in got.branches]
+
+
 def test_on_step_can_cancel_the_request(engine) -> None:
     calls = []
 

@@ -15,9 +15,11 @@ is schedule → step → postprocess (as in nano-vllm's engine):
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -35,7 +37,10 @@ from latts.types import Branch, Generation, SpecStats
 
 log = logging.getLogger(__name__)
 
-_STEP_EMA = 0.3  # weight of the newest step in the step-time estimate used against the deadline
+# the step-time estimate held against the deadline is the median of the last few steps: one stalled step (another
+# process took the CPU for a moment, as happens on a 2-core machine) must not force every answer at once, while a
+# lasting slowdown shows within a few steps
+_STEP_WINDOW = 5
 
 
 class Engine:
@@ -146,11 +151,16 @@ class Engine:
         append = Appender(self.tokenizer, out, rows, max_new_tokens, request.stop, eos, forcing,
                           frozenset(request.checkpoints))
         spec = SpecStats(drafter.name, request.gamma) if drafter is not None else None
-        # until a step has been timed, the prefill (which costs at least a step) stands in for one
-        step_s = self._step_hint.get(B, t_prefill - t0)
+        # until a step has been timed: the step time last measured at the nearest batch size (it also joins the
+        # first steps' median, so that one slow first step does not decide alone), else the prefill (which costs
+        # at least a step)
+        near = min(self._step_hint, key=lambda n: abs(n - B), default=None)
+        step_s = self._step_hint[near] if near is not None else t_prefill - t0
         pruner = ConfidencePruner(request.pruning) if request.pruning is not None else None
         batch = _Batch(request, out, rows, list(range(B)), cache, append, gen, drafter, spec, t0, t_prefill,
                        step_s, pruner)
+        if near is not None:
+            batch.recent.append(step_s)
         self._postprocess(batch, _Step([[t] for t in first], logits[:, None], t_prefill - t0))
         return batch
 
@@ -195,7 +205,8 @@ class Engine:
             else:
                 new, logits = self._speculate(b, last, start)  # logits [n, width + 1, V]
         t = time.monotonic()
-        b.step_s = (t - b.now) if b.steps == 0 else (1 - _STEP_EMA) * b.step_s + _STEP_EMA * (t - b.now)
+        b.recent.append(t - b.now)
+        b.step_s = statistics.median(b.recent)
         b.steps += 1
         return _Step(new, logits, t - b.t0, pending, start)
 
@@ -345,8 +356,9 @@ class _Batch:
     spec: SpecStats | None
     t0: float
     t_prefill: float
-    step_s: float  # estimated seconds per step (EMA), held against the deadline
+    step_s: float  # estimated seconds per step (median of ``recent``), held against the deadline
     pruner: ConfidencePruner | None = None  # with ``request.pruning``
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=_STEP_WINDOW))  # the last steps' seconds
     steps: int = 0
     now: float = 0.0  # when the current step was scheduled
 
