@@ -67,7 +67,7 @@ def test_forced_text_continues_exactly_like_a_fresh_prompt(engine) -> None:
 def test_budget_forcing_with_speculation_matches_plain_greedy(engine) -> None:
     budget = BudgetForcing(min_think=48, max_think=96, answer_tokens=8)
     plain = engine.generate(GenerateRequest(SHORT, branches=4, sampling=None, budget=budget))
-    spec = engine.generate(GenerateRequest(SHORT, branches=4, sampling=None, budget=budget, gamma=3,
+    spec = engine.generate(GenerateRequest(SHORT, branches=4, sampling=None, budget=budget, gamma=3, gamma_policy="fixed",
                                            drafter=NGramDrafter()))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
     assert all(b.ignored >= 1 for b in spec.branches)

@@ -92,7 +92,7 @@ def test_speculation_with_a_draft_model_stays_greedy_identical(gpt2: LoadedModel
     ref = hf_greedy(reference, ids, n)
     drafter = make_drafter(f"model:{draft_folder}", gpt2)
     got = engine.generate(GenerateRequest(ids, branches=2, max_new_tokens=n, sampling=None, ignore_eos=True,
-                                          gamma=3, drafter=drafter))
+                                          gamma=3, gamma_policy="fixed", drafter=drafter))
     assert [b.token_ids for b in got.branches] == [ref] * 2
     assert 0 < got.spec.acceptance_rate < 1  # some drafts accepted, some rolled back
     assert drafter.cache.repacks > 0  # the draft's rolled-back slots were squeezed out on the way

@@ -124,7 +124,7 @@ def test_greedy_draft_model_speculation_is_token_identical(engines, gamma) -> No
     plain = engine.generate(GenerateRequest(ids, branches=4, max_new_tokens=TOKENS, ignore_eos=True))
     draft = engines("stablelm", "Q4_K_M").loaded
     check_same_tokenizer(engine.loaded, draft)
-    spec = engine.generate(GenerateRequest(ids, branches=4, max_new_tokens=TOKENS, ignore_eos=True, gamma=gamma,
+    spec = engine.generate(GenerateRequest(ids, branches=4, max_new_tokens=TOKENS, ignore_eos=True, gamma=gamma, gamma_policy="fixed",
                                            drafter=DraftModelDrafter(draft, engine.model.shape.vocab)))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
     # random weights: quantization noise moves many argmaxes, so drafts are both accepted and rejected
@@ -142,7 +142,7 @@ def test_sampled_speculation_matches_plain_distribution(engines) -> None:
         c: Counter = Counter()
         for seed in range(8):
             got = engine.generate(GenerateRequest(ids, branches=256, max_new_tokens=2, ignore_eos=True,
-                                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma,
+                                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma, gamma_policy="fixed",
                                                   drafter=drafter))
             c.update(tuple(b.token_ids[:2]) for b in got.branches)
         return c
@@ -231,7 +231,7 @@ def test_greedy_ngram_speculation_is_token_identical(default_engine, gamma) -> N
     prompt = "Explain step by step how to compute 17 * 23."
     plain = default_engine.generate(GenerateRequest(prompt, branches=4, max_new_tokens=48, ignore_eos=True))
     spec = default_engine.generate(GenerateRequest(prompt, branches=4, max_new_tokens=48, ignore_eos=True,
-                                                   gamma=gamma, drafter=NGramDrafter(min_n=1)))
+                                                   gamma=gamma, gamma_policy="fixed", drafter=NGramDrafter(min_n=1)))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
     assert spec.spec.accepted > 0 and spec.spec.proposed > spec.spec.accepted  # accepted and rejected drafts
 

@@ -235,7 +235,7 @@ def test_greedy_speculation_on_the_native_step_is_token_identical(fast_model, ra
     engine = Engine(fast_model)
     assert fast_model.model.native is not None
     plain = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=80, ignore_eos=True))
-    spec = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=80, ignore_eos=True, gamma=3,
+    spec = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=80, ignore_eos=True, gamma=3, gamma_policy="fixed",
                                            drafter=_Ragged() if ragged else NGramDrafter()))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
     assert spec.spec.proposed > 0 and spec.spec.accepted > 0

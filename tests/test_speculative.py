@@ -31,7 +31,7 @@ def test_greedy_speculation_is_token_identical(engine, draft_folder, branches, k
     plain = engine.generate(GenerateRequest(PROMPT, branches=branches, max_new_tokens=100, ignore_eos=True))
     drafter = drafters(engine, draft_folder)[kind]
     spec = engine.generate(GenerateRequest(PROMPT, branches=branches, max_new_tokens=100, ignore_eos=True,
-                                           gamma=gamma, drafter=drafter))
+                                           gamma=gamma, gamma_policy="fixed", drafter=drafter))
     for a, b in zip(plain.branches, spec.branches):
         assert len(b.token_ids) == 100
         assert b.token_ids == a.token_ids
@@ -67,7 +67,7 @@ class _Ragged:
 def test_ragged_proposals_keep_greedy_output_identical(engine) -> None:
     """Rows verifying different numbers of drafts (only the proposed positions computed) decode what plain does."""
     plain = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=96, ignore_eos=True))
-    spec = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=96, ignore_eos=True, gamma=3,
+    spec = engine.generate(GenerateRequest(PROMPT, branches=4, max_new_tokens=96, ignore_eos=True, gamma=3, gamma_policy="fixed",
                                            drafter=_Ragged()))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
     assert spec.branches[0].spec_proposed == 0 < spec.branches[3].spec_proposed  # row 0 never drafts
@@ -171,7 +171,7 @@ def test_sampled_speculation_matches_plain_distribution(engine, draft_folder, ki
         c: Counter = Counter()
         for seed in range(4):
             got = engine.generate(GenerateRequest(ids, branches=512, max_new_tokens=2, ignore_eos=True,
-                                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma,
+                                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma, gamma_policy="fixed",
                                                   drafter=drafter))
             c.update(tuple(b.token_ids[:2]) for b in got.branches)
         return c
@@ -245,7 +245,7 @@ def test_speculation_with_budget_forcing_keeps_the_answer_distribution(engine, d
         for seed in range(3):
             got = engine.generate(GenerateRequest(ids, branches=96,
                                                   sampling=SamplingParams(temperature=0.7, seed=seed),
-                                                  gamma=gamma, drafter=drafter() if gamma else None,
+                                                  gamma=gamma, gamma_policy="fixed", drafter=drafter() if gamma else None,
                                                   budget=budget))
             c.update(task.extract(b.text) for b in got.branches)
         return c
@@ -312,7 +312,7 @@ def test_sampled_branches_stay_diverse_with_group_speculation(engine) -> None:
         distinct, agree = 0, []
         for seed in range(2):
             got = engine.generate(GenerateRequest(ids, branches=16, max_new_tokens=24, ignore_eos=True,
-                                                  sampling=SamplingParams(temperature=0.7, seed=seed), gamma=gamma,
+                                                  sampling=SamplingParams(temperature=0.7, seed=seed), gamma=gamma, gamma_policy="fixed",
                                                   drafter=GroupDrafter() if gamma else None))
             rows = [b.token_ids for b in got.branches]
             distinct += len({tuple(r) for r in rows})

@@ -73,7 +73,7 @@ def test_suppression_is_the_same_with_speculation(engine) -> None:
     params = SamplingParams(temperature=0.0, logit_bias={_tag(engine): 100.0})
     budget = BudgetForcing(min_think=5, max_think=40, ignore="Wait", answer_tokens=4)
     plain = engine.generate(GenerateRequest(QUESTION, branches=2, sampling=params, budget=budget))
-    spec = engine.generate(GenerateRequest(QUESTION, branches=2, sampling=params, budget=budget, gamma=3,
+    spec = engine.generate(GenerateRequest(QUESTION, branches=2, sampling=params, budget=budget, gamma=3, gamma_policy="fixed",
                                            drafter=NGramDrafter()))
     assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
 

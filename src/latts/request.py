@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # annotation only: the engine depends on this module, not the
     from latts.engine.drafters import Drafter
 
 GREEDY = SamplingParams(temperature=0.0)
+GAMMA_POLICIES = ("cost", "fixed")
 
 # ``generate``'s callback: sees the branches after every step (live views, early stopping); returning
 # True ends the request (unfinished branches become ``cancelled``). Keep it cheap.
@@ -55,6 +56,10 @@ class GenerateRequest:
             0): speculation changes latency, not answers. Embedded engine only. Kept sorted.
         pruning: stop thinking branches whose confidence falls under the group's bar (embedded
             engine; see :class:`~latts.config.Pruning`).
+        gamma_policy: ``cost`` (default): each round every row verifies as many of its up to ``gamma``
+            drafts as pay for themselves on this machine's measured costs (none when a plain step is
+            faster; see :mod:`latts.engine.spec_policy`); ``fixed``: every draft the drafter offers
+            (reproducible by seed whatever the timing; benchmarks of a fixed γ).
     """
 
     prompt: str | tuple[int, ...]
@@ -71,6 +76,7 @@ class GenerateRequest:
     logprobs: bool = False
     checkpoints: tuple[int, ...] = ()
     pruning: Pruning | None = None
+    gamma_policy: str = "cost"
 
     def __post_init__(self) -> None:
         # normalised first (callers pass lists and None), then checked
@@ -83,6 +89,8 @@ class GenerateRequest:
         check_generation_args(self.branches, self.max_new_tokens)
         if not 0 <= self.gamma <= MAX_GAMMA:
             raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {self.gamma}")
+        if self.gamma_policy not in GAMMA_POLICIES:
+            raise LattsError(f"unknown gamma policy '{self.gamma_policy}': use {' or '.join(GAMMA_POLICIES)}")
         if not (self.prompt.strip() if isinstance(self.prompt, str) else self.prompt):
             raise LattsError("empty prompt")
         if self.checkpoints:

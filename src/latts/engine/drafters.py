@@ -86,6 +86,7 @@ class NGramDrafter:
             raise LattsError(f"n-gram drafter: the least match length must be in 1..{max_n}, got {min_n}")
         self.max_n, self.min_n = max_n, min_n
         self._min_n = min_n or 1  # in force for the current request
+        self.match_lengths: list[int] = []  # per row, the length of its last proposing match (0: none)
         self._prompt_index: dict[int, int] = {}
         self._index: list[dict[int, int]] = []
         self._indexed: list[int] = []
@@ -121,13 +122,16 @@ class NGramDrafter:
             if j is None:
                 j = self._prompt_index.get(key)
             if j is not None:
+                self.match_lengths[slot] = n
                 return hist[j + 1 : j + 1 + min(gamma, max(1, n // 2))]
         return []
 
     def propose(
         self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, None]:
-        """Continuations of the latest n-gram matches, padded with 0 to ``gamma``."""
+        """Continuations of the latest n-gram matches, padded with 0 to ``gamma``; ``match_lengths`` says
+        how long each row's match was (0: none), which the engine's γ policy reads."""
+        self.match_lengths = [0] * len(histories)
         found = [self._lookup(slot, hist, gamma) for slot, hist in enumerate(histories)]
         drafts = torch.zeros((len(histories), gamma), dtype=torch.long)
         for row, toks in enumerate(found):
@@ -167,6 +171,7 @@ class GroupDrafter:
         self.max_n, self.min_n = max_n, min_n
         self._min_n = min_n or 1
         self._counts: dict[int, dict[int, int]] = {}  # n-gram hash -> next token -> count
+        self.match_lengths: list[int] = []  # per row, the length of its last first match (0: none)
         self._indexed: list[int] = []  # per row: n-grams ending before this position are counted
 
     def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
@@ -193,7 +198,8 @@ class GroupDrafter:
         return None
 
     def _draft_row(self, hist: list[int], gamma: int, sampling: SamplingParams,
-                   generator: torch.Generator) -> tuple[list[int], list[dict[int, float]]]:
+                   generator: torch.Generator) -> tuple[list[int], list[dict[int, float]], int]:
+        first = 0  # the length of the match the draft started from
         drafts: list[int] = []
         dists: list[dict[int, float]] = []
         context = list(hist[-self.max_n :])
@@ -204,7 +210,7 @@ class GroupDrafter:
                 break
             n, followers = found
             if not drafts:
-                limit = min(gamma, max(1, n // 2))
+                first, limit = n, min(gamma, max(1, n // 2))
             if sampling.greedy:
                 tok = max(followers.items(), key=lambda kv: (kv[1], -kv[0]))[0]
             else:
@@ -216,7 +222,7 @@ class GroupDrafter:
                 dists.append(dist)
             drafts.append(tok)
             context = context[1:] + [tok] if len(context) >= self.max_n else context + [tok]
-        return drafts, dists
+        return drafts, dists, first
 
     def propose(
         self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
@@ -228,11 +234,12 @@ class GroupDrafter:
                 self._add(hist, self._indexed[slot], end)
                 self._indexed[slot] = end
         found = [self._draft_row(hist, gamma, sampling, generator) for hist in histories]
+        self.match_lengths = [n for _, _, n in found]
         drafts = torch.zeros((len(histories), gamma), dtype=torch.long)
-        for row, (toks, _) in enumerate(found):
+        for row, (toks, _, _) in enumerate(found):
             drafts[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-        q = None if sampling.greedy else SparseDraftProbs([dists for _, dists in found])
-        return drafts, torch.tensor([len(t) for t, _ in found], dtype=torch.long), q
+        q = None if sampling.greedy else SparseDraftProbs([dists for _, dists, _ in found])
+        return drafts, torch.tensor([len(t) for t, _, _ in found], dtype=torch.long), q
 
     def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
         """Nothing to learn: the counts follow the rows' histories."""

@@ -29,6 +29,7 @@ from latts.engine.budget import Appender, Forcing, Row, branch_text, thinking_ta
 from latts.engine.kv_cache import KVCache
 from latts.engine.drafters import Drafter
 from latts.engine.pruning import ConfidencePruner
+from latts.engine.spec_policy import AcceptanceStats, CostShape, choose_drafts, drafts_may_pay, match_bucket
 from latts.engine.sampler import greedy_accept, rejection_sample, sample, target_probabilities
 from latts.errors import LattsError
 from latts.engine.loading import LoadedModel
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 # process took the CPU for a moment, as happens on a 2-core machine) must not force every answer at once, while a
 # lasting slowdown shows within a few steps
 _STEP_WINDOW = 5
+_EXTRA_EMA = 0.2  # weight of the newest round in the speculative rounds' extra seconds
 
 
 class Engine:
@@ -56,6 +58,9 @@ class Engine:
         self._tags = thinking_tags(self.tokenizer)  # special-token thinking tags, kept in branch texts
         self.warmup_s = 0.0
         self._step_hint: dict[int, float] = {}  # last measured step time per batch size
+        self.cost_shape: CostShape | None = None  # forward seconds by positions (the γ policy's; at warm-up)
+        self.acceptance = {True: AcceptanceStats(), False: AcceptanceStats()}  # by greedy: drafts' acceptance
+        self.spec_extra_s = {True: 0.0, False: 0.0}  # by greedy: a round's seconds beyond its forward
 
     def warmup(self, branches: Sequence[int] = (1, 16)) -> float:
         """Run a few tiny requests so first-call costs never land inside a user's deadline; seconds spent."""
@@ -63,6 +68,7 @@ class Engine:
         for b in branches:
             self.generate(GenerateRequest([1, 2, 3, 4], branches=b, max_new_tokens=4,
                                           sampling=SamplingParams(temperature=1.0)))
+        self.cost_shape = CostShape.measure(self.model)
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
@@ -92,8 +98,10 @@ class Engine:
         ``on_step`` is called with the branches after every step (live views, early stopping); keep it
         cheap. Returning True ends the request: unfinished branches become ``cancelled``.
         """
-        t0 = time.monotonic()
         ids, forcing, max_new_tokens = self._admit(request)
+        if request.gamma and request.gamma_policy == "cost" and self.cost_shape is None:
+            self.cost_shape = CostShape.measure(self.model)  # once per engine, before the request's clock
+        t0 = time.monotonic()
         if request.deadline is not None and t0 >= request.deadline:
             out = [Branch(index=i, finish_reason="deadline") for i in range(request.branches)]
             return Generation(out, len(ids), 0.0, 0.0, 0, None)
@@ -198,7 +206,7 @@ class Engine:
         else:
             last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]: each row's one unfed token
             pending = None
-            if b.spec is None:
+            if b.spec is None or not self._drafts_may_pay(b):
                 logits = self.model.decode(last, start, b.cache)[:, -1]  # [n, V]
                 new = [[tok] for tok in sample(logits, sampling, b.gen).tolist()]
                 logits = logits[:, None]  # [n, 1, V]
@@ -259,6 +267,21 @@ class Engine:
             b.live.append(probe.index)
             b.append.force_answer(probe.index, "checkpoint", at)
 
+    def _drafts_may_pay(self, b: _Batch) -> bool:
+        """Under the ``cost`` γ policy, whether any drafts could pay for their verify this round (see
+        :func:`~latts.engine.spec_policy.drafts_may_pay`); always under ``fixed``."""
+        if b.request.gamma_policy != "cost" or self.cost_shape is None:
+            return True
+        return drafts_may_pay(len(b.live), b.request.gamma, self.acceptance[b.request.sampling.greedy],
+                              self.cost_shape, self._extra_in_shape(b))
+
+    def _extra_in_shape(self, b: _Batch) -> float:
+        """A speculative round's extra seconds in the units of the cost shape, which was measured at a short
+        context: scaled by how much slower than the shape's the batch's steps run now."""
+        assert self.cost_shape is not None
+        scale = max(b.step_s / self.cost_shape.plain(len(b.live)), 1e-3)
+        return self.spec_extra_s[b.request.sampling.greedy] / scale
+
     def _speculate(self, b: _Batch, last: torch.Tensor,
                    start: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
         """One round: draft up to γ tokens per row, verify every row's proposed positions (+1) in one forward,
@@ -270,6 +293,15 @@ class Engine:
         hists = [b.rows[i].history for i in b.live]
         t0 = time.perf_counter()
         drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, b.gen)  # [n, γ], [n], [n, γ, V]?
+        buckets = [match_bucket(n) for n in getattr(drafter, "match_lengths", ())] or [0] * len(hists)
+        stats = self.acceptance[sampling.greedy]
+        if b.request.gamma_policy == "cost" and self.cost_shape is not None:
+            keep = choose_drafts(n_proposed.tolist(), buckets, stats, self.cost_shape, self._extra_in_shape(b))
+            if not any(keep):  # a plain step after all: no verify, no rejection sampler
+                drafter.observe([len(h) for h in hists], [0] * len(hists))
+                logits = self.model.decode(last, start, b.cache)[:, -1]  # [n, V]
+                return [[tok] for tok in sample(logits, sampling, b.gen).tolist()], logits[:, None]
+            n_proposed = torch.minimum(n_proposed, torch.tensor(keep, dtype=torch.long))
         # verify only the proposed positions (ragged rows): padding would cost compute for nothing
         width = int(n_proposed.max())
         if width < gamma:
@@ -277,7 +309,9 @@ class Engine:
             q = q[:, :width] if isinstance(q, torch.Tensor) else q  # sparse ones are read per position
         t1 = time.perf_counter()
         feed = torch.cat([last, drafts], 1)  # [n, width + 1]
-        logits = self.model.decode(feed, start, b.cache, n_proposed + 1)  # [n, width + 1, V]
+        # [n, width + 1, V]; a round the policy left without drafts is a plain step
+        logits = self.model.decode(feed, start, b.cache, n_proposed + 1 if width else None)
+        t_forward = time.perf_counter()
         if sampling.greedy:
             accepted, nxt = greedy_accept(drafts, n_proposed, logits, sampling)
         else:
@@ -287,7 +321,11 @@ class Engine:
         acc = accepted.tolist()
         drafter.observe([len(h) for h in hists], acc)
         proposed = n_proposed.tolist()
+        stats.record(buckets, proposed, acc)
         spec.record(proposed, acc, t1 - t0, t2 - t1)
+        # what a round costs beyond its forward (drafting, acceptance), held against the drafts' gain
+        extra = (t1 - t0) + (t2 - t_forward)
+        self.spec_extra_s[sampling.greedy] += _EXTRA_EMA * (extra - self.spec_extra_s[sampling.greedy])
         for i, n, a in zip(b.live, proposed, acc):
             b.out[i].spec_rounds += 1
             b.out[i].spec_proposed += n

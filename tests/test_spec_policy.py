@@ -1,0 +1,98 @@
+"""The γ policy (``GenerateRequest.gamma_policy="cost"``): each round a row verifies only the drafts that pay
+for their positions on this machine's measured costs, and the output stays exactly what plain decoding gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from latts.config import SamplingParams
+from latts.engine.drafters import GroupDrafter, NGramDrafter
+from latts.engine.engine import Engine
+from latts.engine.spec_policy import AcceptanceStats, CostShape, choose_drafts, drafts_may_pay, match_bucket
+from latts.errors import LattsError
+from latts.request import GenerateRequest
+
+MS = 1e-3
+# memory-bound: a forward of up to 32 positions costs what one row's step costs
+FLAT = CostShape({1: 5 * MS, 32: 5.5 * MS}, {1: 5 * MS, 16: 5.5 * MS})
+# compute-bound from 8 positions: an extra position costs nearly what a plain row's token costs (this machine
+# measured plain 8 rows 9.5 ms, a verify of 16 positions 17.7 ms)
+LINEAR = CostShape({1: 5 * MS, 8: 9 * MS, 16: 17 * MS, 64: 72 * MS}, {1: 5 * MS, 8: 9 * MS, 16: 17 * MS})
+
+
+def stats_with(rate: float) -> AcceptanceStats:
+    """Acceptance statistics in which every draft is kept with chance ``rate`` given the ones before it."""
+    return AcceptanceStats(prior=rate, weight=1e9)
+
+
+def test_cost_shape_interpolates_and_never_decreases() -> None:
+    shape = CostShape({1: 5.0, 8: 4.0, 16: 16.0})  # noise made 8 positions look cheaper than 1
+    assert shape(1) == shape(8) == 5.0  # held at the running maximum
+    assert shape(12) == pytest.approx(10.5)
+    assert shape(32) == pytest.approx(16.0 + 32.0 * 11.0 / 8.0 - 16.0 * 11.0 / 8.0)  # linear beyond the last
+    assert shape.plain(4) == shape(4)  # without plain measurements, the verify curve stands in
+
+
+def test_acceptance_stats_count_only_the_drafts_looked_at() -> None:
+    s = AcceptanceStats(prior=0.5, weight=2.0)
+    s.record([4], [3], [1])  # draft 0 kept, draft 1 rejected, draft 2 never looked at
+    assert s.rate(4, 0) == pytest.approx((1 + 1) / (1 + 2))
+    assert s.rate(4, 1) == pytest.approx((0 + 1) / (1 + 2))
+    assert s.rate(4, 2) == pytest.approx(0.5)  # the prior: nothing seen
+    assert s.rate(1, 0) == pytest.approx(0.5)  # buckets are separate
+    assert [match_bucket(n) for n in (0, 1, 2, 3, 5, 7, 9, 40)] == [0, 1, 2, 3, 4, 6, 8, 12]
+
+
+def test_memory_bound_rows_verify_every_draft() -> None:
+    assert choose_drafts([3, 2, 0, 1], [0] * 4, stats_with(0.5), FLAT) == [3, 2, 0, 1]
+    assert drafts_may_pay(4, 3, stats_with(0.5), FLAT)
+
+
+def test_compute_bound_rows_verify_none_unless_nearly_sure() -> None:
+    proposed = [3] * 8
+    assert choose_drafts(proposed, [0] * 8, stats_with(0.6), LINEAR) == [0] * 8
+    assert not drafts_may_pay(8, 3, stats_with(0.6), LINEAR)
+    # past the knee a draft only pays when accepted almost always; from 16 rows not even then
+    assert sum(choose_drafts([3] * 4, [0] * 4, stats_with(0.97), LINEAR)) > 0
+    assert choose_drafts([3] * 16, [0] * 16, stats_with(0.97), LINEAR) == [0] * 16
+
+
+def test_what_a_round_adds_is_held_against_the_drafts() -> None:
+    assert choose_drafts([3], [0], stats_with(0.5), FLAT, extra=0.0) == [3]
+    assert choose_drafts([3], [0], stats_with(0.5), FLAT, extra=5 * MS) == [0]  # drafting costs a whole step
+
+
+def test_long_matches_are_trusted_more() -> None:
+    s = AcceptanceStats()
+    for _ in range(100):
+        s.record([12, 1], [3, 3], [3, 0])  # long matches kept, 1-token matches rejected
+    keep = choose_drafts([3, 3, 3, 3, 3, 3, 3, 3], [12, 1, 12, 1, 12, 1, 12, 1], s, LINEAR)
+    assert keep[1::2] == [0, 0, 0, 0] and sum(keep[0::2]) > 0
+
+
+def test_unknown_policy_is_named() -> None:
+    with pytest.raises(LattsError, match="unknown gamma policy 'auto'"):
+        GenerateRequest("hi", gamma=2, drafter=NGramDrafter(), gamma_policy="auto")
+
+
+@pytest.mark.parametrize("branches", [1, 4])
+@pytest.mark.parametrize("drafter", [NGramDrafter, GroupDrafter])
+def test_the_cost_policy_stays_greedy_identical(fast_model, branches, drafter) -> None:
+    engine = Engine(fast_model)
+    engine.warmup()
+    assert engine.cost_shape is not None and engine.cost_shape(64) > engine.cost_shape(1)
+    plain = engine.generate(GenerateRequest("Explain step by step how to compute 17 * 23.", branches=branches,
+                                            max_new_tokens=80, ignore_eos=True))
+    spec = engine.generate(GenerateRequest("Explain step by step how to compute 17 * 23.", branches=branches,
+                                           max_new_tokens=80, ignore_eos=True, gamma=3, drafter=drafter()))
+    assert [b.token_ids for b in spec.branches] == [b.token_ids for b in plain.branches]
+    s = spec.spec
+    assert s is not None and s.verifies <= spec.steps  # rounds the policy left without drafts are plain steps
+
+
+def test_the_cost_policy_keeps_sampling_seeded_rows_diverse(fast_model) -> None:
+    engine = Engine(fast_model)
+    got = engine.generate(GenerateRequest("Write a short poem about the sea.", branches=8, max_new_tokens=40,
+                                          ignore_eos=True, sampling=SamplingParams(temperature=1.0, seed=3),
+                                          gamma=3, drafter=GroupDrafter()))
+    assert len({tuple(b.token_ids) for b in got.branches}) == 8
