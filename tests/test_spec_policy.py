@@ -60,6 +60,8 @@ def test_compute_bound_rows_verify_none_unless_nearly_sure() -> None:
 def test_what_a_round_adds_is_held_against_the_drafts() -> None:
     assert choose_drafts([3], [0], stats_with(0.5), FLAT, extra=0.0) == [3]
     assert choose_drafts([3], [0], stats_with(0.5), FLAT, extra=5 * MS) == [0]  # drafting costs a whole step
+    # verifies that ran twice as slow as the shape predicted (a long context) make the same drafts a loss
+    assert choose_drafts([3], [0], stats_with(0.5), FLAT, slower=2.0) == [0]
 
 
 def test_long_matches_are_trusted_more() -> None:

@@ -61,6 +61,7 @@ class Engine:
         self.cost_shape: CostShape | None = None  # forward seconds by positions (the γ policy's; at warm-up)
         self.acceptance = {True: AcceptanceStats(), False: AcceptanceStats()}  # by greedy: drafts' acceptance
         self.spec_extra_s = {True: 0.0, False: 0.0}  # by greedy: a round's seconds beyond its forward
+        self.verify_slower = 1.0  # verify forwards' seconds over what the cost shape predicts (learned)
 
     def warmup(self, branches: Sequence[int] = (1, 16)) -> float:
         """Run a few tiny requests so first-call costs never land inside a user's deadline; seconds spent."""
@@ -207,7 +208,7 @@ class Engine:
             last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]: each row's one unfed token
             pending = None
             if b.spec is None or not self._drafts_may_pay(b):
-                logits = self.model.decode(last, start, b.cache)[:, -1]  # [n, V]
+                logits = self._plain_forward(b, last, start)  # [n, V]
                 new = [[tok] for tok in sample(logits, sampling, b.gen).tolist()]
                 logits = logits[:, None]  # [n, 1, V]
             else:
@@ -273,14 +274,24 @@ class Engine:
         if b.request.gamma_policy != "cost" or self.cost_shape is None:
             return True
         return drafts_may_pay(len(b.live), b.request.gamma, self.acceptance[b.request.sampling.greedy],
-                              self.cost_shape, self._extra_in_shape(b))
+                              self.cost_shape, self._extra_in_shape(b), self.verify_slower)
+
+    def _scale(self, b: _Batch) -> float:
+        """How much slower than the cost shape's (measured at a short context) the batch's plain steps run now."""
+        assert self.cost_shape is not None
+        return max((b.plain_s or b.step_s) / self.cost_shape.plain(len(b.live)), 1e-3)
 
     def _extra_in_shape(self, b: _Batch) -> float:
-        """A speculative round's extra seconds in the units of the cost shape, which was measured at a short
-        context: scaled by how much slower than the shape's the batch's steps run now."""
-        assert self.cost_shape is not None
-        scale = max(b.step_s / self.cost_shape.plain(len(b.live)), 1e-3)
-        return self.spec_extra_s[b.request.sampling.greedy] / scale
+        """A speculative round's extra seconds (drafting, acceptance) in the units of the cost shape."""
+        return self.spec_extra_s[b.request.sampling.greedy] / self._scale(b)
+
+    def _plain_forward(self, b: _Batch, last: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """One token a row through the fastest path; logits ``[n, V]``; its time kept for the γ policy."""
+        t = time.perf_counter()
+        logits = self.model.decode(last, start, b.cache)[:, -1]
+        took = time.perf_counter() - t
+        b.plain_s = took if not b.plain_s else b.plain_s + _EXTRA_EMA * (took - b.plain_s)
+        return logits
 
     def _speculate(self, b: _Batch, last: torch.Tensor,
                    start: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
@@ -296,10 +307,11 @@ class Engine:
         buckets = [match_bucket(n) for n in getattr(drafter, "match_lengths", ())] or [0] * len(hists)
         stats = self.acceptance[sampling.greedy]
         if b.request.gamma_policy == "cost" and self.cost_shape is not None:
-            keep = choose_drafts(n_proposed.tolist(), buckets, stats, self.cost_shape, self._extra_in_shape(b))
+            keep = choose_drafts(n_proposed.tolist(), buckets, stats, self.cost_shape, self._extra_in_shape(b),
+                                 self.verify_slower)
             if not any(keep):  # a plain step after all: no verify, no rejection sampler
                 drafter.observe([len(h) for h in hists], [0] * len(hists))
-                logits = self.model.decode(last, start, b.cache)[:, -1]  # [n, V]
+                logits = self._plain_forward(b, last, start)  # [n, V]
                 return [[tok] for tok in sample(logits, sampling, b.gen).tolist()], logits[:, None]
             n_proposed = torch.minimum(n_proposed, torch.tensor(keep, dtype=torch.long))
         # verify only the proposed positions (ragged rows): padding would cost compute for nothing
@@ -326,6 +338,9 @@ class Engine:
         # what a round costs beyond its forward (drafting, acceptance), held against the drafts' gain
         extra = (t1 - t0) + (t2 - t_forward)
         self.spec_extra_s[sampling.greedy] += _EXTRA_EMA * (extra - self.spec_extra_s[sampling.greedy])
+        if width and self.cost_shape is not None:  # how the verify compared with the shape's prediction
+            predicted = self._scale(b) * self.cost_shape(len(hists) + sum(proposed))
+            self.verify_slower += _EXTRA_EMA * ((t_forward - t1) / predicted - self.verify_slower)
         for i, n, a in zip(b.live, proposed, acc):
             b.out[i].spec_rounds += 1
             b.out[i].spec_proposed += n
@@ -397,6 +412,7 @@ class _Batch:
     step_s: float  # estimated seconds per step (median of ``recent``), held against the deadline
     pruner: ConfidencePruner | None = None  # with ``request.pruning``
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=_STEP_WINDOW))  # the last steps' seconds
+    plain_s: float = 0.0  # seconds of a plain forward of the live rows now (EMA; 0 until one ran)
     steps: int = 0
     now: float = 0.0  # when the current step was scheduled
 

@@ -136,20 +136,23 @@ class AcceptanceStats:
                     self._kept[key] = self._kept.get(key, 0.0) + 1
 
 
-def drafts_may_pay(rows: int, gamma: int, stats: AcceptanceStats, cost: CostShape, extra: float = 0.0) -> bool:
+def drafts_may_pay(rows: int, gamma: int, stats: AcceptanceStats, cost: CostShape, extra: float = 0.0,
+                   slower: float = 1.0) -> bool:
     """False when no choice of drafts could pay this round even if every one had the best acceptance seen
     in any match bucket: then the round is a plain step and the drafter is not even asked (drafting and
     the rejection sampler cost about a millisecond a round at B = 4 here)."""
     best = max(stats.rate(bucket, 0) for bucket in (0, *MATCH_BUCKETS))
     plain = rows / cost.plain(rows)
-    return any((rows + x * best) / (cost(rows + x) + extra) > plain for x in range(1, rows * gamma + 1))
+    return any((rows + x * best) / (slower * cost(rows + x) + extra) > plain for x in range(1, rows * gamma + 1))
 
 
 def choose_drafts(proposed: Sequence[int], buckets: Sequence[int], stats: AcceptanceStats,
-                  cost: CostShape, extra: float = 0.0) -> list[int]:
+                  cost: CostShape, extra: float = 0.0, slower: float = 1.0) -> list[int]:
     """How many of its ``proposed`` drafts each row verifies this round: the choice that maximises
-    ``(rows + expected accepted) / (cost(rows + verified) + extra)``, ``extra`` being what drafting and
-    acceptance add to a round (in the shape's seconds); all zeros when a plain step is better."""
+    ``(rows + expected accepted) / (slower * cost(rows + verified) + extra)``, ``extra`` being what drafting
+    and acceptance add to a round (in the shape's seconds) and ``slower`` how much slower than the shape says
+    verifies have run (learned online: the shape is measured at a short context); all zeros when a plain
+    step is better."""
     rows = len(proposed)
     # every draft's chance to be accepted: the product of its row's conditional rates so far; within a
     # row these never grow, so taking drafts by decreasing chance keeps each row's drafts a prefix
@@ -163,7 +166,7 @@ def choose_drafts(proposed: Sequence[int], buckets: Sequence[int], stats: Accept
     best_x, best, gained = 0, rows / cost.plain(rows), 0.0
     for x, (p, _) in enumerate(chances, 1):
         gained += p
-        value = (rows + gained) / (cost(rows + x) + extra)
+        value = (rows + gained) / (slower * cost(rows + x) + extra)
         if value > best:
             best_x, best = x, value
     keep = [0] * rows
