@@ -100,8 +100,10 @@ class Engine:
         cheap. Returning True ends the request: unfinished branches become ``cancelled``.
         """
         ids, forcing, max_new_tokens = self._admit(request)
-        if request.gamma and request.gamma_policy == "cost" and self.cost_shape is None:
-            self.cost_shape = CostShape.measure(self.model)  # once per engine, before the request's clock
+        if request.gamma and request.gamma_policy == "cost":
+            if self.cost_shape is None:
+                self.cost_shape = CostShape.measure(self.model)  # once per engine, before the request's clock
+            self.verify_slower = (1.0 + self.verify_slower) / 2  # half forgotten: verifies are tried again
         t0 = time.monotonic()
         if request.deadline is not None and t0 >= request.deadline:
             out = [Branch(index=i, finish_reason="deadline") for i in range(request.branches)]
@@ -340,7 +342,8 @@ class Engine:
         self.spec_extra_s[sampling.greedy] += _EXTRA_EMA * (extra - self.spec_extra_s[sampling.greedy])
         if width and self.cost_shape is not None:  # how the verify compared with the shape's prediction
             predicted = self._scale(b) * self.cost_shape(len(hists) + sum(proposed))
-            self.verify_slower += _EXTRA_EMA * ((t_forward - t1) / predicted - self.verify_slower)
+            ratio = min(max((t_forward - t1) / predicted, 0.5), 3.0)  # one stalled verify must not decide
+            self.verify_slower += _EXTRA_EMA * (ratio - self.verify_slower)
         for i, n, a in zip(b.live, proposed, acc):
             b.out[i].spec_rounds += 1
             b.out[i].spec_proposed += n
