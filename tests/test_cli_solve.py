@@ -60,7 +60,8 @@ def test_eval_speculates_with_a_draft_model_losslessly(tmp_path, draft_folder) -
     out = tmp_path / "runs.jsonl"
     proc = run_latts("eval", "--task", "arith", "--limit", "2", "--branches", "1", "--gamma", "0,3",
                      "--max-think", "32", "--temperature", "0", "--dtype", "float32",
-                     "--drafter", f"model:{draft_folder}", "--out", str(out), timeout=600)
+                     "--drafter", f"model:{draft_folder}", "--gamma-policy", "fixed", "--out", str(out),
+                     timeout=600)
     assert proc.returncode == 0, proc.stderr
     records = {(r["problem_id"], r["config"]["gamma"]): r for r in map(json.loads, out.read_text().splitlines())}
     assert len(records) == 4 and {g for _, g in records} == {0, 3}

@@ -59,6 +59,15 @@ class SamplingParams:
 
 
 DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16")
+GAMMA_POLICIES = ("cost", "fixed")
+
+
+def check_gamma_policy(name: str) -> str:
+    """``name`` if it is a γ policy (``cost``: a row verifies only the drafts that pay on this machine;
+    ``fixed``: every draft offered), else a one-line error."""
+    if name not in GAMMA_POLICIES:
+        raise LattsError(f"unknown gamma policy '{name}': use {' or '.join(GAMMA_POLICIES)}")
+    return name
 
 
 def check_dtype(name: str) -> str:
@@ -159,10 +168,12 @@ class Plan:
     early_stop: bool = True
     weighted: bool = False  # weight each vote by exp(mean token log-probability) of its branch
     prune: float = 0.0  # prune branches under this quantile of the group's confidence (Pruning.below); 0: never
+    gamma_policy: str = "cost"  # cost: only drafts that pay are verified (latts.engine.spec_policy); fixed: all
 
     def __post_init__(self) -> None:
         if self.branches < 1:
             raise LattsError(f"branches must be >= 1, got {self.branches}")
+        check_gamma_policy(self.gamma_policy)
         BudgetForcing(self.min_think, self.max_think, answer_tokens=self.answer_tokens)  # validates
         SamplingParams(self.temperature, self.top_p, seed=self.seed)
         if self.prune:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from latts.config import MAX_GAMMA, BudgetForcing, Pruning, SamplingParams, check_generation_args
+from latts.config import MAX_GAMMA, BudgetForcing, Pruning, SamplingParams, check_gamma_policy, check_generation_args
 from latts.errors import LattsError
 from latts.types import Branch
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # annotation only: the engine depends on this module, not the
     from latts.engine.drafters import Drafter
 
 GREEDY = SamplingParams(temperature=0.0)
-GAMMA_POLICIES = ("cost", "fixed")
 
 # ``generate``'s callback: sees the branches after every step (live views, early stopping); returning
 # True ends the request (unfinished branches become ``cancelled``). Keep it cheap.
@@ -89,8 +88,7 @@ class GenerateRequest:
         check_generation_args(self.branches, self.max_new_tokens)
         if not 0 <= self.gamma <= MAX_GAMMA:
             raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {self.gamma}")
-        if self.gamma_policy not in GAMMA_POLICIES:
-            raise LattsError(f"unknown gamma policy '{self.gamma_policy}': use {' or '.join(GAMMA_POLICIES)}")
+        check_gamma_policy(self.gamma_policy)
         if not (self.prompt.strip() if isinstance(self.prompt, str) else self.prompt):
             raise LattsError("empty prompt")
         if self.checkpoints:

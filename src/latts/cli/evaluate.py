@@ -36,6 +36,8 @@ def evaluate_cmd(
     min_think: Annotated[int, typer.Option("--min-think")] = 0,
     temperature: TemperatureOpt = 0.7,
     drafter: DrafterOpt = "ngram",
+    gamma_policy: Annotated[str, typer.Option("--gamma-policy", help="cost: a row verifies only the drafts that "
+                                              "pay on this machine; fixed: every draft (γ as given)")] = "cost",
     surface: SurfaceOpt = False,
     concurrency: Annotated[int, typer.Option("--concurrency", help="problems run at once (openai backend)")] = 1,
     backend: Backend = None,
@@ -58,6 +60,7 @@ def evaluate_cmd(
         _print_surface(task, out_path, run_surface(task, out_path, bs, ls, numbers(seeds, "--seeds"), **common))
         return
     records = run_grid(task, out_path, bs, gs, ls, numbers(seeds, "--seeds"), deadlines, drafter=drafter,
+                       gamma_policy=gamma_policy,
                        min_think=min_think, concurrency=concurrency, backend=backend.kind, remote=backend.remote,
                        **common)
     _print_grid(task, out_path, records)

@@ -58,10 +58,12 @@ def grid(
     drafter: str = "ngram",
     min_think: int = 0,
     temperature: float = 0.7,
+    gamma_policy: str = "cost",
 ) -> list[Config]:
     """Every combination of the given values, in a stable order (each plan validated as it is made)."""
     return [
-        Config(Plan(branches=b, gamma=g, drafter=drafter, min_think=min_think, max_think=L, temperature=temperature), d)
+        Config(Plan(branches=b, gamma=g, drafter=drafter, min_think=min_think, max_think=L, temperature=temperature,
+                    gamma_policy=gamma_policy), d)
         for b, g, L, d in itertools.product(branches, gammas, max_thinks, deadlines)
     ]
 

@@ -35,7 +35,7 @@ def run_grid(task: str, out: PathLike, branches: Sequence[int] = (1, 4), gammas:
              temperature: float = 0.7, limit: int | None = None, data: PathLike | None = None,
              concurrency: int = 1, model: str = DEFAULT_MODEL, dtype: str = "auto", backend: str = "embedded",
              remote: RemoteOptions | None = None, reporter: Reporter | None = None,
-             engine: str = "auto") -> list[dict[str, Any]]:
+             engine: str = "auto", gamma_policy: str = "cost") -> list[dict[str, Any]]:
     """Run every (B, γ, L, deadline) × seed on the first ``limit`` problems of ``task`` that ``out`` does not
     hold yet; all the grid's records (resumed ones included).
 
@@ -50,7 +50,8 @@ def run_grid(task: str, out: PathLike, branches: Sequence[int] = (1, 4), gammas:
     if drafter.startswith("model:") and backend != "embedded":
         raise LattsError("--drafter model:PATH drafts in the embedded engine; a server drafts for itself")
     # each plan is validated as it is made (B, L, temperature), before the model loads
-    configs = grid(branches, gammas, thinks, deadlines, drafter=drafter, min_think=min_think, temperature=temperature)
+    configs = grid(branches, gammas, thinks, deadlines, drafter=drafter, min_think=min_think, temperature=temperature,
+                   gamma_policy=gamma_policy)
     check_concurrency(concurrency, backend != "embedded")
     problems = the_task.load(limit=limit, data=Path(data) if data else None)
     opened = open_backend(backend, model, dtype, remote, engine=engine)

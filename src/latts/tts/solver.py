@@ -100,7 +100,8 @@ class Solver:
         request = GenerateRequest(self.task.prompt(problem), branches=plan.branches, sampling=sampling,
                                   deadline=deadline, gamma=plan.gamma, drafter=self._drafter_for(plan),
                                   budget=budget, logprobs=plan.weighted,
-                                  pruning=Pruning(plan.prune) if plan.prune else None)
+                                  pruning=Pruning(plan.prune) if plan.prune else None,
+                                  gamma_policy=plan.gamma_policy)
         gen = self.backend.generate(request, on_step=watch)
         # a pruned branch stopped mid-thought for low confidence: it abstains
         branch_answers = [self.task.extract(b.text) if b.finish_reason != "pruned" else None for b in gen.branches]
