@@ -9,16 +9,14 @@ high-level API turns it off by default, so the reference asks for it: see engine
 
 from __future__ import annotations
 
-from collections import Counter
 
 import pytest
 import torch
-from scipy.stats import chi2_contingency
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
 import gguf_models  # noqa: E402
-from distributions import homogeneity_table  # noqa: E402
+from distributions import assert_speculation_samples_like_plain  # noqa: E402
 from latts.config import BudgetForcing, SamplingParams  # noqa: E402
 from latts.engine.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer  # noqa: E402
 from latts.engine.engine import Engine  # noqa: E402
@@ -135,24 +133,7 @@ def test_sampled_speculation_matches_plain_distribution(engines) -> None:
     """First two sampled tokens with a draft model (γ=3) vs without: the same joint distribution."""
     engine = engines("olmo", "Q8_0")
     draft = DraftModelDrafter(engines("olmo", "Q4_K_M").loaded, engine.model.shape.vocab)
-    ids = engine.encode("Name a colour.")
-    params = dict(temperature=1.0, top_k=4)
-
-    def pairs(gamma: int, drafter) -> Counter:
-        c: Counter = Counter()
-        for seed in range(8):
-            got = engine.generate(GenerateRequest(ids, branches=256, max_new_tokens=2, ignore_eos=True,
-                                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma, gamma_policy="fixed",
-                                                  drafter=drafter))
-            c.update(tuple(b.token_ids[:2]) for b in got.branches)
-        return c
-
-    plain, spec = pairs(0, None), pairs(3, draft)
-    keys, table = homogeneity_table(plain, spec, 20)
-    assert len(keys) >= 3
-    assert chi2_contingency(table).pvalue > 0.001
-    tv = 0.5 * sum(abs(plain[k] - spec[k]) for k in set(plain) | set(spec)) / 2048
-    assert tv < 0.08
+    assert_speculation_samples_like_plain(engine, engine.encode("Name a colour."), draft, branches=256, seeds=8)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from latts.engine.sampler import SparseDraftProbs, greedy_accept, rejection_samp
 from latts.errors import LattsError
 from latts.request import GenerateRequest
 
-from distributions import homogeneity_table
+from distributions import assert_speculation_samples_like_plain, homogeneity_table
 
 PROMPT = "Explain step by step how to compute 17 * 23."
 
@@ -164,25 +164,8 @@ def test_target_distribution_is_computed_only_where_needed() -> None:
 @pytest.mark.parametrize("kind", ["ngram", "group", "model"])
 def test_sampled_speculation_matches_plain_distribution(engine, draft_folder, kind) -> None:
     """First two sampled tokens with γ=3 vs without: same joint distribution (chi-square, p > 0.001)."""
-    params = dict(temperature=1.0, top_k=4)
-    ids = engine.encode("Name a colour.")
-
-    def pairs(gamma: int, drafter) -> Counter:
-        c: Counter = Counter()
-        for seed in range(4):
-            got = engine.generate(GenerateRequest(ids, branches=512, max_new_tokens=2, ignore_eos=True,
-                                                  sampling=SamplingParams(**params, seed=seed), gamma=gamma, gamma_policy="fixed",
-                                                  drafter=drafter))
-            c.update(tuple(b.token_ids[:2]) for b in got.branches)
-        return c
-
-    plain = pairs(0, None)
-    spec = pairs(3, drafters(engine, draft_folder)[kind])
-    keys, table = homogeneity_table(plain, spec, 20)
-    assert len(keys) >= 3
-    assert chi2_contingency(table).pvalue > 0.001
-    tv = 0.5 * sum(abs(plain[k] - spec[k]) for k in set(plain) | set(spec)) / 2048
-    assert tv < 0.08
+    assert_speculation_samples_like_plain(engine, engine.encode("Name a colour."), drafters(engine, draft_folder)[kind],
+                                          branches=512, seeds=4)
 
 
 def test_draft_with_another_tokenizer_is_refused(engine, tmp_path) -> None:
