@@ -159,11 +159,12 @@ def refuse_unrunnable(backend: Backend | str, model: str, engine: str, dtype: st
     command that loads a model does after its own cheap checks, so that the refusal takes well under a second.
     A server (``--backend openai``) runs its own model, so nothing is checked for it here."""
     from latts.config import check_dtype
-    from latts.engine.choice import choose_for
+    from latts.engine.choice import check_engine, choose_for
 
     if (backend if isinstance(backend, str) else backend.kind) != "embedded":
         return
     check_dtype(dtype)
+    check_engine(engine)
     choose_for(model, engine)
 
 

@@ -160,12 +160,11 @@ def demo(
 
 
 def _check_generate_args(prompt: str, branches: int, max_tokens: int, deadline: float | None, gamma: int,
-                         drafter: str, engine: str = "auto", model: str | None = None, dtype: str = "auto") -> None:
+                         drafter: str, engine: str, model: str, dtype: str) -> None:
     """What ``generate`` checks before the model loads, in this order (the first problem is the one named);
     ``model`` on ``engine`` is checked before the drafter, whose check imports torch, so that refusing a model
     takes well under a second."""
-    from latts.config import MAX_GAMMA, check_deadline, check_dtype, check_generation_args
-    from latts.engine.choice import check_engine, choose_for
+    from latts.config import MAX_GAMMA, check_deadline, check_generation_args
 
     check_generation_args(branches, max_tokens)
     if not prompt.strip():
@@ -173,10 +172,7 @@ def _check_generate_args(prompt: str, branches: int, max_tokens: int, deadline: 
     check_deadline(deadline)
     if not 0 <= gamma <= MAX_GAMMA:
         raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
-    check_dtype(dtype)
-    check_engine(engine)
-    if model is not None:
-        choose_for(model, engine)
+    refuse_unrunnable("embedded", model, engine, dtype)
     from latts.engine.drafters import check_drafter_spec
 
     check_drafter_spec(drafter)
