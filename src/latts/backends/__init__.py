@@ -49,7 +49,7 @@ def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptio
 
     ``engine`` (embedded only): which engine runs the model, ``auto``, ``torch``, ``llamacpp`` or ``hf`` (see
     :mod:`latts.engine.choice`)."""
-    from latts.engine.choice import check_engine
+    from latts.engine.choice import check_engine, choose_for
 
     if kind not in BACKENDS:
         raise LattsError(f"unknown backend '{kind}': use {' or '.join(BACKENDS)}")
@@ -68,13 +68,11 @@ def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptio
                                 timeout_s=r.timeout_s)
         backend.warmup()
         return Opened(model, backend)
-    from latts.engine.choice import choose_for
-
     choose_for(model, engine)  # refuses, before torch is imported, a model the engine cannot run
     from latts.engine.engine import Engine
     from latts.engine.loading import load
 
     loaded = load(model, dtype, engine=engine)
-    engine = Engine(loaded)
-    engine.warmup()
-    return Opened(loaded.name, engine, loaded)
+    embedded = Engine(loaded)
+    embedded.warmup()
+    return Opened(loaded.name, embedded, loaded)
