@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from latts.engine.choice import INSTALL_LLAMACPP
 from latts.engine.llamacpp_tokenizer import GGUFTokenizer
 from latts.engine.transformer import ModelShape
 from latts.errors import LattsError
@@ -57,7 +58,7 @@ def import_llama_cpp():
     try:
         import llama_cpp
     except ImportError:
-        raise LattsError("the llama.cpp engine needs llama-cpp-python: pip install 'latts[llamacpp]' "
+        raise LattsError(f"the llama.cpp engine needs llama-cpp-python: {INSTALL_LLAMACPP} "
                          "(or `make llamacpp` in a latts checkout)") from None
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback prints below ERROR
     return llama_cpp
