@@ -241,3 +241,42 @@ def test_greedy_speculation_on_the_native_step_is_token_identical(fast_model, ra
     assert spec.spec.proposed > 0 and spec.spec.accepted > 0
     if not ragged:  # (with ragged proposals row 0 never drafts, so it still takes one step a token)
         assert spec.steps < plain.steps
+
+
+def test_bf16_pair_attention_follows_the_float32_kernels(fast_model) -> None:
+    """Attending to a bf16 prompt in bf16 dot products changes the distributions by less than rounding.
+
+    The pair kernels round the queries and softmax weights to bf16 (the keys and values already are);
+    a wrong layout or a lost padding key would move whole distributions. Teacher-forced on real text
+    behind a prompt of an odd length (partial key blocks and value pairs), two rows of different
+    tokens and one verify-like step of three tokens each, against the float32 attention kernels:
+    mean KL below half of the whole fast path's bound against HF fp32 (benchmarks/numerics.py: 0.01).
+    """
+    m = fast_model.model
+    native = m.native
+    if not ext.Model.pair_attention:
+        pytest.skip("this CPU has no AVX512-BF16: the step attends in float32 only")
+    assert native.pair_attention and m.dtype == torch.bfloat16
+    text = fast_model.tokenizer.encode(
+        "Problem: Find the sum of all positive divisors of 36 that are also multiples of 3.\n"
+        "Solution: The divisors of 36 are 1, 2, 3, 4, 6, 9, 12, 18 and 36. Those divisible by 3 are 3, 6, 9, "
+        "12, 18 and 36, and their sum is 3 + 6 + 9 + 12 + 18 + 36 = 84, so the answer is 84.")
+    P = 37  # odd: a partial block of sixteen keys and a half-empty last pair of values
+    prompt, rest = torch.tensor([text[:P]]), torch.tensor(text[P:P + 14])
+    s = m.shape
+    got = {}
+    for on in (True, False):
+        native.pair_attention = on
+        try:
+            cache = KVCache(s.n_layers, 2, s.n_kv_heads, P, 16, s.head_dim, m.dtype)
+            m.prefill(prompt, cache)
+            steps = [m.decode(torch.stack([rest[i : i + 1], rest[i + 1 : i + 2]]), torch.tensor([P + i, P + i]), cache)
+                     for i in range(10)]
+            steps.append(m.decode(torch.stack([rest[10:13], rest[11:14]]), torch.tensor([P + 10, P + 10]), cache))
+            got[on] = torch.cat([x.reshape(-1, x.shape[-1]) for x in steps]).float().log_softmax(-1)
+        finally:
+            native.pair_attention = True
+    kl = (got[False].exp() * (got[False] - got[True])).sum(-1)
+    print(f"mean KL {kl.mean().item():.2e}, max {kl.max().item():.2e}")
+    assert kl.mean().item() < 0.005, kl
+    assert (got[False].argmax(-1) == got[True].argmax(-1)).float().mean().item() >= 0.9

@@ -50,6 +50,8 @@ class KVCache:
         # the prompt's keys in transposed blocks of eight (see engine/native.py), made by the native
         # decode step on first use; a new prefix invalidates it
         self.prompt_keys_t: torch.Tensor | None = None
+        # the prompt's keys and values paired for bf16 dot products (see engine/native.py), likewise
+        self.prompt_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def reserve(self, n_slots: int) -> None:
         """Make suffix slots below ``n_slots`` finite before a forward reads them.
@@ -68,6 +70,7 @@ class KVCache:
         self.prefix_k[layer] = k
         self.prefix_v[layer] = v
         self.prompt_keys_t = None
+        self.prompt_pairs = None
 
     def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared prompt keys and values ``[1, G, prompt_len, hd]``."""

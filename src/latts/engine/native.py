@@ -67,6 +67,9 @@ class NativeStep:
         dims = [s.n_layers, s.n_heads, s.n_kv_heads, s.head_dim, s.hidden, intermediate, s.vocab]
         scales = [float(layer.scale) for layer in model.layers]
         self._model = ext.Model(tensors, kinds, dims, [float(s.rms_eps), *scales])
+        # attend to a bf16 prompt in bf16 dot products where the build has them (AVX512-BF16); tests
+        # switch it off to compare with the float32 kernels
+        self.pair_attention: bool = bool(ext.Model.pair_attention)
         self._inv_freq = model.inv_freq
         self._rope_scaling = model.rope_scaling
         self._cos = torch.empty(0, s.head_dim)
@@ -108,8 +111,10 @@ class NativeStep:
         start = start.to(torch.long).contiguous()
         lengths = (torch.full((B,), k) if lengths is None else lengths.to(torch.long)).contiguous()
         cos, sin = self._rope(int((start + lengths).max()))
+        pairs = (_prompt_pairs(cache) if self.pair_attention and cache.prefix_k.dtype == torch.bfloat16
+                 else (_NONE, _NONE))
         logits = self._model.step(tokens.to(torch.long).contiguous(), start, lengths, _prompt_keys_transposed(cache),
-                                  cache.prefix_v, cache.k, cache.v, cos, sin)
+                                  cache.prefix_v, cache.k, cache.v, cos, sin, *pairs)
         if logits.shape[0] == B * k:
             return logits.view(B, k, -1)
         out = logits.new_zeros(B * k, logits.shape[1])
@@ -132,6 +137,25 @@ def _prompt_keys_transposed(cache) -> torch.Tensor:
             k = torch.nn.functional.pad(k, (0, 0, 0, pad))
         cache.prompt_keys_t = k.view(L, 1, G, (P + pad) // 8, 8, hd).transpose(-1, -2).contiguous()
     return cache.prompt_keys_t
+
+
+def _prompt_pairs(cache) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cache's prompt keys ``[L, 1, G, ceil(P / 16), hd / 2, 16, 2]`` and values ``[L, 1, G, ceil(P / 2), hd, 2]``
+    paired for bf16 dot products, made once per cache.
+
+    A bf16 dot product multiplies adjacent pairs and sums each pair into one float32 lane. For the
+    scores the pairs run along the features (sixteen keys' features c and c + 1 make one vector),
+    for the weighted values along the keys (two keys' feature c side by side). Padding is zeros.
+    """
+    if cache.prompt_pairs is None:
+        k, v = cache.prefix_k, cache.prefix_v  # [L, 1, G, P, hd]
+        L, _, G, P, hd = k.shape
+        k = torch.nn.functional.pad(k, (0, 0, 0, -P % 16))
+        kp = k.reshape(L, 1, G, -1, 16, hd // 2, 2).transpose(4, 5).contiguous()
+        v = torch.nn.functional.pad(v, (0, 0, 0, P % 2))
+        vp = v.reshape(L, 1, G, -1, 2, hd).transpose(4, 5).contiguous()
+        cache.prompt_pairs = (kp, vp)
+    return cache.prompt_pairs
 
 
 def build(model: "Transformer") -> NativeStep | None:  # noqa: F821

@@ -231,4 +231,143 @@ void attend_queries(const QueryKeys<KV>* qs, int n, const KV* kt, const KV* pv, 
   }
 }
 
+
+#if defined(__AVX512BF16__)
+// The shared prompt's part of attention in bf16 dot products (AVX512-BF16: one instruction multiplies
+// 32 bf16 pairs and accumulates them in 16 float32 lanes), where the KV cache is bf16: twice the fp32
+// FMA rate, and no widening of the keys and values on the way. The queries and the softmax's weights
+// are rounded to bf16 (round to nearest even, as the cache itself was) and every sum is float32.
+// Layouts (made once per prompt, engine/native.py): keys kp [ceil(P / 16), hd / 2, 16, 2] (a block's
+// sixteen keys' features c and c + 1 in one vector), values vp [ceil(P / 2), hd, 2] (two keys'
+// feature c side by side); padding keys and values are zeros.
+constexpr bool kPairAttention = true;
+constexpr int64_t kPairKeys = 16;  // keys per block of kp
+
+inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
+
+// n floats to bf16 (round to nearest even); n even, the pairs read as uint32 by the kernels below.
+inline void to_bf16(const float* src, int64_t n, uint16_t* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), reinterpret_cast<const __m256i&>(b));
+  }
+  store_kv(dst + i, src + i, n - i);
+}
+
+// KB blocks of sixteen keys (from jb on) against NQ queries (bf16 pairs); scores scaled into sc.
+template <int NQ, int KB>
+inline void pair_score_blocks(const uint32_t* const* q, const uint16_t* kp, int64_t jb, int64_t P, int64_t hd,
+                              __m512 sv, float* sc, int64_t ld) {
+  __m512 acc[KB][NQ];
+  for (int k = 0; k < KB; ++k)
+    for (int i = 0; i < NQ; ++i) acc[k][i] = _mm512_setzero_ps();
+  const int64_t h2 = hd / 2;
+  const uint16_t* base = kp + jb * hd * kPairKeys;
+  for (int64_t c = 0; c < h2; ++c) {
+    __m512bh qc[NQ];
+    for (int i = 0; i < NQ; ++i) qc[i] = as_bh(_mm512_set1_epi32(static_cast<int>(q[i][c])));
+    for (int k = 0; k < KB; ++k) {
+      const __m512bh kv = as_bh(_mm512_loadu_si512(base + (k * h2 + c) * 2 * kPairKeys));
+      for (int i = 0; i < NQ; ++i) acc[k][i] = _mm512_dpbf16_ps(acc[k][i], qc[i], kv);
+    }
+  }
+  for (int k = 0; k < KB; ++k) {
+    const int64_t j = (jb + k) * kPairKeys;
+    const __mmask16 keep = j + kPairKeys <= P ? 0xFFFF : static_cast<__mmask16>((1u << (P - j)) - 1);
+    for (int i = 0; i < NQ; ++i) _mm512_mask_storeu_ps(sc + i * ld + j, keep, _mm512_mul_ps(acc[k][i], sv));
+  }
+}
+
+template <int NQ>
+void pair_prefix_scores(const uint32_t* const* q, const uint16_t* kp, int64_t P, int64_t hd, float scale, float* sc,
+                        int64_t ld) {
+  constexpr int KB = NQ >= 4 ? 2 : (NQ >= 2 ? 4 : 8);  // key blocks per pass: >= 8 accumulation chains
+  const __m512 sv = _mm512_set1_ps(scale);
+  const int64_t blocks = (P + kPairKeys - 1) / kPairKeys;
+  int64_t jb = 0;
+  for (; jb + KB <= blocks; jb += KB) pair_score_blocks<NQ, KB>(q, kp, jb, P, hd, sv, sc, ld);
+  for (; jb < blocks; ++jb) pair_score_blocks<NQ, 1>(q, kp, jb, P, hd, sv, sc, ld);
+}
+
+// out[i][c0, c0 + 16W) = sum_j p[i][j] V_j over the prompt's P2 pairs of values, for NQ queries.
+template <int NQ, int W>
+inline void pair_mix_features(const uint32_t* const* p, const uint16_t* vp, int64_t P2, int64_t hd, int64_t c0,
+                              float* const* out) {
+  __m512 acc[NQ][W];
+  for (int i = 0; i < NQ; ++i)
+    for (int u = 0; u < W; ++u) acc[i][u] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < P2; ++j) {
+    __m512bh vv[W];
+    for (int u = 0; u < W; ++u) vv[u] = as_bh(_mm512_loadu_si512(vp + (j * hd + c0 + 16 * u) * 2));
+    for (int i = 0; i < NQ; ++i) {
+      const __m512bh pij = as_bh(_mm512_set1_epi32(static_cast<int>(p[i][j])));
+      for (int u = 0; u < W; ++u) acc[i][u] = _mm512_dpbf16_ps(acc[i][u], pij, vv[u]);
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int u = 0; u < W; ++u) _mm512_storeu_ps(out[i] + c0 + 16 * u, acc[i][u]);
+}
+
+template <int NQ>
+void pair_prefix_mix(const uint32_t* const* p, const uint16_t* vp, int64_t P, int64_t hd, float* const* out) {
+  constexpr int W = NQ > 6 ? 2 : 4;  // vectors of 16 features per pass: the accumulators fit in registers
+  const int64_t P2 = (P + 1) / 2;
+  int64_t c0 = 0;
+  for (; c0 + 16 * W <= hd; c0 += 16 * W) pair_mix_features<NQ, W>(p, vp, P2, hd, c0, out);
+  for (; c0 < hd; c0 += 16) pair_mix_features<NQ, 1>(p, vp, P2, hd, c0, out);
+}
+
+// As attend_block, with the prompt's part in bf16 dot products (its own slots stay float32).
+// scratch: NQ x (ld + hd) bf16 values for the rounded queries and weights.
+template <int NQ>
+void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const uint16_t* vp, int64_t P, int64_t hd,
+                       float scale, float* sc, int64_t ld, uint16_t* scratch) {
+  const uint32_t* q[NQ];
+  const uint32_t* p[NQ];
+  float* out[NQ];
+  for (int i = 0; i < NQ; ++i) {
+    uint16_t* qb = scratch + i * (ld + hd);
+    to_bf16(qs[i].q, hd, qb);
+    q[i] = reinterpret_cast<const uint32_t*>(qb);
+    p[i] = reinterpret_cast<const uint32_t*>(qb + hd);
+    out[i] = qs[i].out;
+  }
+  pair_prefix_scores<NQ>(q, kp, P, hd, scale, sc, ld);
+  float inv[NQ];
+  for (int i = 0; i < NQ; ++i) {
+    scores_of(qs[i].q, qs[i].own_k, qs[i].n_own, hd, scale, sc + i * ld + P);
+    inv[i] = 1.0f / exp_in_place(sc + i * ld, P + qs[i].n_own);
+    uint16_t* pb = scratch + i * (ld + hd) + hd;
+    to_bf16(sc + i * ld, P & ~int64_t{1}, pb);
+    if (P & 1) {  // the last pair: the last weight and a zero one (its value is padding)
+      store_kv(pb + P - 1, sc + i * ld + P - 1, 1);
+      pb[P] = 0;
+    }
+  }
+  pair_prefix_mix<NQ>(p, vp, P, hd, out);
+  for (int i = 0; i < NQ; ++i) {
+    mix_values(sc + i * ld + P, qs[i].own_v, qs[i].n_own, hd, out[i]);
+    const __m256 iv = _mm256_set1_ps(inv[i]);
+    for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(out[i] + c, _mm256_mul_ps(_mm256_loadu_ps(out[i] + c), iv));
+  }
+}
+
+inline void pair_attend_queries(const QueryKeys<uint16_t>* qs, int n, const uint16_t* kp, const uint16_t* vp,
+                                int64_t P, int64_t hd, float scale, float* sc, int64_t ld, uint16_t* scratch) {
+  switch (n) {
+    case 1: pair_attend_block<1>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
+    case 2: pair_attend_block<2>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
+    case 3: pair_attend_block<3>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
+    case 4: pair_attend_block<4>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
+    case 5: pair_attend_block<5>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
+    case 6: pair_attend_block<6>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
+    case 7: pair_attend_block<7>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
+    default: pair_attend_block<8>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
+  }
+}
+#else
+constexpr bool kPairAttention = false;
+#endif
+
 }  // namespace latts

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "attention.h"
@@ -166,7 +167,8 @@ class Model {
   // logits [T, V] for the real tokens (row-major over rows, then tokens) of a step.
   torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& start, const torch::Tensor& lengths,
                      const torch::Tensor& prefix_kt, const torch::Tensor& prefix_v, const torch::Tensor& own_k,
-                     const torch::Tensor& own_v, const torch::Tensor& cos, const torch::Tensor& sin) {
+                     const torch::Tensor& own_v, const torch::Tensor& cos, const torch::Tensor& sin,
+                     const torch::Tensor& prefix_kp, const torch::Tensor& prefix_vp) {
     TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong && tokens.is_contiguous(), "tokens: [B, k] int64");
     const int64_t B = tokens.size(0), kmax = tokens.size(1);
     TORCH_CHECK(start.numel() == B && lengths.numel() == B && start.scalar_type() == torch::kLong &&
@@ -179,6 +181,14 @@ class Model {
     TORCH_CHECK(cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 && cos.is_contiguous() &&
                 sin.is_contiguous() && cos.size(1) == hd_, "rope tables: [positions, hd] float32");
     const int64_t P = prefix_v.size(3), S = own_k.size(3);
+    const bool pairs = prefix_kp.numel() > 0;
+    TORCH_CHECK(!pairs || (kPairAttention && prefix_v.scalar_type() == torch::kBFloat16 && prefix_kp.dim() == 7 &&
+                           prefix_kp.is_contiguous() && prefix_vp.is_contiguous() &&
+                           prefix_kp.sizes() == torch::IntArrayRef({L_, 1, G_, (P + 15) / 16, hd_ / 2, 16, 2}) &&
+                           prefix_vp.sizes() == torch::IntArrayRef({L_, 1, G_, (P + 1) / 2, hd_, 2}) &&
+                           prefix_kp.scalar_type() == torch::kBFloat16 && prefix_vp.scalar_type() == torch::kBFloat16),
+                "paired prompt keys [L, 1, G, ceil(P / 16), hd / 2, 16, 2] and values [L, 1, G, ceil(P / 2), hd, 2], "
+                "bfloat16, on a build with AVX512-BF16");
     // the real tokens, flattened
     std::vector<int64_t> tok, row, pos;
     const int64_t* tp = tokens.data_ptr<int64_t>();
@@ -199,7 +209,7 @@ class Model {
     if (T == 0) return logits;
     Work w(T, *this, P + S);
     for (int64_t t = 0; t < T; ++t) embed_row(tok[t], w.x.data() + t * D_);
-    const Cache c{prefix_kt, prefix_v, own_k, own_v, P};
+    const Cache c{prefix_kt, prefix_v, own_k, own_v, prefix_kp, prefix_vp, P, pairs};
     const float* cosp = cos.data_ptr<float>();
     const float* sinp = sin.data_ptr<float>();
     float* lp_out = logits.data_ptr<float>();
@@ -227,18 +237,22 @@ class Model {
     std::vector<float> x, h, qkv, attn, gu;
     QAct act;
     std::vector<std::vector<float>> scores;  // per thread: kMaxQueries rows of score_ld
+    std::vector<std::vector<uint16_t>> rounded;  // per thread: kMaxQueries bf16 queries and weights (pair attention)
     int64_t score_ld;
     Work(int64_t t, const Model& m, int64_t max_keys)
         : T(t), x(t * m.D_), h(t * std::max(m.D_, m.F_)), qkv(t * (m.H_ + 2 * m.G_) * m.hd_), attn(t * m.H_ * m.hd_),
           gu(t * 2 * m.F_), score_ld((max_keys + 15) / 8 * 8) {
       act.reserve(t, std::max({m.D_, m.F_, m.H_ * m.hd_}));
       scores.resize(std::max(1, at::get_num_threads()), std::vector<float>(kMaxQueries * score_ld));
+      rounded.resize(scores.size(), std::vector<uint16_t>(kMaxQueries * (score_ld + m.hd_)));
     }
   };
 
   struct Cache {
     const torch::Tensor &kt, &pv, &ok, &ov;  // kt: the prompt's keys in transposed blocks, [L, 1, G, P/8, hd, 8]
+    const torch::Tensor &kp, &vp;  // the prompt's keys and values paired for bf16 dot products (or empty)
     int64_t P;
+    bool pairs;  // attend to the prompt through kp and vp
   };
 
   Proj proj(size_t& i, int64_t kind, int64_t N, int64_t K) {
@@ -399,6 +413,18 @@ class Model {
         qs[qi - q0] = {w.qkv.data() + t * nqkv + h * hd_, ok + o_off, ov + o_off, pos[t] - c.P + 1,
                        w.attn.data() + t * H_ * hd_ + h * hd_};
       }
+#if defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<KV, uint16_t>) {
+        if (c.pairs) {
+          const uint16_t* kp = reinterpret_cast<const uint16_t*>(c.kp.data_ptr());
+          const uint16_t* vp = reinterpret_cast<const uint16_t*>(c.vp.data_ptr());
+          pair_attend_queries(qs, static_cast<int>(q1 - q0), kp + l * c.kp.stride(0) + g * c.kp.stride(2),
+                              vp + l * c.vp.stride(0) + g * c.vp.stride(2), c.P, hd_, ly.scale, sc, ld,
+                              w.rounded[tid].data());
+          continue;
+        }
+      }
+#endif
       attend_queries<KV>(qs, static_cast<int>(q1 - q0), kt + l * c.kt.stride(0) + g * c.kt.stride(2),
                          pv + l * c.pv.stride(0) + g * c.pv.stride(2), c.P, hd_, ly.scale, sc, ld);
     }
@@ -446,6 +472,8 @@ void register_step(pybind11::module& module) {
       .def(pybind11::init<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>>())
       .def("step", &Model::step, "logits [T, V] of the real tokens of one decode/verify step",
            pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def_property_readonly_static("pair_attention", [](pybind11::object) { return kPairAttention; },
+                                    "whether this build attends to a bf16 prompt in bf16 dot products (AVX512-BF16)")
       .def("time_phases", [](Model& m, bool on) { m.time_phases(on); },
            "stamp every phase of later steps (off by default: it costs a clock read per phase)")
       .def("phase_seconds", &Model::phase_seconds, "seconds per phase since the last call (PHASES order)");
