@@ -70,7 +70,8 @@ def main() -> int:
         for b, gamma, tokens, ctx in RUNS:
             gens[(b, gamma, tokens, ctx)].append(engine.generate(GenerateRequest(
                 prompts[ctx], branches=b, max_new_tokens=tokens, sampling=SamplingParams(temperature=0.0),
-                ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None)))
+                ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None,
+                gamma_policy="fixed")))  # the γ the prediction is for: the cost policy may decline drafts
     run_errs = []
     for (b, gamma, tokens, ctx), runs in gens.items():
         measured = statistics.median(g.latency_s for g in runs)
