@@ -1,6 +1,6 @@
 """The whole latency-optimal pipeline on the default model and ``arith``: the paper's Table 1 for this machine.
 
-profile -> accuracy surface (one wide run per problem) -> α per γ -> optimizer -> validation runs ->
+profile -> accuracy surface (one wide run per problem) -> α per drafter and γ -> optimizer -> validation runs ->
 report. For every thinking length L in --table-thinks the optimizer picks, with L fixed, the most
 accurate (B*, γ*) predicted to be no slower than the baseline (B=1, γ=0, L); Branch-wise is the most
 accurate γ=0 plan predicted within --branch-budget x the baseline's latency (what branches buy, and
@@ -28,7 +28,7 @@ from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.eval.harness import Config, accuracy_difference, evaluate, summarize
 from latts.engine.loading import DEFAULT_MODEL, load
-from latts.planning import Planner, measure_alpha, prompt_length, run_as_optimizer
+from latts.planning import WIDE_BRANCHES, Planner, check_plan_drafters, measure_drafters, prompt_length, run_as_optimizer
 from latts.latency.profiler import profile
 from latts.eval.report import write_report
 from latts.tts.solver import Solver
@@ -38,9 +38,16 @@ from latts.tasks import get_task
 BUDGET_S = 3600
 
 
-def _config(branches: int, gamma: int, think: int, temperature: float) -> Config:
-    """The evaluated configuration of (B, γ, L) with the n-gram drafter and no deadline."""
-    return Config(Plan(branches=branches, gamma=gamma, max_think=think, temperature=temperature))
+def _config(branches: int, gamma: int, think: int, temperature: float, drafter: str = "ngram") -> Config:
+    """The evaluated configuration of (B, γ, L) drafting with ``drafter``, no deadline."""
+    return Config(Plan(branches=branches, gamma=gamma, drafter=drafter, max_think=think, temperature=temperature))
+
+
+def _shape(config: dict | Plan) -> tuple[int, int, str, int]:
+    """(B, γ, drafter or '-' without speculation, L) of a record's config or a plan: a row of the tables."""
+    if isinstance(config, Plan):
+        return config.branches, config.gamma, config.drafter if config.gamma else "-", config.max_think
+    return config["B"], config["gamma"], config["drafter"] if config["gamma"] else "-", config["max_think"]
 
 
 def main() -> int:
@@ -50,6 +57,7 @@ def main() -> int:
     ap.add_argument("--thinks", default="8,16,32,64", help="checkpoints of the wide run")
     ap.add_argument("--table-thinks", default="16,64", help="thinking lengths of Table 1")
     ap.add_argument("--gammas", default="0,1,2,3,4")
+    ap.add_argument("--drafters", default="ngram,group", help="model-free drafters the optimizer may plan with")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--branch-budget", type=float, default=2.0,
@@ -67,6 +75,8 @@ def main() -> int:
     table_thinks = [int(x) for x in args.table_thinks.split(",")]
     gammas = [int(x) for x in args.gammas.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
+    drafters = [d for d in args.drafters.split(",") if d]
+    check_plan_drafters(drafters)
     branch_counts = [b for b in (1, 2, 4, 8, 16, 32) if b <= args.branches]
 
     task = get_task("arith")
@@ -91,31 +101,35 @@ def main() -> int:
     surface = surface_from_records(wide, task, branch_counts)
     est = {(e.branches, e.think): e for e in surface}
 
-    stage("acceptance rate per γ")
-    alphas = measure_alpha(solver, problems[:3], gammas, args.temperature)
-    wide_alphas = measure_alpha(solver, problems[:3], gammas, args.temperature, min_n=NGramDrafter.CONFIDENT_N)
+    stage("acceptance rate per drafter and γ")
+    acceptance = measure_drafters(solver, problems[:3], gammas, args.temperature, drafters)
     small = NGramDrafter.SMALL_BATCH
-    for name, acc in ((f"B <= {small}", alphas), (f"B > {small}", wide_alphas)):
-        print(f"  α, tokens per round, proposal rate ({name}):", {g: tuple(round(x, 3) for x in a) for g, a in acc.items()})
-    planner = Planner(latency, surface, alphas, prompt_length(solver, problems),
-                      thinking=lambda b, L: expected_thinking(wide, b, L), wide_alphas=wide_alphas)
+    for drafter, measured in acceptance.items():
+        for name, acc in ((f"B <= {small}, measured at 1", measured.small),
+                          (f"B > {small}, measured at {WIDE_BRANCHES}", measured.wide or {})):
+            print(f"  {drafter} α, tokens per round, proposal rate ({name}):",
+                  {g: tuple(round(x, 3) for x in a) for g, a in acc.items()})
+    planner = Planner(latency, surface, acceptance, prompt_length(solver, problems),
+                      thinking=lambda b, L: expected_thinking(wide, b, L))
 
     configs, optimal, free = [], {}, {}
     for L in table_thinks:
         base_s = planner.predict_latency(1, 0, L)
         at_l = [c for c in planner.candidates() if c.plan.max_think == L and c.latency_s <= base_s]
         best = max(at_l, key=lambda c: (c.accuracy, -c.latency_s))
-        # the fastest speculative plan at B=1, even when speculation is predicted not to pay: the row shows it
+        # the fastest speculative plan at B=1 (n-gram drafts: one branch has no group), even when speculation
+        # is predicted not to pay: the row shows it
         seq_gamma = min((g for g in gammas if g > 0), key=lambda g: planner.predict_latency(1, g, L), default=0)
         branchy = max((c for c in planner.candidates() if c.plan.max_think == L and c.plan.gamma == 0
                        and c.latency_s <= args.branch_budget * base_s), key=lambda c: (c.accuracy, -c.latency_s))
         print(f"  L={L}: baseline predicted {base_s:.2f} s; optimizer B*={best.plan.branches} γ*={best.plan.gamma} "
+              f"({best.plan.drafter}) "
               f"({best.accuracy:.1%}, {best.latency_s:.2f} s); branch-wise B={branchy.plan.branches} "
               f"({branchy.accuracy:.1%}, {branchy.latency_s:.2f} s); seq-wise γ={seq_gamma}")
-        optimal[L] = _config(best.plan.branches, best.plan.gamma, L, args.temperature)
+        optimal[L] = _config(best.plan.branches, best.plan.gamma, L, args.temperature, best.plan.drafter)
         # Eq. 1 proper: the deadline is the baseline's latency, and the thinking length is free too
         rec = planner.recommend([base_s])[0].best
-        free[L] = _config(rec.plan.branches, rec.plan.gamma, rec.plan.max_think, args.temperature)
+        free[L] = _config(rec.plan.branches, rec.plan.gamma, rec.plan.max_think, args.temperature, rec.plan.drafter)
         print(f"  deadline {base_s:.2f} s, any L: B={rec.plan.branches} γ={rec.plan.gamma} L={rec.plan.max_think} "
               f"({rec.accuracy:.1%}, {rec.latency_s:.2f} s)")
         for b, g in ((1, 0), (branchy.plan.branches, 0), (1, seq_gamma)):
@@ -140,7 +154,7 @@ def main() -> int:
 
     stage("report")
     paths = write_report([runs_path], out, prof_path)
-    rows = {(r.config["B"], r.config["gamma"], r.config["max_think"]): r for r in summarize(records)}
+    rows = {_shape(r.config): r for r in summarize(records)}
     lines = ["", f"## Surface estimate vs direct runs (γ = 0, {len(check_seeds)} seeds x {len(problems)} problems)", "",
              "| B | L | surface accuracy | 95% interval | direct accuracy (mean over seeds) | within |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -159,11 +173,11 @@ def main() -> int:
             failures.append(f"surface B={b} L={L}: {e.accuracy:.1%} [{e.low:.1%}, {e.high:.1%}], direct {row.accuracy:.1%}")
     if checked < 3:
         failures.append(f"only {checked} surface points checked against direct runs (need >= 3)")
-    lines += ["", "## Predicted vs measured latency", "", "| B | γ | L | predicted s | measured s | error |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for (b, g, L), row in sorted(rows.items()):
-        pred = planner.predict_latency(b, g, L)
-        lines.append(f"| {b} | {g} | {L} | {pred:.2f} | {row.latency_s:.2f} ± {row.latency_std:.2f} | "
+    lines += ["", "## Predicted vs measured latency", "", "| B | γ | drafter | L | predicted s | measured s | error |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (b, g, d, L), row in sorted(rows.items()):
+        pred = planner.predict_latency(b, g, L, d)
+        lines.append(f"| {b} | {g} | {d} | {L} | {pred:.2f} | {row.latency_s:.2f} ± {row.latency_std:.2f} | "
                      f"{abs(pred - row.latency_s) / row.latency_s:.0%} |")
     lines += ["", f"## Latency-optimal minus Baseline / Seq-wise accuracy, paired over the {len(problems)} problems", "",
               "Worse only when a paired sign-flip test gives p < 0.05 (one-sided): plans of equal true accuracy "
@@ -171,8 +185,8 @@ def main() -> int:
               "| L | versus | latency-optimal | other | difference | p (worse by chance) | worse |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for L, c in optimal.items():
-        opt, base = rows[(c.branches, c.gamma, L)], rows[(1, 0, L)]
-        seq = min((r for (b, g, l_), r in rows.items() if b == 1 and g > 0 and l_ == L), key=lambda r: r.latency_s,
+        opt, base = rows[_shape(c.plan)], rows[(1, 0, "-", L)]
+        seq = min((r for (b, g, _, l_), r in rows.items() if b == 1 and g > 0 and l_ == L), key=lambda r: r.latency_s,
                   default=None)
         for name, other in (("Baseline", base), ("Seq-wise", seq)):
             if other is None:
@@ -190,11 +204,11 @@ def main() -> int:
               "| baseline | its accuracy | its latency s | plan | predicted accuracy | predicted s | "
               "measured accuracy | measured s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for L, c in free.items():
-        base, row = rows[(1, 0, L)], free_rows[c.key()]
-        e = est.get((c.branches, c.max_think))
+        base, row, p = rows[(1, 0, "-", L)], free_rows[c.key()], c.plan
+        e = est.get((p.branches, p.max_think))
         lines.append(f"| B=1 γ=0 L={L} | {base.accuracy:.1%} ± {base.accuracy_std:.1%} | {base.latency_s:.2f} | "
-                     f"B={c.branches} γ={c.gamma} L={c.max_think} | {e.accuracy:.1%} | "
-                     f"{planner.predict_latency(c.branches, c.gamma, c.max_think):.2f} | "
+                     f"B={p.branches} γ={p.gamma}{f' ({p.drafter})' if p.gamma else ''} L={p.max_think} | "
+                     f"{e.accuracy:.1%} | {planner.predict_latency(p.branches, p.gamma, p.max_think, p.drafter):.2f} | "
                      f"{row.accuracy:.1%} ± {row.accuracy_std:.1%} | {row.latency_s:.2f} ± {row.latency_std:.2f} |")
     elapsed = time.monotonic() - t_start
     lines += ["", f"Pipeline wall time: {elapsed / 60:.1f} min (target < 60 min)."]

@@ -7,7 +7,8 @@ import pytest
 from latts.errors import LattsError
 from latts.latency.model import LatencyModel
 from latts.config import Plan, default_plan
-from latts.planning import Acceptance, Planner, choose_plan, load_frontier, plan_for_deadline, save_plans
+from latts.planning import (Acceptance, DrafterAcceptance, Planner, choose_plan, load_frontier, plan_for_deadline,
+                            save_plans)
 from latts.eval.surface import Estimate
 from latts.provenance import MeasuredWith
 
@@ -20,7 +21,8 @@ HERE = MeasuredWith("native-0123456789ab", "bfloat16 q4+q8", "Test CPU", 2, "2.1
 
 
 def _planner(alphas: dict[int, tuple[float, ...]]) -> Planner:
-    return Planner(FLAT, SURFACE, alphas, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
+    """A planner whose only drafter is the n-gram one, with ``alphas`` at every batch size."""
+    return Planner(FLAT, SURFACE, {"ngram": (alphas,)}, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
 
 
 def test_latency_uses_the_acceptance_of_each_gamma() -> None:
@@ -33,8 +35,8 @@ def test_latency_uses_the_acceptance_of_each_gamma() -> None:
 
 def test_wide_batches_use_their_own_acceptance() -> None:
     # past NGramDrafter.SMALL_BATCH branches the drafter proposes after confident matches only: other numbers
-    p = Planner(FLAT, SURFACE, {3: (1.0, 4.0)}, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0,
-                wide_alphas={3: (1.0, 2.0)})
+    p = Planner(FLAT, SURFACE, {"ngram": DrafterAcceptance({3: (1.0, 4.0)}, {3: (1.0, 2.0)})}, prompt_len=50,
+                answer_tokens=0, answer_prompt_tokens=0)
     assert p.acceptance(3, 3).tokens_per_round == 4.0 and p.acceptance(4, 3).tokens_per_round == 2.0
     assert p.predict_latency(3, 3, 400) == pytest.approx(1.0)  # 100 rounds of 10 ms
     assert p.predict_latency(4, 3, 400) == pytest.approx(2.0)  # 200 rounds
@@ -47,11 +49,12 @@ def test_latency_counts_the_width_of_the_verifies() -> None:
     # 1 + 3·0.5 tokens per row on average, whatever the batch (the verify computes proposed positions only)
     per_token = LatencyModel(overhead=0.010, w_token=0.001, w_attn=0.0, w_row=0.0, prefill_base=0.0,
                              prefill_per_token=0.0)
-    p = Planner(per_token, SURFACE, {3: Acceptance(1.0, 2.0, 0.5)}, prompt_len=50, answer_tokens=0,
+    p = Planner(per_token, SURFACE, {"ngram": ({3: Acceptance(1.0, 2.0, 0.5)},)}, prompt_len=50, answer_tokens=0,
                 answer_prompt_tokens=0)
     assert p.predict_latency(1, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 2.5))
     assert p.predict_latency(2, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 2 * 2.5))
-    full = Planner(per_token, SURFACE, {3: (1.0, 2.0)}, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
+    full = Planner(per_token, SURFACE, {"ngram": ({3: (1.0, 2.0)},)}, prompt_len=50, answer_tokens=0,
+                   answer_prompt_tokens=0)
     assert full.predict_latency(1, 3, 400) == pytest.approx(200 * (0.010 + 0.001 * 4))  # no rate: all γ offered
 
 
@@ -70,9 +73,55 @@ def test_speculation_must_be_predicted_faster_than_the_models_error() -> None:
     assert {c.plan.gamma for c in small.candidates()} == {0}
     assert small.recommend([5.0])[0].best.plan.gamma == 0
     # the same with no margin, or a gain well past it, picks speculation
-    assert {c.plan.gamma for c in Planner(FLAT, SURFACE, {1: (0.1, 1.1)}, prompt_len=50, answer_tokens=0,
+    assert {c.plan.gamma for c in Planner(FLAT, SURFACE, {"ngram": ({1: (0.1, 1.1)},)}, prompt_len=50, answer_tokens=0,
                                      answer_prompt_tokens=0, spec_margin=0.0).candidates()} == {0, 1}
     assert _planner({1: (0.5, 1.5)}).recommend([5.0])[0].best.plan.gamma == 1
+
+
+def test_each_plan_speculates_with_the_drafter_that_pays_most_at_its_batch() -> None:
+    # the group drafter gains 4 tokens a round only in wide batches (other branches to draft from), the
+    # n-gram drafter 2 at any batch: B=4 plans draft from the group, a B=1 plan from the n-grams
+    p = Planner(FLAT, SURFACE, {"ngram": ({3: (0.5, 2.0)},),
+                                "group": DrafterAcceptance({3: (0.1, 1.2)}, {3: (1.0, 4.0)})},
+                prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
+    assert p.predict_latency(4, 3, 400, "group") == pytest.approx(1.0)
+    assert p.predict_latency(1, 3, 400, "group") == pytest.approx(400 / 1.2 * 0.010)
+    wide = p.recommend([1.5])[0].best.plan
+    assert (wide.branches, wide.gamma, wide.drafter, wide.max_think) == (4, 3, "group", 400)
+    narrow = min((c for c in p.candidates() if c.plan.branches == 1 and c.plan.max_think == 400),
+                 key=lambda c: c.latency_s).plan
+    assert (narrow.gamma, narrow.drafter) == (3, "ngram")
+    assert p.acceptance(4, 3, "model:x") == (0.0, 1.0, 1.0)  # a drafter never measured gains nothing
+
+
+def test_saved_plans_name_their_drafter_policy_and_pruning(tmp_path) -> None:
+    """The plans file records how a plan speculates and prunes, and solve/serve run it that way."""
+    import json
+
+    p = Planner(FLAT, SURFACE, {"group": ({3: (1.0, 4.0)},)}, prompt_len=50, answer_tokens=0, answer_prompt_tokens=0)
+    path = tmp_path / "plans.json"
+    save_plans(p, path, "m", "arith", HERE)
+    doc = json.loads(path.read_text())
+    assert doc["acceptance"]["group"]["small"]["3"]["tokens_per_round"] == 4.0 and doc["acceptance"]["group"]["wide"] is None
+    saved = {(c["branches"], c["gamma"], c["think"]): c for c in doc["frontier"]}
+    assert saved[(4, 3, 400)] | {"accuracy": 0, "latency_s": 0} == {
+        "branches": 4, "gamma": 3, "think": 400, "drafter": "group", "gamma_policy": "cost", "prune": 0.0,
+        "accuracy": 0, "latency_s": 0}
+    plan, chosen = choose_plan(2.0, load_frontier(path, HERE), base=Plan(drafter="ngram", gamma_policy="fixed"))
+    assert (plan.gamma, plan.drafter, plan.gamma_policy, plan.prune) == (3, "group", "cost", 0.0)
+    # the caller's own choice of drafter still wins
+    assert choose_plan(2.0, load_frontier(path, HERE), {"drafter": "ngram"})[0].drafter == "ngram"
+    # a file written before plans named these runs as those plans did: n-gram drafts, cost policy, no pruning
+    for c in doc["frontier"]:
+        for key in ("drafter", "gamma_policy", "prune"):
+            del c[key]
+    path.write_text(json.dumps(doc))
+    old = {(c.plan.branches, c.plan.gamma): c.plan for c in load_frontier(path, HERE)}[(4, 3)]
+    assert (old.drafter, old.gamma_policy, old.prune) == ("ngram", "cost", 0.0)
+    doc["frontier"][0]["gamma_policy"] = "sometimes"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LattsError, match="not a latts plans file.*sometimes"):
+        load_frontier(path, HERE)
 
 
 def test_frontier_and_saved_plans_round_trip(tmp_path) -> None:
@@ -138,24 +187,27 @@ def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "no plan is predicted to fit 0.001 s" in proc.stdout  # nothing runs in a millisecond
     doc = json.loads(plans.read_text())
-    assert doc["task"] == "arith" and set(doc["acceptance"]) == {"2"}
-    acc = doc["acceptance"]["2"]
-    assert 0 <= acc["alpha"] <= 1 and 0 <= acc["proposal_rate"] <= 1 and 1 <= acc["tokens_per_round"] <= 3
+    assert doc["task"] == "arith" and set(doc["acceptance"]) == {"ngram", "group"}  # both drafters by default
+    for tables in doc["acceptance"].values():  # one branch and a wide batch, γ = 2
+        for acc in (tables["small"]["2"], tables["wide"]["2"]):
+            assert 0 <= acc["alpha"] <= 1 and 0 <= acc["proposal_rate"] <= 1 and 1 <= acc["tokens_per_round"] <= 3
     frontier = doc["frontier"]
     assert frontier and all(c["branches"] in (1, 2) and c["gamma"] in (0, 2) and c["think"] in (4, 8)
-                            for c in frontier)
+                            and c["drafter"] in ("ngram", "group") and c["gamma_policy"] == "cost"
+                            and c["prune"] == 0.0 for c in frontier)
     assert [c["latency_s"] for c in frontier] == sorted(c["latency_s"] for c in frontier)
     assert doc["measured_with"]["engine"].startswith("native-") or doc["measured_with"]["engine"] == "torch-ops"
     best = plan_for_deadline(plans, 60, MeasuredWith.from_dict(doc["measured_with"]))
     records = [json.loads(line) for line in runs.read_text().splitlines()]
     assert len(records) == 2 and all(r["source"] == "optimizer" for r in records)  # one plan x 2 problems
-    assert {(r["config"]["B"], r["config"]["gamma"], r["config"]["max_think"]) for r in records} == {
-        (best.plan.branches, best.plan.gamma, best.plan.max_think)}
+    assert {(r["config"]["B"], r["config"]["gamma"], r["config"]["drafter"], r["config"]["max_think"])
+            for r in records} == {(best.plan.branches, best.plan.gamma, best.plan.drafter, best.plan.max_think)}
     proc = run_latts("solve", "What is 2 + 3? Answer with just the number.", "--task", "arith", "--deadline", "60",
                      "--plans", str(plans), "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)["plan"]
-    assert (plan["branches"], plan["gamma"], plan["max_think"]) == (best.plan.branches, best.plan.gamma, best.plan.max_think)
+    assert (plan["branches"], plan["gamma"], plan["drafter"], plan["max_think"]) == (
+        best.plan.branches, best.plan.gamma, best.plan.drafter, best.plan.max_think)
 
 
 def test_expected_thinking_from_wide_runs() -> None:

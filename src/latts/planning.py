@@ -1,10 +1,12 @@
 """Latency-optimal plans for a model, a task and this machine: profile + accuracy surface + acceptance.
 
 The pieces: the latency model fitted to a profile (:mod:`latts.latency.profiler`), the accuracy surface of one
-wide run (:mod:`latts.eval.surface_run`), and the drafter's acceptance rate α per γ, measured here on a few
-of the task's own prompts (α depends on the text, the drafter and the temperature). Every (B, γ, L) of
-the surface crossed with the γ values gets a predicted latency and the surface's accuracy; the best
-plan per deadline is Eq. 1 of the paper (:func:`latts.latency.optimizer.best_plan`). :func:`validate` then runs
+wide run (:mod:`latts.eval.surface_run`), and each model-free drafter's acceptance rate α per γ, measured
+here on a few of the task's own prompts, with one branch and with a wide batch (α depends on the text,
+the drafter, the temperature and, for the group drafter, on the other branches). Every (B, L) of the
+surface crossed with every (drafter, γ) gets a predicted latency and the surface's accuracy; the best
+plan per deadline is Eq. 1 of the paper (:func:`latts.latency.optimizer.best_plan`), and it names the
+drafter it speculates with. :func:`validate` then runs
 the chosen plans for real and records them (``source: optimizer``) beside their predictions.
 :func:`optimize` is the whole workflow of ``latts optimize``: measure what is missing, then plan and save.
 
@@ -26,7 +28,7 @@ from typing import Any, NamedTuple
 
 from latts.backends import Opened, open_backend
 from latts.config import Plan, SamplingParams, check_deadline, default_plan
-from latts.engine.drafters import NGramDrafter
+from latts.engine.drafters import NGramDrafter, check_drafter_spec, is_model_free, ngram_drafter
 from latts.engine.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import Config, evaluate, read_records, run_one
@@ -56,27 +58,63 @@ class Acceptance(NamedTuple):
     proposal_rate: float = 1.0  # fraction of the γ drafts a row is offered per round
 
 
+WIDE_BRANCHES = 8  # the batch a drafter's wide acceptance is measured at (beyond NGramDrafter.SMALL_BATCH)
+
+
 def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[int], temperature: float,
-                  tokens: int = 96, seed: int = 0, min_n: int = 1) -> dict[int, Acceptance]:
-    """Per γ (> 0): the n-gram drafter's acceptance on ``problems``' prompts at ``temperature``, one branch.
+                  tokens: int = 96, seed: int = 0, drafter: str = "ngram", branches: int = 1) -> dict[int, Acceptance]:
+    """Per γ (> 0): the acceptance of ``drafter`` (a model-free spelling) on ``problems``' prompts at
+    ``temperature``, decoding ``branches`` branches with every draft verified (γ policy ``fixed``).
 
     All three numbers, because the drafter does not always propose γ tokens: tokens per round is not the
-    i.i.d. formula of α, and a round without a proposal verifies a narrower (cheaper) forward. ``min_n``:
-    the drafter's least match length — 1 is what it uses at small batches, ``NGramDrafter.CONFIDENT_N``
-    beyond ``NGramDrafter.SMALL_BATCH`` branches (see :attr:`Planner.wide_alphas`)."""
+    i.i.d. formula of α, and a round without a proposal verifies a narrower (cheaper) forward. The batch
+    matters: past ``NGramDrafter.SMALL_BATCH`` rows the drafters propose after confident matches only,
+    and the group drafter drafts from the other branches (see :class:`DrafterAcceptance`)."""
     out = {}
     for g in sorted({g for g in gammas if g > 0}):
-        total = SpecStats(NGramDrafter.name, g)  # the counts of every problem's run, pooled
+        total = SpecStats(drafter, g)  # the counts of every problem's run, pooled
         for p in problems:
             gen = solver.backend.generate(GenerateRequest(
-                solver.task.prompt(p), branches=1, max_new_tokens=tokens,
-                sampling=SamplingParams(temperature, seed=seed), gamma=g, drafter=NGramDrafter(min_n=min_n),
-                ignore_eos=True))
+                solver.task.prompt(p), branches=branches, max_new_tokens=tokens,
+                sampling=SamplingParams(temperature, seed=seed), gamma=g, drafter=ngram_drafter(drafter),
+                ignore_eos=True, gamma_policy="fixed"))
             total.proposed += gen.spec.proposed
             total.accepted += gen.spec.accepted
             total.rounds += gen.spec.rounds
         out[g] = Acceptance(total.acceptance_rate, total.mean_accepted_length or 1.0, total.proposal_rate)
     return out
+
+
+class DrafterAcceptance(NamedTuple):
+    """One drafter's acceptance per γ: with few branches, and with a wide batch (None: the same)."""
+
+    small: dict[int, Acceptance]  # up to NGramDrafter.SMALL_BATCH branches (measured with one)
+    wide: dict[int, Acceptance] | None = None  # beyond (measured with WIDE_BRANCHES)
+
+
+def measure_drafters(solver: Solver, problems: Sequence[Problem], gammas: Sequence[int], temperature: float,
+                     drafters: Sequence[str] = ("ngram", "group")) -> dict[str, DrafterAcceptance]:
+    """Each drafter's acceptance per γ of ``gammas`` on ``problems``, with one branch and with WIDE_BRANCHES."""
+    return {d: DrafterAcceptance(measure_alpha(solver, problems, gammas, temperature, drafter=d),
+                                 measure_alpha(solver, problems, gammas, temperature, drafter=d,
+                                               branches=WIDE_BRANCHES))
+            for d in drafters}
+
+
+def _as_acceptance(small: Mapping[int, Any], wide: Mapping[int, Any] | None = None) -> DrafterAcceptance:
+    """A drafter's tables with every entry an :class:`Acceptance` (plain tuples accepted)."""
+    return DrafterAcceptance({g: Acceptance(*a) for g, a in small.items()},
+                             None if wide is None else {g: Acceptance(*a) for g, a in wide.items()})
+
+
+def check_plan_drafters(drafters: Sequence[str]) -> None:
+    """Refuse a drafter the optimizer cannot plan with: it measures model-free drafters only."""
+    if not drafters:
+        raise LattsError("--drafter: name at least one drafter (ngram, group)")
+    for d in drafters:
+        check_drafter_spec(d)
+        if not is_model_free(d):
+            raise LattsError(f"drafter '{d}': latts optimize plans with model-free drafters only (ngram, group)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +133,8 @@ class Planner:
 
     latency: LatencyModel
     surface: list[Estimate]
-    alphas: dict[int, Acceptance]  # per γ > 0 (a plain (α, tokens per round) tuple is accepted too)
+    # per drafter, its acceptance per γ > 0 (plain (α, tokens per round) tuples are accepted too)
+    drafters: dict[str, DrafterAcceptance]
     prompt_len: int
     answer_tokens: int = 16
     answer_prompt_tokens: int = 8
@@ -105,25 +144,25 @@ class Planner:
     # (B, L): a smaller predicted gain is inside the latency model's whole-run error (≈ 10% here), and on
     # the Zen 3 a γ=1 plan predicted 3-7% faster measured 1-23% slower
     spec_margin: float = 0.10
-    # per γ, for more than NGramDrafter.SMALL_BATCH branches, where the n-gram drafter proposes after
-    # confident matches only (measure_alpha(min_n=NGramDrafter.CONFIDENT_N)); None: ``alphas`` for every B
-    wide_alphas: dict[int, Acceptance] | None = None
 
     def __post_init__(self) -> None:
-        self.alphas = {g: Acceptance(*a) for g, a in self.alphas.items()}
-        if self.wide_alphas is not None:
-            self.wide_alphas = {g: Acceptance(*a) for g, a in self.wide_alphas.items()}
+        self.drafters = {d: _as_acceptance(*tables) for d, tables in self.drafters.items()}
 
-    def acceptance(self, branches: int, gamma: int) -> Acceptance:
-        """What speculation with ``gamma`` gains at ``branches`` (none measured: no acceptance, one token a round)."""
-        table = self.alphas
-        if self.wide_alphas is not None and branches > NGramDrafter.SMALL_BATCH:
-            table = self.wide_alphas
+    def acceptance(self, branches: int, gamma: int, drafter: str = "ngram") -> Acceptance:
+        """What speculation with ``gamma`` drafts of ``drafter`` gains at ``branches`` (none measured: no
+        acceptance, one token a round)."""
+        measured = self.drafters.get(drafter)
+        if measured is None:
+            return Acceptance(0.0, 1.0)
+        table = measured.small
+        if measured.wide is not None and branches > NGramDrafter.SMALL_BATCH:
+            table = measured.wide
         return table.get(gamma, Acceptance(0.0, 1.0))
 
-    def predict_latency(self, branches: int, gamma: int, think: int) -> float:
-        """Seconds for a run of B branches, γ drafts, L thinking tokens (the latency model, α of this γ)."""
-        acc = self.acceptance(branches, gamma)
+    def predict_latency(self, branches: int, gamma: int, think: int, drafter: str = "ngram") -> float:
+        """Seconds for a run of B branches, γ drafts of ``drafter``, L thinking tokens (the latency model,
+        the drafter's α at this γ and batch)."""
+        acc = self.acceptance(branches, gamma, drafter)
         steps, forced = self.thinking(branches, think) if self.thinking else (float(think), 1.0)
         return self.latency.predict(branches, gamma, steps, alpha=acc.alpha, prompt_len=self.prompt_len,
                                     answer_tokens=self.answer_tokens, answer_prompt_tokens=self.answer_prompt_tokens,
@@ -131,13 +170,15 @@ class Planner:
                                     verify_width=expected_verify_width(gamma, acc.proposal_rate))
 
     def candidates(self) -> list[Candidate]:
-        """Every (B, L) of the surface with γ = 0, and with every γ of ``alphas`` that is predicted to save more
-        than ``spec_margin`` of the plain run's time."""
+        """Every (B, L) of the surface with γ = 0, and with every (drafter, γ) measured that is predicted to save
+        more than ``spec_margin`` of the plain run's time."""
         acc = {(e.branches, e.think): e.accuracy for e in self.surface}
-        cands = candidates(acc, self.predict_latency, sorted({0, *self.alphas}))
-        plain = {(c.plan.branches, c.plan.max_think): c.latency_s for c in cands if c.plan.gamma == 0}
-        return [c for c in cands if c.plan.gamma == 0
-                or c.latency_s < plain[(c.plan.branches, c.plan.max_think)] * (1 - self.spec_margin)]
+        plain = candidates(acc, self.predict_latency, [0])
+        base = {(c.plan.branches, c.plan.max_think): c.latency_s for c in plain}
+        spec = [Candidate.of(b, g, L, a, self.predict_latency(b, g, L, d), drafter=d)
+                for d, measured in self.drafters.items() for g in sorted({*measured.small, *(measured.wide or {})})
+                for (b, L), a in acc.items()]
+        return plain + [c for c in spec if c.latency_s < base[(c.plan.branches, c.plan.max_think)] * (1 - self.spec_margin)]
 
     def recommend(self, deadlines: Sequence[float]) -> list[Recommendation]:
         """The latency-optimal plan per deadline (Eq. 1), with the surface's interval for its accuracy."""
@@ -155,12 +196,13 @@ class Planner:
         return pareto_frontier(self.candidates())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the latency model, the acceptance per γ (for small and wide batches) and the frontier
-        (what ``solve`` needs to pick a plan)."""
-        wide = self.wide_alphas or {}
+        """JSON-ready: the latency model, each drafter's acceptance per γ (for small and wide batches) and the
+        frontier (what ``solve`` needs to pick a plan)."""
+        def table(t: dict[int, Acceptance] | None) -> dict[str, Any] | None:
+            return None if t is None else {str(g): a._asdict() for g, a in t.items()}
+
         return {"latency_model": self.latency.to_dict(),
-                "acceptance": {str(g): a._asdict() for g, a in self.alphas.items()},
-                "wide_acceptance": {str(g): a._asdict() for g, a in wide.items()},
+                "acceptance": {d: {"small": table(a.small), "wide": table(a.wide)} for d, a in self.drafters.items()},
                 "prompt_len": self.prompt_len, "answer_tokens": self.answer_tokens,
                 "frontier": [c.to_dict() for c in self.frontier()]}
 
@@ -191,7 +233,7 @@ def load_frontier(path: Path, current: MeasuredWith) -> list[Candidate] | None:
         task = doc.get("task", "TASK")
     except OSError:
         return None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, LattsError) as e:
         raise LattsError(f"{path} is not a latts plans file ({e})") from None
     check_current(f"plans file {path}", recorded, current, f"re-run `latts optimize --task {task}`")
     return frontier
@@ -221,7 +263,8 @@ def saved_frontier(plans: str | os.PathLike[str] | None, model: str, task: str, 
         return None
 
 
-PLAN_SHAPE = frozenset({"branches", "gamma", "max_think"})  # what a saved latency-optimal plan decides
+PLAN_SHAPE = frozenset({"branches", "gamma", "max_think"})  # what a saved latency-optimal plan is chosen by
+PLAN_CHOICES = ("branches", "gamma", "max_think", "drafter", "gamma_policy", "prune")  # what it then sets
 
 
 def choose_plan(deadline_s: float | None,
@@ -230,7 +273,7 @@ def choose_plan(deadline_s: float | None,
     """The plan to run for ``deadline_s``, and the saved candidate it follows (None if it follows none).
 
     With a deadline and none of B, γ, L among ``overrides``, the frontier's best plan predicted to fit the
-    deadline (Eq. 1) sets them; otherwise they come from ``base`` (default: :func:`default_plan`). The
+    deadline (Eq. 1) sets them, with its drafter, γ policy and pruning; otherwise they come from ``base`` (default: :func:`default_plan`). The
     ``overrides`` (None values ignored) apply last. ``frontier``: the candidates of ``latts optimize``, or
     a function reading them (e.g. :func:`saved_frontier`), called only when the saved plan is wanted (None,
     or a function returning None: the default plan).
@@ -242,8 +285,7 @@ def choose_plan(deadline_s: float | None,
         cands = frontier() if callable(frontier) else frontier
         chosen = best_plan(cands, deadline_s) if cands else None
         if chosen is not None:
-            plan = replace(plan, branches=chosen.plan.branches, gamma=chosen.plan.gamma,
-                           max_think=chosen.plan.max_think)
+            plan = replace(plan, **{k: getattr(chosen.plan, k) for k in PLAN_CHOICES})
     return replace(plan, **overrides), chosen
 
 
@@ -258,7 +300,7 @@ def validate(solver: Solver, problems: Sequence[Problem], recs: Sequence[Recomme
     configs = {}
     for r in recs:
         if r.best is not None:
-            c = Config(replace(r.best.plan, drafter="ngram", min_think=0, temperature=temperature))
+            c = Config(replace(r.best.plan, min_think=0, temperature=temperature))
             configs[c.key()] = c
     return evaluate(solver, list(problems), list(configs.values()), list(seeds), out, progress,
                     runner=run_as_optimizer)
@@ -279,7 +321,7 @@ class Optimized:
     """What :func:`optimize` found and saved, for the caller to show or use."""
 
     task: str
-    alphas: dict[int, Acceptance]  # the n-gram drafter's acceptance per γ > 0, measured on this task
+    acceptance: dict[str, DrafterAcceptance]  # each drafter's acceptance per γ > 0, measured on this task
     recommendations: list[Recommendation]  # the best plan per deadline, in the order asked
     frontier: list[Candidate]  # the Pareto frontier of predicted latency and surface accuracy
     plans_file: Path  # where the plans were saved (``latts solve`` and ``latts serve`` read them)
@@ -291,7 +333,7 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
              surface: str | os.PathLike[str] = "runs/surface.jsonl",
              thinks: Sequence[int] = (16, 32, 64, 128), surface_problems: int = 30,
              branches: Sequence[int] = (1, 2, 4, 8, 16), gammas: Sequence[int] = (0, 1, 2, 3, 4),
-             validate_problems: int = 0, seeds: Sequence[int] = (1,),
+             drafters: Sequence[str] = ("ngram", "group"), validate_problems: int = 0, seeds: Sequence[int] = (1,),
              validate_out: str | os.PathLike[str] = "runs/validate.jsonl",
              data: str | os.PathLike[str] | None = None, plans: str | os.PathLike[str] | None = None,
              model: str = DEFAULT_MODEL, dtype: str = "auto",
@@ -300,8 +342,8 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
 
     What is missing is measured first: the accuracy surface (one wide run of max(``branches``) branches with
     budgets ``thinks`` on ``surface_problems`` problems, resumable in ``surface``) when ``surface`` holds no
-    records of the task, and this machine's profile when ``profile`` is not a file; the drafter's acceptance
-    per γ of ``gammas`` is always measured. ``profile`` None is latts' default file (:data:`DEFAULT_PROFILE`),
+    records of the task, and this machine's profile when ``profile`` is not a file; the acceptance of each of
+    ``drafters`` per γ of ``gammas`` is always measured, and plans may speculate with any of them. ``profile`` None is latts' default file (:data:`DEFAULT_PROFILE`),
     measured again when it is stale (another engine build or weight format); a stale profile named here is
     refused, before anything long runs. With ``validate_problems`` > 0 the chosen plans are then run for
     real on that many problems × ``seeds`` (records in ``validate_out``). ``plans`` defaults to this
@@ -314,6 +356,7 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
         check_deadline(d)
     if min(gammas) < 0:
         raise LattsError("--gamma values must be >= 0")
+    check_plan_drafters(drafters)
     wide = wide_run(max(branches), thinks)
     problems = the_task.load(data=Path(data) if data else None)
     records = [r for r in read_records(Path(surface)) if r["task"] == task and r.get("kind") == "surface"]
@@ -331,10 +374,9 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
     b_max = max(r["config"]["B"] for r in records)
     estimates = surface_from_records(records, the_task, [b for b in branches if b <= b_max] or [1])
     temperature = records[0]["config"]["temperature"]
-    alphas = measure_alpha(solver, problems[:2], gammas, temperature)
-    wide_alphas = measure_alpha(solver, problems[:2], gammas, temperature, min_n=NGramDrafter.CONFIDENT_N)
-    planner = Planner(prof.fit(), estimates, alphas, prompt_length(solver, problems[:16]),
-                      thinking=lambda b, L: expected_thinking(records, b, L), wide_alphas=wide_alphas)
+    acceptance = measure_drafters(solver, problems[:2], gammas, temperature, drafters)
+    planner = Planner(prof.fit(), estimates, acceptance, prompt_length(solver, problems[:16]),
+                      thinking=lambda b, L: expected_thinking(records, b, L))
     recs = planner.recommend(deadlines)
     plans_file = Path(plans) if plans else plans_path(opened.name, task)
     save_plans(planner, plans_file, opened.name, task, current)
@@ -343,7 +385,7 @@ def optimize(task: str = "arith", deadlines: Sequence[float] = (2.0, 5.0, 10.0, 
         with reporter.progress(f"validate {task}") as progress:
             validated = validate(solver, problems[:validate_problems], recs, seeds, Path(validate_out), temperature,
                                  progress)
-    return Optimized(task, alphas, recs, planner.frontier(), plans_file, validated)
+    return Optimized(task, acceptance, recs, planner.frontier(), plans_file, validated)
 
 
 def _profile(path: str | os.PathLike[str] | None, opened: Opened, current: MeasuredWith,

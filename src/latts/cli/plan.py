@@ -66,7 +66,10 @@ def optimize(
     surface_limit: Annotated[int, typer.Option("--surface-problems", help="problems of a new wide run")] = 30,
     branches: Annotated[str, typer.Option("--branches", "-B", help="B values to consider (<= the wide run's)")]
     = "1,2,4,8,16",
-    gammas: Annotated[str, typer.Option("--gamma", help="γ values to consider (n-gram drafter)")] = "0,1,2,3,4",
+    gammas: Annotated[str, typer.Option("--gamma", help="γ values to consider")] = "0,1,2,3,4",
+    drafters: Annotated[str, typer.Option(
+        "--drafter", help="model-free drafters to measure and plan with (comma-separated: ngram, group)")]
+    = "ngram,group",
     validate_limit: Annotated[int, typer.Option("--validate", help="run the plans on the first N problems (0: no)")]
     = 0,
     seeds: Annotated[str, typer.Option("--seeds", help="seeds of the validation runs")] = "1",
@@ -80,11 +83,15 @@ def optimize(
 ) -> None:
     """The latency-optimal (B, γ, L) per deadline and the Pareto frontier; optionally validated for real."""
     refuse_unrunnable("embedded", model, engine, dtype)
+    from latts.planning import check_plan_drafters
     from latts.planning import optimize as run_optimize
+
+    drafter_list = [d.strip() for d in drafters.split(",") if d.strip()]
+    check_plan_drafters(drafter_list)
 
     result = run_optimize(
         task, numbers(deadlines, "--deadline", float), profile=profile_path, surface=surface_path,
-        gammas=numbers(gammas, "--gamma"), branches=numbers(branches, "--branches"),
+        gammas=numbers(gammas, "--gamma"), branches=numbers(branches, "--branches"), drafters=drafter_list,
         thinks=numbers(thinks, "--max-think"), surface_problems=surface_limit, validate_problems=validate_limit,
         seeds=numbers(seeds, "--seeds") if validate_limit > 0 else [],  # read only when validating, as always
         validate_out=validate_out, data=data, plans=plans, model=model, dtype=dtype, engine=engine,
@@ -97,22 +104,26 @@ def _print_optimized(result: Optimized) -> None:
     from rich.table import Table
 
     from latts.eval.harness import summarize
+    from latts.planning import WIDE_BRANCHES
 
     task, validated = result.task, result.validated
-    out.print("n-gram drafting measured here: " + ", ".join(
-        f"γ={g}: α={a.alpha:.2f}, {a.tokens_per_round:.2f} tokens/round, {a.proposal_rate:.0%} of drafts offered"
-        for g, a in result.alphas.items()))
-    table = Table("deadline s", "B", "γ", "L", "accuracy (surface)", "95% interval", "predicted s",
+    for drafter, measured in result.acceptance.items():
+        for batch, tables in (("1 branch", measured.small), (f"{WIDE_BRANCHES} branches", measured.wide or {})):
+            out.print(f"{drafter} drafting measured here, {batch}: " + ", ".join(
+                f"γ={g}: α={a.alpha:.2f}, {a.tokens_per_round:.2f} tokens/round, {a.proposal_rate:.0%} of drafts "
+                "offered" for g, a in tables.items()))
+    table = Table("deadline s", "B", "γ", "drafter", "L", "accuracy (surface)", "95% interval", "predicted s",
                   *(["measured accuracy", "measured s"] if validated else []), title=f"latency-optimal plans: {task}")
-    measured = {(row.config["B"], row.config["gamma"], row.config["max_think"]): row for row in summarize(validated)}
+    measured = {(row.config["B"], row.config["gamma"], row.config["drafter"], row.config["max_think"]): row
+                for row in summarize(validated)}
     for r in result.recommendations:
         if r.best is None:
             continue
         c, p = r.best, r.best.plan
-        cells = [f"{r.deadline_s:g}", str(p.branches), str(p.gamma), str(p.max_think), f"{c.accuracy:.1%}",
-                 f"[{r.low:.1%}, {r.high:.1%}]", f"{c.latency_s:.2f}"]
+        cells = [f"{r.deadline_s:g}", str(p.branches), str(p.gamma), p.drafter if p.gamma else "-", str(p.max_think),
+                 f"{c.accuracy:.1%}", f"[{r.low:.1%}, {r.high:.1%}]", f"{c.latency_s:.2f}"]
         if validated:
-            m = measured.get((p.branches, p.gamma, p.max_think))
+            m = measured.get((p.branches, p.gamma, p.drafter, p.max_think))
             cells += [f"{m.accuracy:.1%} ({m.runs} runs)", f"{m.latency_s:.2f} ± {m.latency_std:.2f}"] if m else ["—"] * 2
         table.add_row(*cells)
     out.print(table)
@@ -120,6 +131,7 @@ def _print_optimized(result: Optimized) -> None:
         if r.best is None:
             out.print(f"no plan is predicted to fit {r.deadline_s:g} s")
     out.print("Pareto frontier (predicted s → accuracy): " + ", ".join(
-        f"{c.latency_s:.1f}s B={c.plan.branches} γ={c.plan.gamma} L={c.plan.max_think} {c.accuracy:.0%}"
+        f"{c.latency_s:.1f}s B={c.plan.branches} γ={c.plan.gamma}{f' ({c.plan.drafter})' if c.plan.gamma else ''} "
+        f"L={c.plan.max_think} {c.accuracy:.0%}"
         for c in result.frontier))
     out.print(f"plans saved to {result.plans_file} (latts solve --task {task} --deadline T uses them)")

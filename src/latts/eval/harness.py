@@ -37,7 +37,11 @@ class Config:
         p = self.plan
         deadline = "none" if self.deadline_s is None else f"{self.deadline_s:g}"
         drafter = p.drafter if p.gamma else "-"
-        return f"B{p.branches}-g{p.gamma}-{drafter}-think{p.min_think}:{p.max_think}-T{p.temperature:g}-dl{deadline}"
+        # settings added later are named only when not their default, so that older runs still resume
+        policy = f"-{p.gamma_policy}" if p.gamma and p.gamma_policy != "cost" else ""
+        prune = f"-prune{p.prune:g}" if p.prune else ""
+        return (f"B{p.branches}-g{p.gamma}-{drafter}{policy}-think{p.min_think}:{p.max_think}-T{p.temperature:g}"
+                f"{prune}-dl{deadline}")
 
     def seeded(self, seed: int) -> Plan:
         """The solver's plan for one run of this configuration."""
@@ -46,8 +50,9 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view stored in every record."""
         p = self.plan
-        return {"B": p.branches, "gamma": p.gamma, "drafter": p.drafter, "min_think": p.min_think,
-                "max_think": p.max_think, "temperature": p.temperature, "deadline_s": self.deadline_s}
+        return {"B": p.branches, "gamma": p.gamma, "drafter": p.drafter, "gamma_policy": p.gamma_policy,
+                "prune": p.prune, "min_think": p.min_think, "max_think": p.max_think, "temperature": p.temperature,
+                "deadline_s": self.deadline_s}
 
 
 def grid(

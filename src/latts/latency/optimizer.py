@@ -23,21 +23,28 @@ class Candidate:
     latency_s: float
 
     @classmethod
-    def of(cls, branches: int, gamma: int, think: int, accuracy: float, latency_s: float) -> Candidate:
-        """The candidate of a plan with ``branches``, ``gamma`` and thinking budget ``think`` (other settings default)."""
-        return cls(Plan(branches=branches, gamma=gamma, max_think=think), accuracy, latency_s)
+    def of(cls, branches: int, gamma: int, think: int, accuracy: float, latency_s: float,
+           drafter: str = "ngram") -> Candidate:
+        """The candidate of a plan with ``branches``, ``gamma`` (drafts from ``drafter``) and thinking budget
+        ``think`` (other settings default)."""
+        return cls(Plan(branches=branches, gamma=gamma, drafter=drafter, max_think=think), accuracy, latency_s)
 
     def to_dict(self) -> dict[str, Any]:
-        """The plans file's form: B, γ, L, accuracy and predicted latency."""
+        """The plans file's form: B, γ, L, how drafts are made and verified, pruning, accuracy and predicted latency."""
         p = self.plan
-        return {"branches": p.branches, "gamma": p.gamma, "think": p.max_think, "accuracy": self.accuracy,
+        return {"branches": p.branches, "gamma": p.gamma, "think": p.max_think, "drafter": p.drafter,
+                "gamma_policy": p.gamma_policy, "prune": p.prune, "accuracy": self.accuracy,
                 "latency_s": self.latency_s}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Candidate:
-        """A candidate read back from :meth:`to_dict`'s form (KeyError, TypeError or ValueError if it is not one)."""
-        return cls.of(int(doc["branches"]), int(doc["gamma"]), int(doc["think"]), float(doc["accuracy"]),
-                      float(doc["latency_s"]))
+        """A candidate read back from :meth:`to_dict`'s form (KeyError, TypeError or ValueError if it is not one;
+        LattsError for a setting a plan refuses). Files written before plans named their drafter, γ policy
+        and pruning get the defaults those plans ran with (n-gram drafts, cost policy, no pruning)."""
+        plan = Plan(branches=int(doc["branches"]), gamma=int(doc["gamma"]), max_think=int(doc["think"]),
+                    drafter=str(doc.get("drafter", "ngram")), gamma_policy=str(doc.get("gamma_policy", "cost")),
+                    prune=float(doc.get("prune", 0.0)))
+        return cls(plan, float(doc["accuracy"]), float(doc["latency_s"]))
 
 
 def candidates(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from latts.tasks.base import MathTask, Problem, require
+from latts.tasks.base import MathTask, Problem
 
 
 class Math500Task(MathTask):
