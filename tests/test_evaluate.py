@@ -14,7 +14,7 @@ import pytest
 
 from latts.config import Plan
 from latts.errors import LattsError
-from latts.eval.harness import Config, accuracy_difference, grid, read_records, summarize
+from latts.eval.harness import Config, accuracy_difference, accuracy_interval, grid, read_records, summarize
 
 EVAL = [sys.executable, "-m", "latts.cli", "eval", "--task", "arith", "--limit", "5", "--branches", "1,2",
         "--max-think", "24", "--seeds", "0,1", "--dtype", "float32"]
@@ -122,3 +122,34 @@ def test_accuracy_difference_needs_common_problems() -> None:
             {"config_key": "b", "problem_id": "p1", "seed": 0, "correct": True}]
     with pytest.raises(LattsError, match="no problem was run by both a and b"):
         accuracy_difference(recs, "a", "b")
+
+
+def test_difference_intervals_cover_what_the_test_allows() -> None:
+    """The interval is the sign-flip test inverted: zero inside exactly when the test does not reject."""
+    same = [[True, False, True]] * 12 + [[False, False, False]] * 12
+    # four problems a third lower: p = 1/8 two-sided, so zero is inside (here its edge: were the true
+    # difference above zero, the twenty problems without one would all look lower), and so is the mean
+    a = [[False, False, True]] * 4 + same[4:]
+    d = accuracy_difference(_paired(a, same), "a", "b")
+    assert d.low < d.mean < 0 == d.high and not d.gain()
+    rev = accuracy_difference(_paired(same, a), "a", "b")  # the other way round: a gain within noise
+    assert rev.low == 0 < rev.mean and not rev.gain()
+    # twenty problems a whole point higher: far from zero, and not wider than the differences allow
+    b = [[False, False, False]] * 20 + same[20:]
+    up = accuracy_difference(_paired([[True, True, True]] * 20 + same[20:], b), "a", "b")
+    assert up.gain() and 0.5 < up.low <= up.mean <= up.high <= 1.0
+    # identical runs: nothing to shift
+    zero = accuracy_difference(_paired(same, same), "a", "b")
+    assert zero.low == pytest.approx(0, abs=1e-6) and zero.high == pytest.approx(0, abs=1e-6)
+    # three problems cannot reject anything at 5%: the whole range
+    tiny = accuracy_difference(_paired([[True]] * 3, [[False]] * 3), "a", "b")
+    assert (tiny.low, tiny.high) == (-1.0, 1.0)
+
+
+def test_accuracy_interval_resamples_problems() -> None:
+    recs = _paired([[True, True, True]] * 10 + [[False, False, False]] * 10, [[True]] * 20)
+    low, high = accuracy_interval(recs, "a")
+    assert 0.25 < low < 0.5 < high < 0.75  # half the problems right: n = 20 problems, not 60 runs
+    assert accuracy_interval(recs, "b") == (1.0, 1.0)
+    with pytest.raises(LattsError, match="no records of c"):
+        accuracy_interval(recs, "c")

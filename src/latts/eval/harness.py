@@ -257,10 +257,18 @@ class Difference:
     mean: float
     p_worse: float
     problems: int
+    # the 95% interval of the mean difference: the shifts δ a two-sided sign-flip test of "differences - δ"
+    # does not reject at 5% (the test inverted; assumes differences symmetric about their mean)
+    low: float = float("nan")
+    high: float = float("nan")
 
     def worse(self, alpha: float = 0.05) -> bool:
         """Whether a is less accurate than b at significance level ``alpha``."""
         return self.p_worse < alpha
+
+    def gain(self) -> bool:
+        """Whether a is more accurate than b beyond noise: the whole 95% interval above zero."""
+        return self.low > 0
 
 
 def accuracy_difference(records: Iterable[dict[str, Any]], key_a: str, key_b: str,
@@ -283,7 +291,60 @@ def accuracy_difference(records: Iterable[dict[str, Any]], key_a: str, key_b: st
     rng = random.Random(seed)
     # as low or lower than observed, under random signs; +1 on both sides keeps the estimate valid
     hits = sum(sum(d if rng.random() < 0.5 else -d for d in nonzero) <= observed + 1e-12 for _ in range(resamples))
-    return Difference(statistics.fmean(diffs), (hits + 1) / (resamples + 1), len(common))
+    low, high = _sign_flip_interval(diffs, resamples, seed)
+    return Difference(statistics.fmean(diffs), (hits + 1) / (resamples + 1), len(common), low, high)
+
+
+def _sign_flip_interval(diffs: list[float], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` interval of the mean of paired ``diffs`` by inverting a two-sided sign-flip test.
+
+    δ is inside when random sign patterns give a |sum of (diffs - δ)| at least as large as the observed
+    one in more than 1 - ``level`` of the patterns; the edges are found by bisection with one fixed set of
+    patterns. Accuracy differences lie in [-1, 1], so the interval is clipped there (too few problems
+    to reject anything give [-1, 1]).
+    """
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=np.float64)
+    signs = np.where(np.random.default_rng(seed).random((resamples, d.size)) < 0.5, -1.0, 1.0)
+
+    def inside(delta: float) -> bool:
+        x = d - delta
+        hits = np.count_nonzero(np.abs(signs @ x) >= abs(x.sum()) - 1e-9)
+        return (hits + 1) / (resamples + 1) > 1 - level
+
+    def edge(outer: float) -> float:
+        inner = float(d.mean())
+        if inside(outer):
+            return outer
+        for _ in range(30):
+            mid = (inner + outer) / 2
+            inner, outer = (mid, outer) if inside(mid) else (inner, mid)
+        # problems with no difference make zero an edge whenever they are many: say so exactly
+        return 0.0 if min(inner, outer) < 0 < max(inner, outer) and inside(0.0) else inner
+
+    return edge(-1.0), edge(1.0)
+
+
+def accuracy_interval(records: Iterable[dict[str, Any]], key: str, level: float = 0.95, resamples: int = 5000,
+                      seed: int = 0) -> tuple[float, float]:
+    """The ``level`` bootstrap interval of configuration ``key``'s accuracy, resampling problems.
+
+    Problems, not runs: a problem's seeds are correlated (an easy problem is right in every seed), so
+    the runs of one problem are resampled together, as its mean over seeds.
+    """
+    import numpy as np
+
+    per: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        if r["config_key"] == key:
+            per[r["problem_id"]].append(bool(r["correct"]))
+    if not per:
+        raise LattsError(f"no records of {key}")
+    means = np.array([statistics.fmean(v) for v in per.values()])
+    boots = np.sort(np.random.default_rng(seed).choice(means, (resamples, means.size)).mean(axis=1))
+    tail = (1 - level) / 2
+    return float(boots[int(tail * (resamples - 1))]), float(boots[int((1 - tail) * (resamples - 1))])
 
 
 def _run_concurrently(solver: Solver, todo: list[tuple[Problem, Any, int]],
