@@ -111,10 +111,12 @@ class NativeStep:
         start = start.to(torch.long).contiguous()
         lengths = (torch.full((B,), k) if lengths is None else lengths.to(torch.long)).contiguous()
         cos, sin = self._rope(int((start + lengths).max()))
-        pairs = (_prompt_pairs(cache) if self.pair_attention and cache.prefix_k.dtype == torch.bfloat16
-                 else (_NONE, _NONE))
-        logits = self._model.step(tokens.to(torch.long).contiguous(), start, lengths, _prompt_keys_transposed(cache),
-                                  cache.prefix_v, cache.k, cache.v, cos, sin, *pairs)
+        if self.pair_attention and cache.prefix_k.dtype == torch.bfloat16:
+            keys_t, pairs = _NONE, _prompt_pairs(cache)
+        else:
+            keys_t, pairs = _prompt_keys_transposed(cache), (_NONE, _NONE)
+        logits = self._model.step(tokens.to(torch.long).contiguous(), start, lengths, keys_t, cache.prefix_v,
+                                  cache.k, cache.v, cos, sin, *pairs)
         if logits.shape[0] == B * k:
             return logits.view(B, k, -1)
         out = logits.new_zeros(B * k, logits.shape[1])

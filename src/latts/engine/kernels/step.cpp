@@ -174,14 +174,15 @@ class Model {
     TORCH_CHECK(start.numel() == B && lengths.numel() == B && start.scalar_type() == torch::kLong &&
                 lengths.scalar_type() == torch::kLong, "start, lengths: [B] int64");
     check_cache(prefix_v, prefix_v, own_k, own_v, B);
-    TORCH_CHECK(prefix_kt.dim() == 6 && prefix_kt.is_contiguous() && prefix_kt.size(0) == L_ && prefix_kt.size(2) == G_ &&
-                prefix_kt.size(3) == (prefix_v.size(3) + 7) / 8 && prefix_kt.size(4) == hd_ && prefix_kt.size(5) == 8 &&
-                prefix_kt.scalar_type() == prefix_v.scalar_type(),
+    const bool pairs = prefix_kp.numel() > 0;  // the prompt in bf16 pairs; else in transposed blocks (kt)
+    TORCH_CHECK(pairs || (prefix_kt.dim() == 6 && prefix_kt.is_contiguous() && prefix_kt.size(0) == L_ &&
+                          prefix_kt.size(2) == G_ && prefix_kt.size(3) == (prefix_v.size(3) + 7) / 8 &&
+                          prefix_kt.size(4) == hd_ && prefix_kt.size(5) == 8 &&
+                          prefix_kt.scalar_type() == prefix_v.scalar_type()),
                 "prompt keys: [L, 1, G, ceil(P / 8), hd, 8], the cache's dtype");
     TORCH_CHECK(cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 && cos.is_contiguous() &&
                 sin.is_contiguous() && cos.size(1) == hd_, "rope tables: [positions, hd] float32");
     const int64_t P = prefix_v.size(3), S = own_k.size(3);
-    const bool pairs = prefix_kp.numel() > 0;
     TORCH_CHECK(!pairs || (kPairAttention && prefix_v.scalar_type() == torch::kBFloat16 && prefix_kp.dim() == 7 &&
                            prefix_kp.is_contiguous() && prefix_vp.is_contiguous() &&
                            prefix_kp.sizes() == torch::IntArrayRef({L_, 1, G_, (P + 15) / 16, hd_ / 2, 16, 2}) &&
