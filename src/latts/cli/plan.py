@@ -83,15 +83,11 @@ def optimize(
 ) -> None:
     """The latency-optimal (B, γ, L) per deadline and the Pareto frontier; optionally validated for real."""
     refuse_unrunnable("embedded", model, engine, dtype)
-    from latts.planning import check_plan_drafters
     from latts.planning import optimize as run_optimize
-
-    drafter_list = [d.strip() for d in drafters.split(",") if d.strip()]
-    check_plan_drafters(drafter_list)
 
     result = run_optimize(
         task, numbers(deadlines, "--deadline", float), profile=profile_path, surface=surface_path,
-        gammas=numbers(gammas, "--gamma"), branches=numbers(branches, "--branches"), drafters=drafter_list,
+        gammas=numbers(gammas, "--gamma"), branches=numbers(branches, "--branches"), drafters=[d.strip() for d in drafters.split(",") if d.strip()],
         thinks=numbers(thinks, "--max-think"), surface_problems=surface_limit, validate_problems=validate_limit,
         seeds=numbers(seeds, "--seeds") if validate_limit > 0 else [],  # read only when validating, as always
         validate_out=validate_out, data=data, plans=plans, model=model, dtype=dtype, engine=engine,
