@@ -192,6 +192,22 @@ struct QueryKeys {
   float* out;
 };
 
+// A query's own slots: their scores after the prompt's in its row of scores, one softmax over both;
+// returns 1 / the softmax's sum.
+template <typename KV>
+inline float own_scores_and_exp(const QueryKeys<KV>& qk, int64_t P, int64_t hd, float scale, float* row) {
+  scores_of(qk.q, qk.own_k, qk.n_own, hd, scale, row + P);
+  return 1.0f / exp_in_place(row, P + qk.n_own);
+}
+
+// Its own slots' values added to its output (the prompt's part already there), then normalised.
+template <typename KV>
+inline void own_values_and_normalize(const QueryKeys<KV>& qk, const float* row, int64_t P, int64_t hd, float inv) {
+  mix_values(row + P, qk.own_v, qk.n_own, hd, qk.out);
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(qk.out + c, _mm256_mul_ps(_mm256_loadu_ps(qk.out + c), iv));
+}
+
 // NQ queries of one KV head: scores against the prompt (together) and their own slots, one softmax
 // over both, then the values. sc: NQ rows of ld >= P + n_own floats.
 template <int NQ, typename KV>
@@ -202,16 +218,9 @@ void attend_block(const QueryKeys<KV>* qs, const KV* kt, const KV* pv, int64_t P
   for (int i = 0; i < NQ; ++i) { q[i] = qs[i].q; out[i] = qs[i].out; }
   prefix_scores<NQ>(q, kt, P, hd, scale, sc, ld);
   float inv[NQ];
-  for (int i = 0; i < NQ; ++i) {
-    scores_of(q[i], qs[i].own_k, qs[i].n_own, hd, scale, sc + i * ld + P);
-    inv[i] = 1.0f / exp_in_place(sc + i * ld, P + qs[i].n_own);
-  }
+  for (int i = 0; i < NQ; ++i) inv[i] = own_scores_and_exp(qs[i], P, hd, scale, sc + i * ld);
   prefix_mix<NQ>(sc, ld, pv, P, hd, out);
-  for (int i = 0; i < NQ; ++i) {
-    mix_values(sc + i * ld + P, qs[i].own_v, qs[i].n_own, hd, out[i]);
-    const __m256 iv = _mm256_set1_ps(inv[i]);
-    for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(out[i] + c, _mm256_mul_ps(_mm256_loadu_ps(out[i] + c), iv));
-  }
+  for (int i = 0; i < NQ; ++i) own_values_and_normalize(qs[i], sc + i * ld, P, hd, inv[i]);
 }
 
 constexpr int kMaxQueries = 8;  // queries per attention block
@@ -336,8 +345,7 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
   pair_prefix_scores<NQ>(q, kp, P, hd, scale, sc, ld);
   float inv[NQ];
   for (int i = 0; i < NQ; ++i) {
-    scores_of(qs[i].q, qs[i].own_k, qs[i].n_own, hd, scale, sc + i * ld + P);
-    inv[i] = 1.0f / exp_in_place(sc + i * ld, P + qs[i].n_own);
+    inv[i] = own_scores_and_exp(qs[i], P, hd, scale, sc + i * ld);
     uint16_t* pb = scratch + i * (ld + hd) + hd;
     to_bf16(sc + i * ld, P & ~int64_t{1}, pb);
     if (P & 1) {  // the last pair: the last weight and a zero one (its value is padding)
@@ -346,11 +354,7 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
     }
   }
   pair_prefix_mix<NQ>(p, vp, P, hd, out);
-  for (int i = 0; i < NQ; ++i) {
-    mix_values(sc + i * ld + P, qs[i].own_v, qs[i].n_own, hd, out[i]);
-    const __m256 iv = _mm256_set1_ps(inv[i]);
-    for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(out[i] + c, _mm256_mul_ps(_mm256_loadu_ps(out[i] + c), iv));
-  }
+  for (int i = 0; i < NQ; ++i) own_values_and_normalize(qs[i], sc + i * ld, P, hd, inv[i]);
 }
 
 inline void pair_attend_queries(const QueryKeys<uint16_t>* qs, int n, const uint16_t* kp, const uint16_t* vp,
