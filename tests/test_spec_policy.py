@@ -4,6 +4,7 @@ for their positions on this machine's measured costs, and the output stays exact
 from __future__ import annotations
 
 import pytest
+import torch
 
 from latts.config import SamplingParams
 from latts.engine.drafters import GroupDrafter, NGramDrafter
@@ -98,3 +99,83 @@ def test_the_cost_policy_keeps_sampling_seeded_rows_diverse(fast_model) -> None:
                                           ignore_eos=True, sampling=SamplingParams(temperature=1.0, seed=3),
                                           gamma=3, drafter=GroupDrafter()))
     assert len({tuple(b.token_ids) for b in got.branches}) == 8
+
+
+
+def test_the_cost_policy_samples_like_plain_decoding(fast_model) -> None:
+    """Sampled runs (T = 1, top-2, 12 tokens, 4 rows) with group drafts under the cost policy emit every token
+    with the probability the model gives it after the row's own history, as plain decoding does: the policy's
+    choices (which rows verify how many of their drafts, or none) depend only on earlier rounds, so rejection
+    sampling stays exact.
+
+    The check is a calibration test on what drafts would propose: at every position, the copy candidate (the
+    token that followed the latest earlier occurrence of the last 3, 2 or 1 tokens, prompt included) has a
+    chance p under the teacher-forced logits, and the sum of (1{candidate emitted} - p) over the positions is
+    about N(0, sum p (1 - p)); |z| < 4 in both arms. Position-wise chi-square tables on such runs pool into
+    a handful of cells. Its power is that of ~120 verify rounds: a sampler that drew a rejected draft's
+    replacement from p instead of the residual read z = +3.0 to +4.4 (clean runs: -1.5 to -0.0), so
+    it catches gross bias in the policy's path (the sampler itself is checked by the fixed-policy tests).
+    The cost shape is cheap up to 12 positions and steep beyond, so that rounds verify some rows' drafts and
+    cut others'; a drafter that counts what it offered shows the cuts happened."""
+    from latts.engine.spec_policy import CostShape
+
+    class Counting(GroupDrafter):
+        offered = 0
+
+        def propose(self, *args, **kwargs):
+            drafts, n, q = super().propose(*args, **kwargs)
+            Counting.offered += int(n.sum())
+            return drafts, n, q
+
+    engine = Engine(fast_model)
+    engine.cost_shape = CostShape({1: 5 * MS, 12: 5.5 * MS, 16: 12 * MS, 64: 72 * MS})
+    ids = engine.encode("Repeat this sentence three times: The quick brown fox jumps over the lazy dog near the "
+                        "river bank.")
+    verifies = verified = 0
+
+    def runs(gamma: int) -> list[list[int]]:
+        nonlocal verifies, verified
+        out = []
+        for seed in range(100):
+            got = engine.generate(GenerateRequest(ids, branches=4, max_new_tokens=12, ignore_eos=True,
+                                                  sampling=SamplingParams(temperature=1.0, top_k=2, seed=seed),
+                                                  gamma=gamma, drafter=Counting() if gamma else None))
+            out += [b.token_ids for b in got.branches]
+            if got.spec is not None:
+                verifies, verified = verifies + got.spec.verifies, verified + got.spec.proposed
+        return out
+
+    def copy_candidate(history: list[int]) -> int | None:
+        """The token that followed the latest earlier occurrence of the history's last 3 (or 2, or 1) tokens."""
+        for n in (3, 2, 1):
+            tail = history[-n:]
+            for i in range(len(history) - n - 1, -1, -1):
+                if history[i : i + n] == tail:
+                    return history[i + n]
+        return None
+
+    def calibration_z(rows: list[list[int]]) -> float:
+        model, residual, variance = engine.model, 0.0, 0.0
+        for i in range(0, len(rows), 16):
+            tokens = torch.tensor(rows[i : i + 16])
+            cache = model.new_cache(len(tokens), len(ids), tokens.shape[1])
+            model.prefill(torch.tensor([ids]), cache)
+            logits = model.decode(tokens, torch.full((len(tokens),), len(ids)), cache)[:, :-1].float()
+            top = logits.topk(2, dim=-1)
+            chances = torch.softmax(top.values, dim=-1)  # of the two tokens kept, [n, 11, 2]
+            for r, row in enumerate(rows[i : i + 16]):
+                for j in range(1, len(row)):
+                    if (c := copy_candidate(ids + row[:j])) is None:
+                        continue
+                    kept = top.indices[r, j - 1].tolist()
+                    p = float(chances[r, j - 1, kept.index(c)]) if c in kept else 0.0
+                    residual += (row[j] == c) - p
+                    variance += p * (1 - p)
+        return residual / variance**0.5
+
+    plain, spec = runs(0), runs(3)
+    z_plain, z_spec = calibration_z(plain), calibration_z(spec)
+    print(f"verify rounds {verifies}, drafts offered {Counting.offered}, verified {verified}; "
+          f"calibration z: plain {z_plain:+.2f}, cost policy {z_spec:+.2f}")
+    assert verifies >= 30 and 0 < verified < Counting.offered
+    assert abs(z_plain) < 4 and abs(z_spec) < 4
