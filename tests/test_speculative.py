@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from collections import Counter
 
 import pytest
@@ -306,3 +308,42 @@ def test_sampled_branches_stay_diverse_with_group_speculation(engine) -> None:
     print("distinct, mean pairwise agreement (plain | group speculation):", plain, spec)
     assert spec[0] >= 30 and plain[0] >= 30  # of 32
     assert spec[1] <= plain[1] + 0.15
+
+
+def test_pruned_speculative_branches_stay_diverse(engine) -> None:
+    """Same seeds, 16 sampled branches on an arith problem with thinking held open for 40 tokens: plain, and
+    with group speculation plus pruning at the group's median. The branches that survive pruning are as
+    diverse as the same branches without either (distinct texts, mean pairwise agreement of their first 32
+    tokens) and their answers spread as widely; a shared random stream would collapse both."""
+    from latts.config import Plan
+    from latts.tasks import get_task
+    from latts.tts.solver import Solver
+
+    task = get_task("arith")
+    solver = Solver(engine, task)
+    problem = task.load(limit=3)[2]
+
+    def agreement(rows: list[list[int]]) -> float:
+        pairs = [sum(x == y for x, y in zip(a[:32], b[:32])) / 32 for i, a in enumerate(rows) for b in rows[i + 1 :]]
+        return sum(pairs) / len(pairs)
+
+    pruned_total, lines = 0, []
+    for seed in range(2):
+        plan = Plan(branches=16, min_think=40, max_think=64, answer_tokens=8, temperature=0.7, seed=seed,
+                    early_stop=False)
+        plain = solver.solve(problem, plan)
+        spec = solver.solve(problem, replace(plan, gamma=3, drafter="group", gamma_policy="fixed", prune=0.5))
+        alive = [i for i, b in enumerate(spec.branches) if b.finish_reason != "pruned"]
+        pruned_total += 16 - len(alive)
+        rows = [spec.branches[i].token_ids for i in alive]
+        same = [plain.branches[i].token_ids for i in alive]
+        answers = {spec.branch_answers[i] for i in alive}
+        answers_plain = {plain.branch_answers[i] for i in alive}
+        lines.append((seed, len(alive), len({tuple(r) for r in rows}), round(agreement(rows), 3),
+                      round(agreement(same), 3), len(answers), len(answers_plain)))
+        assert len({tuple(r) for r in rows}) == len(alive)  # no two surviving branches wrote the same text
+        assert agreement(rows) <= agreement(same) + 0.15
+        assert len(answers) >= min(3, len(answers_plain))
+    print("seed, survivors, distinct texts, agreement (spec+prune | same branches plain), distinct answers "
+          "(spec+prune | plain):", lines)
+    assert pruned_total >= 2  # the pruning arm pruned
