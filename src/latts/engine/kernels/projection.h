@@ -84,13 +84,17 @@ inline Proj repack(Kind kind, const uint8_t* qs, const uint16_t* d, const uint16
   return p;
 }
 
-// Activations as 8-bit blocks: rows x K levels, per block a scale and the exact sum.
+// Activations as 8-bit blocks: rows x K levels, per block a scale and the exact sum. Block-major (block
+// b of row t at q[(b * rows + t) * 32], d[b * rows + t]): a projection tile then reads its rows' blocks
+// at fixed offsets from one pointer (with a pointer per row the compiler ran out of registers and moved
+// pointers through vector registers inside the multiply loop).
 struct QAct {
   std::vector<int8_t> q;
   std::vector<float> d, s;
   std::vector<int32_t> qsum;
-  int64_t K = 0, nb = 0;
-  void reserve(int64_t rows, int64_t max_k) {
+  int64_t K = 0, nb = 0, rows = 0;
+  void reserve(int64_t rows_, int64_t max_k) {
+    rows = rows_;
     q.resize(rows * max_k);
     d.resize(rows * max_k / kBlock);
     s.resize(rows * max_k / kBlock);
@@ -98,7 +102,7 @@ struct QAct {
   }
   void set_k(int64_t k) { K = k; nb = k / kBlock; }
   void quantize(int64_t t, const float* x) {
-    quantize_row(x, K, q.data() + t * K, d.data() + t * nb, s.data() + t * nb, qsum.data() + t * nb);
+    quantize_row(x, K, q.data() + t * kBlock, d.data() + t, s.data() + t, qsum.data() + t, rows);
   }
 };
 
@@ -116,16 +120,18 @@ constexpr int64_t kPrefetch = 1024;  // bytes of weights ahead
 
 template <Kind F, int RT>
 void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
-  const int64_t nb = p.nb, K = p.K;
+  const int64_t nb = p.nb;
   __m256 acc[RT];
   for (int r = 0; r < RT; ++r) acc[r] = _mm256_setzero_ps();
-  const int8_t* xq = a.q.data() + t0 * K;
-  const float* xd = a.d.data() + t0 * nb;
-  const float* xs = a.s.data() + t0 * nb;
-  const int32_t* xsum = a.qsum.data() + t0 * nb;
+  const int64_t rows = a.rows;
+  const int8_t* xq = a.q.data() + t0 * kBlock;  // this tile's rows of block b: xq + (b * rows + r) * 32
+  const float* xd = a.d.data() + t0;
+  const float* xs = a.s.data() + t0;
+  const int32_t* xsum = a.qsum.data() + t0;
   const uint8_t* wp = p.qs.data() + g * nb * p.block_bytes();
   const uint16_t* sp = p.scales.data() + g * nb * p.block_scales();
-  for (int64_t b = 0; b < nb; ++b, wp += p.block_bytes(), sp += p.block_scales()) {
+  for (int64_t b = 0; b < nb; ++b, wp += p.block_bytes(), sp += p.block_scales(), xq += rows * kBlock, xd += rows,
+                                  xs += rows, xsum += rows) {
     // the weights stream from memory once per step: ask for them well ahead of the multiplies
     for (int64_t off = 0; off < p.block_bytes(); off += 64) _mm_prefetch(reinterpret_cast<const char*>(wp + kPrefetch + off), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(sp + kPrefetch / 4), _MM_HINT_T0);
@@ -141,31 +147,31 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
       const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + 8)));
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
-        const int8_t* xb = xq + r * K + b * kBlock;
+        const int8_t* xb = xq + r * kBlock;
         __m256i s = _mm256_setzero_si256();
         for (int c = 0; c < 8; ++c) s = dot_u8s8(s, w[c], bcast4(xb + 4 * c));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
-        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[r * nb + b]), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r])), acc[r]);
+        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[r]), acc[r]);
       }
     } else {
       for (int c = 0; c < 8; ++c) w[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * c));
 #if LATTS_VNNI
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
-        const int8_t* xb = xq + r * K + b * kBlock;
-        __m256i s = _mm256_set1_epi32(-128 * xsum[r * nb + b]);  // the weights' +128, taken off
+        const int8_t* xb = xq + r * kBlock;
+        __m256i s = _mm256_set1_epi32(-128 * xsum[r]);  // the weights' +128, taken off
         for (int c = 0; c < 8; ++c) s = dot_u8s8(s, w[c], bcast4(xb + 4 * c));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r])), acc[r]);
       }
 #else
       __m256i wabs[8];
       for (int c = 0; c < 8; ++c) wabs[c] = _mm256_sign_epi8(w[c], w[c]);
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
-        const int8_t* xb = xq + r * K + b * kBlock;
+        const int8_t* xb = xq + r * kBlock;
         __m256i s = _mm256_setzero_si256();
         for (int c = 0; c < 8; ++c) s = dot_u8s8(s, wabs[c], _mm256_sign_epi8(bcast4(xb + 4 * c), w[c]));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b])), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(xd[r])), acc[r]);
       }
       (void)xsum;
 #endif
@@ -182,18 +188,27 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
 
 #if LATTS_ZMM
 // tile() with groups of 16 outputs in 512-bit vectors (q4, and q8 with its +128 offset).
+// s + the u8 x s8 products of w with the 4 bytes at x broadcast, the broadcast folded into the
+// instruction's memory operand (GCC loads it into a register first: one more instruction a multiply).
+inline __m512i dpbusd_bcast(__m512i s, __m512i w, const int8_t* x) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(s) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(x)));
+  return s;
+}
+
 template <Kind F, int RT>
 void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
-  const int64_t nb = p.nb, K = p.K;
+  const int64_t nb = p.nb;
   __m512 acc[RT];
   for (int r = 0; r < RT; ++r) acc[r] = _mm512_setzero_ps();
-  const int8_t* xq = a.q.data() + t0 * K;
-  const float* xd = a.d.data() + t0 * nb;
-  const float* xs = a.s.data() + t0 * nb;
-  const int32_t* xsum = a.qsum.data() + t0 * nb;
+  const int64_t rows = a.rows;
+  const int8_t* xq = a.q.data() + t0 * kBlock;  // this tile's rows of block b: xq + (b * rows + r) * 32
+  const float* xd = a.d.data() + t0;
+  const float* xs = a.s.data() + t0;
+  const int32_t* xsum = a.qsum.data() + t0;
   const uint8_t* wp = p.qs.data() + g * nb * p.block_bytes();
   const uint16_t* sp = p.scales.data() + g * nb * p.block_scales();
-  for (int64_t b = 0; b < nb; ++b, wp += p.block_bytes(), sp += p.block_scales()) {
+  for (int64_t b = 0; b < nb; ++b, wp += p.block_bytes(), sp += p.block_scales(), xq += rows * kBlock, xd += rows,
+                                  xs += rows, xsum += rows) {
     for (int64_t off = 0; off < p.block_bytes(); off += 64) _mm_prefetch(reinterpret_cast<const char*>(wp + kPrefetch + off), _MM_HINT_T0);
     __m512i w[8];
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp)));
@@ -207,28 +222,20 @@ void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64
       const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + 16)));
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
-        const int8_t* xb = xq + r * K + b * kBlock;
+        const int8_t* xb = xq + r * kBlock;
         __m512i s = _mm512_setzero_si512();
-        for (int c = 0; c < 8; ++c) {
-          int32_t x4;
-          std::memcpy(&x4, xb + 4 * c, 4);
-          s = _mm512_dpbusd_epi32(s, w[c], _mm512_set1_epi32(x4));
-        }
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[r * nb + b])), acc[r]);
-        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[r * nb + b]), acc[r]);
+        for (int c = 0; c < 8; ++c) s = dpbusd_bcast(s, w[c], xb + 4 * c);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[r])), acc[r]);
+        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[r]), acc[r]);
       }
     } else {
       for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(wp + 64 * c);
 #pragma GCC unroll 8
       for (int r = 0; r < RT; ++r) {
-        const int8_t* xb = xq + r * K + b * kBlock;
-        __m512i s = _mm512_set1_epi32(-128 * xsum[r * nb + b]);  // the weights' +128, taken off
-        for (int c = 0; c < 8; ++c) {
-          int32_t x4;
-          std::memcpy(&x4, xb + 4 * c, 4);
-          s = _mm512_dpbusd_epi32(s, w[c], _mm512_set1_epi32(x4));
-        }
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[r * nb + b])), acc[r]);
+        const int8_t* xb = xq + r * kBlock;
+        __m512i s = _mm512_set1_epi32(-128 * xsum[r]);  // the weights' +128, taken off
+        for (int c = 0; c < 8; ++c) s = dpbusd_bcast(s, w[c], xb + 4 * c);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[r])), acc[r]);
       }
     }
   }
@@ -282,7 +289,7 @@ void project_groups(const Proj& p, const QAct& a, int64_t T, int64_t g0, int64_t
 inline void project(const Proj& p, const QAct& a, int64_t T, int64_t tid, int64_t team, float* y, int64_t ldy, bool add) {
   const auto [g0, g1] = share(p.N / p.gw, tid, team);
   // the activations were quantized by both cores: fetch them at once, not a cross-core miss at a time
-  for (int64_t off = 0; off < T * a.K; off += 64) _mm_prefetch(reinterpret_cast<const char*>(a.q.data()) + off, _MM_HINT_T0);
+  for (int64_t off = 0; off < a.rows * a.K; off += 64) _mm_prefetch(reinterpret_cast<const char*>(a.q.data()) + off, _MM_HINT_T0);
 #if LATTS_ZMM
   if (p.gw == 16) {
     if (p.kind == kQ4) project_groups16<kQ4>(p, a, T, g0, g1, y, ldy, add);

@@ -51,13 +51,14 @@ inline float hsum_i32(__m256i v) {
 }
 
 // One row of K floats as K/32 blocks: int8 levels q (round to nearest, |q| <= 127), scale d
-// (x ~ d * q), the sum of its levels qsum, and s = d * qsum, the sum of the quantized block.
+// (x ~ d * q), the sum of its levels qsum, and s = d * qsum, the sum of the quantized block. Block b
+// goes to q + b * stride * 32 and d, s, qsum [b * stride] (stride: the rows a block-major buffer holds).
 // Q4_1's offsets multiply s, not the exact sum: then a product's error is sum(w * (xq - x)) over
 // the centred weights, whose signs cancel the rounding errors; with the exact sum the error would
 // be sum((w - m) * (xq - x)) over the all-positive d * q (4x the mean KL on the default model).
-inline void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* s, int32_t* qsum) {
+inline void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* s, int32_t* qsum, int64_t stride = 1) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (int64_t b = 0; b < K / kBlock; ++b) {
+  for (int64_t b = 0; b < K / kBlock; ++b, q += stride * kBlock, d += stride, s += stride, qsum += stride) {
     const float* xb = x + b * kBlock;
     __m256 v[4];
     for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
@@ -67,19 +68,19 @@ inline void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* 
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     const float m = _mm_cvtss_f32(m4);
-    d[b] = m / 127.0f;
+    *d = m / 127.0f;
     const __m256 inv = _mm256_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
     __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
     __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
     __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
     __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
-    qsum[b] = static_cast<int32_t>(hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3))));
-    s[b] = d[b] * static_cast<float>(qsum[b]);
+    *qsum = static_cast<int32_t>(hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3))));
+    *s = *d * static_cast<float>(*qsum);
     i0 = _mm256_packs_epi32(i0, i1);  // lanes interleaved by 128-bit halves; undone below
     i2 = _mm256_packs_epi32(i2, i3);
     i0 = _mm256_packs_epi16(i0, i2);
     i0 = _mm256_permutevar8x32_epi32(i0, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlock), i0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), i0);
   }
 }
 
