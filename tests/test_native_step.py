@@ -249,7 +249,8 @@ def test_bf16_pair_attention_follows_the_float32_kernels(fast_model) -> None:
     The pair kernels round the queries and softmax weights to bf16 (the keys and values already are);
     a wrong layout or a lost padding key would move whole distributions. Teacher-forced on real text
     behind a prompt of an odd length (partial key blocks and value pairs), two rows of different
-    tokens and one verify-like step of three tokens each, against the float32 attention kernels:
+    tokens for 26 steps (their own slots in bf16 too: values in pairs from 2 slots, keys sixteen at a
+    time from 16) and one verify-like step of three tokens each, against the float32 attention kernels:
     mean KL below half of the whole fast path's bound against HF fp32 (benchmarks/numerics.py: 0.01).
     """
     m = fast_model.model
@@ -262,17 +263,18 @@ def test_bf16_pair_attention_follows_the_float32_kernels(fast_model) -> None:
         "Solution: The divisors of 36 are 1, 2, 3, 4, 6, 9, 12, 18 and 36. Those divisible by 3 are 3, 6, 9, "
         "12, 18 and 36, and their sum is 3 + 6 + 9 + 12 + 18 + 36 = 84, so the answer is 84.")
     P = 37  # odd: a partial block of sixteen keys and a half-empty last pair of values
-    prompt, rest = torch.tensor([text[:P]]), torch.tensor(text[P:P + 14])
+    prompt, rest = torch.tensor([text[:P]]), torch.tensor(text[P:P + 30])
+    assert len(rest) == 30
     s = m.shape
     got = {}
     for on in (True, False):
         native.pair_attention = on
         try:
-            cache = KVCache(s.n_layers, 2, s.n_kv_heads, P, 16, s.head_dim, m.dtype)
+            cache = KVCache(s.n_layers, 2, s.n_kv_heads, P, 32, s.head_dim, m.dtype)
             m.prefill(prompt, cache)
             steps = [m.decode(torch.stack([rest[i : i + 1], rest[i + 1 : i + 2]]), torch.tensor([P + i, P + i]), cache)
-                     for i in range(10)]
-            steps.append(m.decode(torch.stack([rest[10:13], rest[11:14]]), torch.tensor([P + 10, P + 10]), cache))
+                     for i in range(26)]
+            steps.append(m.decode(torch.stack([rest[26:29], rest[27:30]]), torch.tensor([P + 26, P + 26]), cache))
             got[on] = torch.cat([x.reshape(-1, x.shape[-1]) for x in steps]).float().log_softmax(-1)
         finally:
             native.pair_attention = True

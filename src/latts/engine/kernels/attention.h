@@ -200,12 +200,17 @@ inline float own_scores_and_exp(const QueryKeys<KV>& qk, int64_t P, int64_t hd, 
   return 1.0f / exp_in_place(row, P + qk.n_own);
 }
 
+// out *= inv (a softmax's 1 / sum), hd features.
+inline void normalize(float* out, int64_t hd, float inv) {
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_loadu_ps(out + c), iv));
+}
+
 // Its own slots' values added to its output (the prompt's part already there), then normalised.
 template <typename KV>
 inline void own_values_and_normalize(const QueryKeys<KV>& qk, const float* row, int64_t P, int64_t hd, float inv) {
   mix_values(row + P, qk.own_v, qk.n_own, hd, qk.out);
-  const __m256 iv = _mm256_set1_ps(inv);
-  for (int64_t c = 0; c < hd; c += 8) _mm256_storeu_ps(qk.out + c, _mm256_mul_ps(_mm256_loadu_ps(qk.out + c), iv));
+  normalize(qk.out, hd, inv);
 }
 
 // NQ queries of one KV head: scores against the prompt (together) and their own slots, one softmax
@@ -327,7 +332,64 @@ void pair_prefix_mix(const uint32_t* const* p, const uint16_t* vp, int64_t P, in
   for (; c0 < hd; c0 += 16) pair_mix_features<NQ, 1>(p, vp, P2, hd, c0, out);
 }
 
-// As attend_block, with the prompt's part in bf16 dot products (its own slots stay float32).
+// Sixteen vectors' sums in one vector: lane k = the sum of a[k]'s lanes (a transposing tree of adds).
+inline __m512 hsum16(const __m512 a[16]) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of a = a[2i], b = a[2i + 1]
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // per 128-bit lane: the lane's part of the sums of a[4i .. 4i + 3]
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44), _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xEE));
+  const __m512 v0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+  const __m512 v1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xDD));
+}
+
+// A query's own slots in bf16 dot products, as the prompt's part: its own keys and values are rows of
+// hd bf16 ([slot, hd], written a token at a time), so the scores take sixteen keys per pass with one
+// transposing sum, and the values two slots per pass, interleaved feature by feature. Needs hd % 32 == 0
+// (else, and for a last odd slot or fewer than sixteen keys, the float32 kernels do the rest).
+inline bool pair_own_fits(int64_t hd) { return hd % 32 == 0; }
+
+// scale * q.K_j for the own slots j < n: qb the query in bf16, q the same query in float32.
+inline void pair_own_scores(const uint16_t* qb, const float* q, const uint16_t* k, int64_t n, int64_t hd, float scale,
+                            float* scores) {
+  const __m512 sv = _mm512_set1_ps(scale);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < hd; c += 32) {
+      const __m512bh qv = as_bh(_mm512_loadu_si512(qb + c));
+      for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], qv, as_bh(_mm512_loadu_si512(k + (j + i) * hd + c)));
+    }
+    _mm512_storeu_ps(scores + j, _mm512_mul_ps(hsum16(acc), sv));
+  }
+  if (j < n) scores_of(q, k + j * hd, n - j, hd, scale, scores + j);
+}
+
+// out += sum_j p_j V_j over the own slots j < n: pb the weights p in bf16 (pairs as uint32).
+inline void pair_own_values(const float* p, const uint32_t* pb, const uint16_t* v, int64_t n, int64_t hd, float* out) {
+  const int64_t pairs = n / 2;
+  // unpacklo/hi interleave two slots' features within 128-bit lanes: lo accumulates features 8L + 0..3
+  // of lane L, hi 8L + 4..7; these indices put sixteen features back in order
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int64_t c0 = 0; pairs && c0 < hd; c0 += 32) {
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    for (int64_t i = 0; i < pairs; ++i) {
+      const __m512i a = _mm512_loadu_si512(v + 2 * i * hd + c0), b = _mm512_loadu_si512(v + (2 * i + 1) * hd + c0);
+      const __m512bh w = as_bh(_mm512_set1_epi32(static_cast<int>(pb[i])));
+      lo = _mm512_dpbf16_ps(lo, as_bh(_mm512_unpacklo_epi16(a, b)), w);
+      hi = _mm512_dpbf16_ps(hi, as_bh(_mm512_unpackhi_epi16(a, b)), w);
+    }
+    _mm512_storeu_ps(out + c0, _mm512_add_ps(_mm512_loadu_ps(out + c0), _mm512_permutex2var_ps(lo, first, hi)));
+    _mm512_storeu_ps(out + c0 + 16,
+                     _mm512_add_ps(_mm512_loadu_ps(out + c0 + 16), _mm512_permutex2var_ps(lo, second, hi)));
+  }
+  if (n & 1) mix_values(p + n - 1, v + (n - 1) * hd, 1, hd, out);
+}
+
+// As attend_block, with the prompt's part in bf16 dot products (and its own slots, where hd % 32 == 0).
 // scratch: NQ x (ld + hd) bf16 values for the rounded queries and weights.
 template <int NQ>
 void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const uint16_t* vp, int64_t P, int64_t hd,
@@ -343,18 +405,35 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
     out[i] = qs[i].out;
   }
   pair_prefix_scores<NQ>(q, kp, P, hd, scale, sc, ld);
+  const bool own_pairs = pair_own_fits(hd);
+  const int64_t own_at = (P + 1) & ~int64_t{1};  // the own slots' bf16 weights, after the prompt's pairs
   float inv[NQ];
   for (int i = 0; i < NQ; ++i) {
-    inv[i] = own_scores_and_exp(qs[i], P, hd, scale, sc + i * ld);
+    float* row = sc + i * ld;
     uint16_t* pb = scratch + i * (ld + hd) + hd;
-    to_bf16(sc + i * ld, P & ~int64_t{1}, pb);
+    if (own_pairs) {
+      pair_own_scores(scratch + i * (ld + hd), qs[i].q, qs[i].own_k, qs[i].n_own, hd, scale, row + P);
+      inv[i] = 1.0f / exp_in_place(row, P + qs[i].n_own);
+      to_bf16(row + P, qs[i].n_own & ~int64_t{1}, pb + own_at);
+    } else {
+      inv[i] = own_scores_and_exp(qs[i], P, hd, scale, row);
+    }
+    to_bf16(row, P & ~int64_t{1}, pb);
     if (P & 1) {  // the last pair: the last weight and a zero one (its value is padding)
-      store_kv(pb + P - 1, sc + i * ld + P - 1, 1);
+      store_kv(pb + P - 1, row + P - 1, 1);
       pb[P] = 0;
     }
   }
   pair_prefix_mix<NQ>(p, vp, P, hd, out);
-  for (int i = 0; i < NQ; ++i) own_values_and_normalize(qs[i], sc + i * ld, P, hd, inv[i]);
+  for (int i = 0; i < NQ; ++i) {
+    if (!own_pairs) {
+      own_values_and_normalize(qs[i], sc + i * ld, P, hd, inv[i]);
+      continue;
+    }
+    const uint32_t* own_w = reinterpret_cast<const uint32_t*>(scratch + i * (ld + hd) + hd + own_at);
+    pair_own_values(sc + i * ld + P, own_w, qs[i].own_v, qs[i].n_own, hd, qs[i].out);
+    normalize(qs[i].out, hd, inv[i]);
+  }
 }
 
 inline void pair_attend_queries(const QueryKeys<uint16_t>* qs, int n, const uint16_t* kp, const uint16_t* vp,
