@@ -1,10 +1,12 @@
 """Does the fitted latency model predict configurations it was not fitted on?
 
-Profiles this machine on the default grid (B 1..32, k 1..8, contexts 256 and 1024) and fits the
-latency model. Held-out forwards (B = 3, 12, 24; k = 1, 3, 4, 6; contexts 512 and 1536) are timed in
-the same shuffled passes as the profile's but never fitted. Then whole runs through ``Engine.generate``
+Profiles this machine on the default grid (B 1..32, k 1..8, contexts 256 and 1024, and B = 1, 8, 32
+with 256 tokens of each row's own) and fits the latency model. Held-out forwards (B = 3, 12, 24; k = 1,
+3, 4, 6; contexts 512 and 1536; four of them with 128 tokens of each row's own) are timed in the same
+shuffled passes as the profile's but never fitted. Then whole runs through ``Engine.generate``
 (with and without speculation; α, tokens per round and verify width measured by the run itself; the
-median of three rounds over all runs) are compared with the model's prediction. Exits 1 unless the
+median of three rounds over all runs, one round after each pass of forwards) are compared with the model's
+prediction. Exits 1 unless the
 median relative error on the held-out forwards and on the whole runs is <= 15%.
 """
 
@@ -21,12 +23,15 @@ from latts.config import SamplingParams
 from latts.engine.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.loading import DEFAULT_MODEL, load
-from latts.latency.profiler import DEFAULT_BRANCHES, DEFAULT_CONTEXTS, DEFAULT_K, grid, measure_steps, profile
+from latts.latency.model import StepSample
+from latts.latency.profiler import (DEFAULT_BRANCHES, DEFAULT_CONTEXTS, DEFAULT_K, grid, measure_steps, own_shapes,
+                                    profile)
 from latts.request import GenerateRequest
 
 TARGET = 0.15
 RUN_REPEATS = 3
-HELD_OUT = [(b, k, c) for b in (3, 12, 24) for k in (1, 3, 4, 6) for c in (512, 1536)]
+HELD_OUT = [(b, k, c, 0) for b in (3, 12, 24) for k in (1, 3, 4, 6) for c in (512, 1536)] + [
+    (b, k, 512, 128) for b, k in ((3, 1), (12, 1), (12, 3), (24, 1))]  # rows holding 128 tokens of their own
 RUNS = [  # (B, γ, new tokens, context)
     (1, 0, 128, 300), (12, 0, 128, 300), (4, 3, 128, 600), (12, 3, 96, 300), (24, 0, 64, 1200),
 ]
@@ -39,12 +44,29 @@ def main() -> int:
     args = ap.parse_args()
     engine = Engine(load(DEFAULT_MODEL, args.dtype))
     say = lambda msg: print("  " + msg, flush=True)  # noqa: E731
-    # the held-out forwards are timed in the same passes as the profile's, in one shuffled order, so a
-    # drift of this shared machine's speed lands on both alike; the fit never sees them
+    # The held-out forwards are timed in the same passes as the profile's, in one shuffled order, and each
+    # pass is followed by one repeat of every whole run: this shared machine's speed drifts by a third
+    # within a minute (measured: a B=12 forward 11.8 ms, then 15-16 ms a minute later in one process), and
+    # so the drift lands on the profile, the held-out forwards and the runs alike. The fit never sees the
+    # held-out forwards or the runs.
     engine.warmup()
-    timed = measure_steps(engine, grid(DEFAULT_BRANCHES, DEFAULT_K, DEFAULT_CONTEXTS) + HELD_OUT, progress=say)
-    held = [x for x in timed if (x.branches, x.k, x.context) in HELD_OUT]
-    prof = profile(engine, progress=say, steps=[x for x in timed if (x.branches, x.k, x.context) not in HELD_OUT])
+    fitted = grid(DEFAULT_BRANCHES, DEFAULT_K, DEFAULT_CONTEXTS) + own_shapes(DEFAULT_BRANCHES, DEFAULT_CONTEXTS)
+    prompts = {ctx: torch.randint(100, 20000, (ctx,), generator=torch.Generator().manual_seed(ctx)).tolist()
+               for _, _, _, ctx in RUNS}
+    gens: dict[tuple[int, int, int, int], list] = {run: [] for run in RUNS}
+    passes: list[list[StepSample]] = []
+    for i in range(RUN_REPEATS):
+        passes.append(measure_steps(engine, fitted + HELD_OUT, passes=1))
+        say(f"pass {i + 1}/{RUN_REPEATS}: {len(passes[-1])} forwards timed; now the whole runs")
+        for b, gamma, tokens, ctx in RUNS:
+            gens[(b, gamma, tokens, ctx)].append(engine.generate(GenerateRequest(
+                prompts[ctx], branches=b, max_new_tokens=tokens, sampling=SamplingParams(temperature=0.0),
+                ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None,
+                gamma_policy="fixed")))  # the γ the prediction is for: the cost policy may decline drafts
+    timed = [StepSample(x.branches, x.k, x.context, statistics.median(p[j].seconds for p in passes), x.own)
+             for j, x in enumerate(passes[0])]
+    held = [x for x in timed if (x.branches, x.k, x.context, x.own) in HELD_OUT]
+    prof = profile(engine, progress=say, steps=[x for x in timed if (x.branches, x.k, x.context, x.own) not in HELD_OUT])
     if args.save:
         prof.save(args.save)
     model = prof.fit()
@@ -55,23 +77,14 @@ def main() -> int:
     print("| held-out forward | measured ms | predicted ms | error |")
     print("| --- | --- | --- | --- |")
     for s in held:
-        pred = model.step(s.branches, s.k, s.context)
-        print(f"| B={s.branches} k={s.k} ctx={s.context} | {s.seconds * 1e3:.1f} | {pred * 1e3:.1f} | "
+        pred = model.step(s.branches, s.k, s.context, s.own)
+        print(f"| B={s.branches} k={s.k} ctx={s.context} own={s.own} | {s.seconds * 1e3:.1f} | {pred * 1e3:.1f} | "
               f"{abs(pred - s.seconds) / s.seconds:.1%} |")
     step_err = model.median_error(held)
 
     print()
     print(f"| whole run | α | verify width | measured s (median of {RUN_REPEATS}) | predicted s | error |")
     print("| --- | --- | --- | --- | --- | --- |")
-    prompts = {ctx: torch.randint(100, 20000, (ctx,), generator=torch.Generator().manual_seed(ctx)).tolist()
-               for _, _, _, ctx in RUNS}
-    gens: dict[tuple[int, int, int, int], list] = {run: [] for run in RUNS}
-    for _ in range(RUN_REPEATS):  # round-robin: a slow spell of the machine hits one repeat of several runs
-        for b, gamma, tokens, ctx in RUNS:
-            gens[(b, gamma, tokens, ctx)].append(engine.generate(GenerateRequest(
-                prompts[ctx], branches=b, max_new_tokens=tokens, sampling=SamplingParams(temperature=0.0),
-                ignore_eos=True, gamma=gamma, drafter=NGramDrafter() if gamma else None,
-                gamma_policy="fixed")))  # the γ the prediction is for: the cost policy may decline drafts
     run_errs = []
     for (b, gamma, tokens, ctx), runs in gens.items():
         measured = statistics.median(g.latency_s for g in runs)

@@ -42,6 +42,25 @@ def test_fit_with_noise_predicts_held_out_shapes() -> None:
     assert all(getattr(fitted, f) >= 0 for f in ("overhead", "w_token", "w_attn", "w_row"))
 
 
+def test_rows_own_tokens_get_their_own_rate() -> None:
+    """Attention over each row's own tokens costs more per token than over the shared prompt: a profile with
+    forwards over own tokens fits that rate, and a whole run's prediction charges its generated tokens at it
+    (a profile without such forwards counts them as context, as before)."""
+    true = LatencyModel(overhead=0.020, w_token=0.0004, w_attn=0.00002, w_row=0.0003, prefill_base=0.01,
+                        prefill_per_token=0.0002, w_own=0.0001)
+    steps = _profile(true, 0.0) + [StepSample(b, 1, 256, true.step(b, 1, 256, 256), own=256) for b in (1, 8, 32)]
+    fitted = LatencyModel.fit(steps)
+    assert fitted.w_own == pytest.approx(0.0001, rel=1e-6) and fitted.w_attn == pytest.approx(0.00002, rel=1e-6)
+    assert true.step(16, 1, 256, own=512) - true.step(16, 1, 256) == pytest.approx(0.0001 * 16 * 512 / 1000)
+    want = true.prefill(64) + 100 * true.step(4, 1, 64, own=50) + true.step(4, 8, 64, own=100) + \
+        16 * true.step(4, 1, 64, own=100)
+    assert true.predict(4, 0, 100, prompt_len=64) == pytest.approx(want)
+    assert true.predict(4, 0, 100, prompt_len=64) > TRUE.predict(4, 0, 100, prompt_len=64)
+    # without forwards over own tokens the fit leaves w_own at 0, and own tokens count as context
+    assert LatencyModel.fit(_profile(TRUE, 0.0)).w_own == 0
+    assert TRUE.step(4, 1, 64, own=50) == TRUE.step(4, 1, 114)
+
+
 def test_fit_refuses_too_little_data() -> None:
     with pytest.raises(LattsError, match="at least 4"):
         LatencyModel.fit(_profile(TRUE, 0.0)[:3])

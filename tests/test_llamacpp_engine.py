@@ -222,7 +222,8 @@ def test_the_profiler_times_ragged_verifies_on_llamacpp(default_engine) -> None:
     timed as it runs, whatever order the shapes come in (llama.cpp's rows must continue their positions)."""
     from latts.latency.profiler import measure_steps
 
-    shapes = [(4, 3, 64), (4, 1, 64), (4, 2, 64), (1, 3, 64)]
+    shapes = [(4, 3, 64), (4, 1, 64), (4, 2, 64), (1, 3, 64), (4, 1, 64, 40)]  # the last: 40 own tokens a row
     samples = measure_steps(default_engine, shapes, repeats=1, passes=2)
-    assert sorted((s.branches, s.k, s.context) for s in samples) == sorted(shapes)
+    assert sorted((s.branches, s.k, s.context, s.own) for s in samples) == sorted((*x[:3], x[3] if len(x) > 3 else 0)
+                                                                                  for x in shapes)
     assert all(0 < s.seconds < 5 for s in samples)

@@ -18,7 +18,7 @@ from latts.provenance import MeasuredWith
 def sample_profile() -> Profile:
     return Profile("smollm2-135m-instruct", "bfloat16", {"cpu": "Test CPU", "cores": 2},
                    [StepSample(b, k, c, 0.02 + 0.001 * b * k + 0.00001 * c)
-                    for c in (256, 1024) for b in (1, 4, 8) for k in (1, 2)],
+                    for c in (256, 1024) for b in (1, 4, 8) for k in (1, 2)] + [StepSample(8, 1, 256, 0.04, own=256)],
                    [PrefillSample(64, 0.05), PrefillSample(256, 0.12)], ngram_per_row_s=1e-5, switch_rows=4,
                    loops=[LoopSample(1, 0, 0.001), LoopSample(8, 3, 0.004)],
                    measured_with=MeasuredWith("native-0123456789ab", "bfloat16 q4+q8", "Test CPU", 2, "2.13.0+cpu"))
@@ -29,20 +29,23 @@ def test_save_then_load_is_the_same_profile(tmp_path: Path) -> None:
     sample_profile().save(path)
     assert Profile.load(path) == sample_profile()
     doc = json.loads(path.read_text())
-    assert doc["steps"][3] == {"branches": 4, "k": 2, "context": 256, "seconds": 0.02 + 0.008 + 0.00256}
+    assert doc["steps"][3] == {"branches": 4, "k": 2, "context": 256, "seconds": 0.02 + 0.008 + 0.00256, "own": 0}
+    assert doc["steps"][-1]["own"] == 256
     assert doc["measured_with"] == {"engine": "native-0123456789ab", "weights": "bfloat16 q4+q8", "cpu": "Test CPU",
                                     "threads": 2, "torch": "2.13.0+cpu"}
 
 
-def test_older_profiles_without_loops_or_switch_still_load(tmp_path: Path) -> None:
+def test_older_profiles_without_loops_switch_or_own_tokens_still_load(tmp_path: Path) -> None:
     d = sample_profile().to_dict()
     for key in ("loops", "switch_rows", "ngram_per_row_s", "measured_with"):
         del d[key]
+    for step in d["steps"]:  # before forwards over rows' own tokens were measured
+        del step["own"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(d))
     prof = Profile.load(path)
     assert (prof.loops, prof.switch_rows, prof.ngram_per_row_s, prof.measured_with) == ([], 0, 0.0, None)
-    assert prof.steps == sample_profile().steps
+    assert prof.steps[:-1] == sample_profile().steps[:-1] and prof.steps[-1].own == 0
 
 
 @pytest.mark.parametrize(("content", "words"), [
@@ -68,4 +71,4 @@ def test_reading_a_profile_imports_no_torch(tmp_path: Path) -> None:
             f"p = Profile.load({str(path)!r}); p.fit(); print(len(p.steps), 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["12", "False"]
+    assert proc.stdout.split() == ["13", "False"]

@@ -1,12 +1,18 @@
 """How long a test-time-scaling run takes: a small roofline-like model fitted to measured forwards.
 
-One decode forward over ``B`` rows of ``k`` tokens each (``n = B·k`` tokens) at context ``c`` costs
+One decode forward over ``B`` rows of ``k`` tokens each (``n = B·k`` tokens) at context ``c`` (the
+shared prompt), each row already holding ``o`` tokens of its own (what it generated), costs
 
-    t_step = overhead + w_token · n + w_attn · n · c / 1000 + w_row · B
+    t_step = overhead + w_token · n + w_attn · n · c / 1000 + w_own · n · o / 1000 + w_row · B
 
 - ``overhead``: reading every weight once plus per-step fixed costs (memory-bound, independent of n);
 - ``w_token · n``: the compute that grows with the tokens in the forward (matmuls past the roofline knee);
-- ``w_attn · n · c``: attention over the context;
+- ``w_attn · n · c``: attention over the shared prompt;
+- ``w_own · n · o``: attention over each row's own tokens. It costs more per token than the prompt's:
+  the prompt's keys are read once for a block of queries and sit in a layout made for the dot products,
+  while each row's own keys and values are read for that row alone (on two Zen 4 cores, 12 rows, about
+  4x the prompt's rate). A profile without forwards over own tokens (older ones, remote servers) leaves
+  ``w_own`` at 0, and own tokens then count as context;
 - ``w_row · B``: per-row bookkeeping (sampling, cache writes).
 
 The engine switches weight format at ``switch_rows`` (exact quantized weights up to that many rows per
@@ -37,12 +43,14 @@ from latts.errors import LattsError
 
 @dataclass(frozen=True, slots=True)
 class StepSample:
-    """One measured decode forward: B rows × k tokens at context length ``context``, ``seconds`` (median)."""
+    """One measured decode forward: B rows × k tokens after a ``context``-token prompt and ``own`` tokens of
+    each row's own, ``seconds`` (median)."""
 
     branches: int
     k: int
     context: int
     seconds: float
+    own: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +94,10 @@ def expected_verify_width(gamma: int, proposal_rate: float) -> float:
     return 1.0 + gamma * proposal_rate
 
 
-def _step_features(branches: int, k: float, context: float, switch_rows: int = 0) -> list[float]:
+def _step_features(branches: int, k: float, context: float, switch_rows: int = 0, own: float = 0.0) -> list[float]:
     n = branches * k
     small = 1.0 if n <= switch_rows else 0.0
-    return [1.0 - small, n * (1.0 - small), n * context / 1000.0, branches, small, n * small]
+    return [1.0 - small, n * (1.0 - small), n * context / 1000.0, branches, small, n * small, n * own / 1000.0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,7 @@ class LatencyModel:
     loop_per_row: float = 0.0
     spec_base: float = 0.0  # the same per speculative round (drafting and acceptance included)
     spec_per_row: float = 0.0
+    w_own: float = 0.0  # attention over each row's own tokens; 0: not measured, own tokens count as context
 
     @classmethod
     def fit(
@@ -127,7 +136,7 @@ class LatencyModel:
         """
         if len(steps) < 4:
             raise LattsError(f"a latency fit needs at least 4 step measurements, got {len(steps)}")
-        feats = [_step_features(s.branches, s.k, s.context, switch_rows) for s in steps]
+        feats = [_step_features(s.branches, s.k, s.context, switch_rows, s.own) for s in steps]
         coef = _nonneg_lstsq(feats, [s.seconds for s in steps])
         if len(prefills) >= 2:
             p0, p1 = _nonneg_lstsq([[1.0, p.tokens] for p in prefills], [p.seconds for p in prefills])
@@ -135,13 +144,13 @@ class LatencyModel:
             p0, p1 = 0.0, prefills[0].seconds / prefills[0].tokens
         else:
             p0, p1 = 0.0, 0.0
-        overhead, w_token, w_attn, w_row, small_overhead, small_w_token = coef
+        overhead, w_token, w_attn, w_row, small_overhead, small_w_token, w_own = coef
         loop = _linear_in_b([x for x in loops if x.gamma == 0])
         spec = _linear_in_b([x for x in loops if x.gamma > 0])
         return cls(overhead, w_token, w_attn, w_row, prefill_base=p0, prefill_per_token=p1,
                    draft_per_row=draft_per_row, small_overhead=small_overhead, small_w_token=small_w_token,
                    switch_rows=switch_rows, loop_base=loop[0], loop_per_row=loop[1], spec_base=spec[0],
-                   spec_per_row=spec[1])
+                   spec_per_row=spec[1], w_own=w_own)
 
     def loop(self, branches: int, gamma: int = 0) -> float:
         """Seconds the engine spends per step (γ = 0) or round (γ > 0) beyond the forward."""
@@ -151,10 +160,13 @@ class LatencyModel:
             return self.spec_base + self.spec_per_row * branches
         return self.loop_base + self.loop_per_row * branches + self.draft_per_row * branches * gamma
 
-    def step(self, branches: int, k: float = 1, context: float = 512) -> float:
-        """Seconds for one forward of ``branches`` rows × ``k`` tokens at ``context`` (k may be a mean)."""
-        w = (self.overhead, self.w_token, self.w_attn, self.w_row, self.small_overhead, self.small_w_token)
-        return float(sum(a * b for a, b in zip(w, _step_features(branches, k, context, self.switch_rows))))
+    def step(self, branches: int, k: float = 1, context: float = 512, own: float = 0) -> float:
+        """Seconds for one forward of ``branches`` rows × ``k`` tokens after a ``context``-token prompt, each
+        row holding ``own`` tokens of its own (k and own may be means)."""
+        if not self.w_own:
+            context, own = context + own, 0
+        w = (self.overhead, self.w_token, self.w_attn, self.w_row, self.small_overhead, self.small_w_token, self.w_own)
+        return float(sum(a * b for a, b in zip(w, _step_features(branches, k, context, self.switch_rows, own))))
 
     def prefill(self, tokens: int) -> float:
         """Seconds to prefill ``tokens`` prompt tokens."""
@@ -186,18 +198,16 @@ class LatencyModel:
         per_round = tokens_per_round if gamma and tokens_per_round else expected_tokens_per_round(alpha, gamma)
         width = verify_width if gamma and verify_width else gamma + 1
         rounds = think / per_round
-        mid_context = prompt_len + think / 2
-        decode = rounds * (self.step(branches, width, mid_context) + self.loop(branches, gamma))
-        end_context = prompt_len + think
+        decode = rounds * (self.step(branches, width, prompt_len, think / 2) + self.loop(branches, gamma))
         answer = 0.0
         if answer_prompt_tokens:  # the forced answer's prompt, fed in one forward
-            answer += self.step(branches, answer_prompt_tokens, end_context) + self.loop(branches)
-        answer += answer_tokens * (self.step(branches, 1, end_context) + self.loop(branches))
+            answer += self.step(branches, answer_prompt_tokens, prompt_len, think) + self.loop(branches)
+        answer += answer_tokens * (self.step(branches, 1, prompt_len, think) + self.loop(branches))
         return self.prefill(prompt_len) + decode + forced_share * answer
 
     def errors(self, steps: Iterable[StepSample]) -> list[float]:
         """Relative errors |predicted − measured| / measured of single forwards (held-out checks)."""
-        return [abs(self.step(s.branches, s.k, s.context) - s.seconds) / s.seconds for s in steps]
+        return [abs(self.step(s.branches, s.k, s.context, s.own) - s.seconds) / s.seconds for s in steps]
 
     def median_error(self, steps: Iterable[StepSample]) -> float:
         """Median relative error over ``steps``."""

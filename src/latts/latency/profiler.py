@@ -34,6 +34,7 @@ DEFAULT_BRANCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_K = (1, 2, 4, 8)
 DEFAULT_CONTEXTS = (256, 1024)
 DEFAULT_PREFILLS = (64, 256, 1024)
+OWN_TOKENS = 256  # tokens each row holds of its own in the forwards that measure own-token attention
 
 
 def describe_machine() -> dict[str, Any]:
@@ -56,12 +57,15 @@ def _median_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.
 
 def measure_steps(
     engine: Engine,
-    shapes: Sequence[tuple[int, int, int]],
+    shapes: Sequence[tuple[int, ...]],
     repeats: int = 3,
     passes: int = 3,
     progress: Callable[[str], None] | None = None,
 ) -> list[StepSample]:
-    """Median seconds of one decode forward for every (B rows, k tokens per row, context) in ``shapes``.
+    """Median seconds of one decode forward for every (B rows, k tokens per row, context[, own]) in ``shapes``.
+
+    ``own``: tokens every row already holds of its own (0 when not given), decoded into the rows in
+    chunks before the timing, as a run's generated tokens would be.
 
     Each shape is timed in ``passes`` separate passes over all shapes, in a new random order each pass,
     and the median of the passes is kept: on a shared 2-core machine the speed drifts and stalls for
@@ -73,25 +77,29 @@ def measure_steps(
     """
     if not shapes:
         return []
-    if min(min(shape) for shape in shapes) < 1:
-        raise LattsError("forward shapes need B, k and context >= 1")
+    full = [(s[0], s[1], s[2], s[3] if len(s) > 3 else 0) for s in shapes]  # (B, k, context, own)
+    if min(min(shape[:3]) for shape in full) < 1 or min(shape[3] for shape in full) < 0:
+        raise LattsError("forward shapes need B, k and context >= 1 and own >= 0")
     m = engine.model
-    slots = 2 * max(k for _, k, _ in shapes) + 8
-    caches: dict[tuple[int, bool], KVCache] = {}
-    for c in sorted({c for _, _, c in shapes}):
+    slots = 2 * max(k for _, k, _, _ in full) + 8
+    caches: dict[tuple[int, int, bool], KVCache] = {}
+    for c, own in sorted({(c, own) for _, _, c, own in full}):
         prompt = torch.randint(100, 20000, (1, c), generator=torch.Generator().manual_seed(c))
-        rows = {b for b, _, cc in shapes if cc == c}
+        rows = {b for b, _, cc, o in full if (cc, o) == (c, own)}
         sizes = ([1] if 1 in rows else []) + ([max(rows)] if max(rows) > 1 else [])  # 1 row has its own layout
         for n in sizes:
-            cache = m.new_cache(n, c, slots)
+            cache = m.new_cache(n, c, own + slots)
             m.prefill(prompt, cache)
-            caches[(c, n == 1)] = cache
+            for at in range(0, own, 32):  # the rows' own tokens, as a run would have generated them
+                chunk = torch.randint(100, 20000, (n, min(32, own - at)), generator=torch.Generator().manual_seed(at))
+                m.decode(chunk, torch.full((n,), c + at), cache)
+            caches[(c, own, n == 1)] = cache
 
-    def timed(b: int, k: int, c: int) -> float:
+    def timed(b: int, k: int, c: int, own: int) -> float:
         g = torch.Generator().manual_seed(b * 1000 + k)
         tokens = torch.randint(100, 20000, (b, k), generator=g)
-        start = torch.full((b,), c)
-        cache = caches[(c, b == 1)]
+        start = torch.full((b,), c + own)
+        cache = caches[(c, own, b == 1)]
         if k > 1 and b > 1:
             # rows as a round of different acceptances leaves them: row r holds c + r % k positions (written
             # here, so that an engine whose rows must continue their stored positions, llama.cpp's, runs it too)
@@ -100,16 +108,16 @@ def measure_steps(
             start = start + ahead
         return _median_time(lambda: m.decode(tokens, start, cache), repeats, min_seconds=0.15)
 
-    times: dict[tuple[int, int, int], list[float]] = {shape: [] for shape in shapes}
+    times: dict[tuple[int, int, int, int], list[float]] = {shape: [] for shape in full}
     order = list(times)
     rng = random.Random(0)
     for i in range(passes):
         rng.shuffle(order)
-        for b, k, c in order:
-            times[(b, k, c)].append(timed(b, k, c))
+        for shape in order:
+            times[shape].append(timed(*shape))
         if progress:
             progress(f"forwards pass {i + 1}/{passes}: {len(order)} shapes timed")
-    return [StepSample(b, k, c, statistics.median(t)) for (b, k, c), t in times.items()]
+    return [StepSample(b, k, c, statistics.median(t), own) for (b, k, c, own), t in times.items()]
 
 
 def measure_loop(engine: Engine, branches: int, gamma: int, context: int, steps: int = 24) -> LoopSample:
@@ -183,11 +191,13 @@ def profile(
         if progress:
             progress(f"prefill {p} tokens: {prof.prefills[-1].seconds * 1e3:.1f} ms")
     if steps is None:
-        steps = measure_steps(engine, grid(branches, ks, contexts), repeats, passes, progress)
+        steps = measure_steps(engine, grid(branches, ks, contexts) + own_shapes(branches, contexts), repeats, passes,
+                              progress)
     prof.steps = list(steps)
     if progress:
         for x in prof.steps:
-            progress(f"forward B={x.branches} k={x.k} context={x.context}: {x.seconds * 1e3:.1f} ms")
+            own = f" own={x.own}" if x.own else ""
+            progress(f"forward B={x.branches} k={x.k} context={x.context}{own}: {x.seconds * 1e3:.1f} ms")
     prof.ngram_per_row_s = measure_ngram()
     loop_branches = sorted({branches[0], branches[len(branches) // 2], branches[-1]})
     for gamma in (0, 3):
@@ -201,3 +211,10 @@ def profile(
 def grid(branches: Sequence[int], ks: Sequence[int], contexts: Sequence[int]) -> list[tuple[int, int, int]]:
     """Every (B, k, context) of a profile, in that nesting order."""
     return [(b, k, c) for c in contexts for b in branches for k in ks]
+
+
+def own_shapes(branches: Sequence[int], contexts: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """The forwards over rows' own tokens a profile adds: one token a row at the shortest context, the least,
+    a middle and the most rows, each row holding :data:`OWN_TOKENS` of its own."""
+    rows = sorted({branches[0], branches[len(branches) // 2], branches[-1]})
+    return [(b, 1, min(contexts), OWN_TOKENS) for b in rows]
