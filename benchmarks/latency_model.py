@@ -56,7 +56,7 @@ def main() -> int:
     gens: dict[tuple[int, int, int, int], list] = {run: [] for run in RUNS}
     passes: list[list[StepSample]] = []
     for i in range(RUN_REPEATS):
-        passes.append(measure_steps(engine, fitted + HELD_OUT, passes=1))
+        passes.append(measure_steps(engine, fitted + HELD_OUT, passes=1, order_seed=i))
         say(f"pass {i + 1}/{RUN_REPEATS}: {len(passes[-1])} forwards timed; now the whole runs")
         for b, gamma, tokens, ctx in RUNS:
             gens[(b, gamma, tokens, ctx)].append(engine.generate(GenerateRequest(

@@ -179,3 +179,83 @@ def test_the_cost_policy_samples_like_plain_decoding(fast_model) -> None:
           f"calibration z: plain {z_plain:+.2f}, cost policy {z_spec:+.2f}")
     assert verifies >= 30 and 0 < verified < Counting.offered
     assert abs(z_plain) < 4 and abs(z_spec) < 4
+
+
+
+class ValueDependentDrafter:
+    """A drafter whose number of drafts depends on the value it drew: a first draft drawn 50/50 from two
+    tokens, then two more drafts only after the second one (as the group drafter goes on only while its
+    drawn drafts keep matching). It says up front that a row may offer three."""
+
+    name = "value-dependent"
+
+    def __init__(self, a: int, b: int, filler: int) -> None:
+        self.a, self.b, self.filler = a, b, filler
+        self.match_lengths: list[int] = []
+        self.draft_limits: list[int] = []
+
+    def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
+        pass
+
+    def propose(self, histories, gamma, sampling, generator):
+        from latts.engine.sampler import SparseDraftProbs
+
+        n = len(histories)
+        first = torch.where(torch.rand(n, generator=generator) < 0.5, self.a, self.b)
+        drafts = torch.zeros((n, gamma), dtype=torch.long)
+        drafts[:, 0], drafts[:, 1:3] = first, self.filler
+        more = first == self.b
+        dists = [[{self.a: 0.5, self.b: 0.5}] + [{self.filler: 1.0}] * (2 if bool(m) else 0) for m in more]
+        self.match_lengths, self.draft_limits = [4] * n, [3] * n
+        return drafts, torch.where(more, 3, 1), SparseDraftProbs(dists)
+
+    def observe(self, lengths_before, accepted) -> None:
+        pass
+
+    def move_row(self, src: int, dst: int) -> None:
+        pass
+
+
+def test_the_cost_policy_decides_before_the_drafts_are_drawn(fast_model) -> None:
+    """With a cost where one verified draft loses and three win, a policy that counted the drafts actually
+    drawn would verify the first draft only when it was the value that brings two more: the token after
+    it would come out biased towards that value (here about 0.5 p + 0.5 min(1, 2p) instead of p). The policy
+    decides on the drafter's ``draft_limits`` instead, and the second token has plain decoding's
+    distribution (chi-square over 300 seeded one-row runs a side)."""
+    from collections import Counter
+
+    from scipy.stats import chi2_contingency
+
+    from distributions import homogeneity_table
+    from latts.engine.spec_policy import CostShape
+
+    engine = Engine(fast_model)
+    engine.warmup()
+    step = engine.cost_shape.plain(1)
+    shape = CostShape({1: step, 2: 1.6 * step, 4: 1.7 * step}, {1: step})  # 1 draft: 1.5 / 1.6 < 1; 3: 1.875 / 1.7
+    ids = engine.encode("Name a colour.")
+    sampling = lambda seed: SamplingParams(temperature=1.0, top_k=3, seed=seed)  # noqa: E731
+    firsts = Counter(engine.generate(GenerateRequest(ids, max_new_tokens=2, ignore_eos=True,
+                                                     sampling=sampling(s))).branches[0].token_ids[1]
+                     for s in range(40))
+    (a, _), (b, _) = firsts.most_common(2)  # the two likeliest second tokens
+    filler = engine.encode(" the")[0]
+
+    def second_tokens(gamma: int) -> Counter:
+        c: Counter = Counter()
+        for seed in range(300):
+            # the policy's inputs held where this test puts them (each run has one verify round at most)
+            engine.cost_shape, engine.verify_slower = shape, 1.0
+            engine.spec_extra_s = {True: 0.0, False: 0.0}
+            engine.acceptance[False] = AcceptanceStats(prior=0.5, weight=1e9)
+            got = engine.generate(GenerateRequest(ids, max_new_tokens=2, ignore_eos=True, sampling=sampling(seed),
+                                                  gamma=gamma, drafter=ValueDependentDrafter(a, b, filler)
+                                                  if gamma else None))
+            c[got.branches[0].token_ids[1]] += 1
+        return c
+
+    plain, spec = second_tokens(0), second_tokens(3)
+    keys, table = homogeneity_table(plain, spec, 10)
+    p = chi2_contingency(table).pvalue
+    print(f"second token, plain vs cost policy: {dict(plain)} | {dict(spec)}; chi-square p = {p:.3g}")
+    assert len(keys) >= 2 and p > 0.001

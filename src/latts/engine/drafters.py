@@ -30,7 +30,13 @@ from latts.engine.loading import LoadedModel
 
 
 class Drafter(Protocol):
-    """Proposes draft tokens for a batch of rows and learns how many were accepted."""
+    """Proposes draft tokens for a batch of rows and learns how many were accepted.
+
+    The engine's cost γ policy also reads, where a drafter has them, ``match_lengths`` (per row, the
+    length of the match its drafts came from) and ``draft_limits`` (per row, the most drafts it could
+    have offered this round, from its history alone). A drafter whose number of drafts depends on the
+    values it drew must give ``draft_limits``; without it the number offered stands in.
+    """
 
     name: str
 
@@ -198,7 +204,9 @@ class GroupDrafter:
         return None
 
     def _draft_row(self, hist: list[int], gamma: int, sampling: SamplingParams,
-                   generator: torch.Generator) -> tuple[list[int], list[dict[int, float]], int]:
+                   generator: torch.Generator) -> tuple[list[int], list[dict[int, float]], int, int]:
+        """(drafts, their distributions when sampled, the first match's length, the most drafts the row
+        could have offered: known from its history alone, before any draft was drawn)."""
         first = 0  # the length of the match the draft started from
         drafts: list[int] = []
         dists: list[dict[int, float]] = []
@@ -222,7 +230,7 @@ class GroupDrafter:
                 dists.append(dist)
             drafts.append(tok)
             context = context[1:] + [tok] if len(context) >= self.max_n else context + [tok]
-        return drafts, dists, first
+        return drafts, dists, first, limit if drafts else 0
 
     def propose(
         self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
@@ -234,12 +242,15 @@ class GroupDrafter:
                 self._add(hist, self._indexed[slot], end)
                 self._indexed[slot] = end
         found = [self._draft_row(hist, gamma, sampling, generator) for hist in histories]
-        self.match_lengths = [n for _, _, n in found]
+        self.match_lengths = [n for _, _, n, _ in found]
+        # sampled drafts go on only while the drawn ones keep matching: how many a row offered depends
+        # on the values drawn, the most it could offer does not (the engine's γ policy decides on this)
+        self.draft_limits = [limit for _, _, _, limit in found]
         drafts = torch.zeros((len(histories), gamma), dtype=torch.long)
-        for row, (toks, _, _) in enumerate(found):
+        for row, (toks, _, _, _) in enumerate(found):
             drafts[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-        q = None if sampling.greedy else SparseDraftProbs([dists for _, dists, _ in found])
-        return drafts, torch.tensor([len(t) for t, _, _ in found], dtype=torch.long), q
+        q = None if sampling.greedy else SparseDraftProbs([dists for _, dists, _, _ in found])
+        return drafts, torch.tensor([len(t) for t, _, _, _ in found], dtype=torch.long), q
 
     def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
         """Nothing to learn: the counts follow the rows' histories."""

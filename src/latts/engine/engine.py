@@ -309,7 +309,12 @@ class Engine:
         buckets = [match_bucket(n) for n in getattr(drafter, "match_lengths", ())] or [0] * len(hists)
         stats = self.acceptance[sampling.greedy]
         if b.request.gamma_policy == "cost" and self.cost_shape is not None:
-            keep = choose_drafts(n_proposed.tolist(), buckets, stats, self.cost_shape, self._extra_in_shape(b),
+            # decided on the most drafts each row could offer (a drafter's ``draft_limits``: known from the
+            # history alone), not on how many it drew: when a sampled draft's value decides whether more
+            # follow, verifying it only when more follow would verify it only for some of its values, and
+            # rejection sampling would no longer reproduce the target's distribution
+            offered = getattr(drafter, "draft_limits", None) or n_proposed.tolist()
+            keep = choose_drafts(offered, buckets, stats, self.cost_shape, self._extra_in_shape(b),
                                  self.verify_slower)
             if not any(keep):  # a plain step after all: no verify, no rejection sampler
                 drafter.observe([len(h) for h in hists], [0] * len(hists))

@@ -61,11 +61,13 @@ def measure_steps(
     repeats: int = 3,
     passes: int = 3,
     progress: Callable[[str], None] | None = None,
+    order_seed: int = 0,
 ) -> list[StepSample]:
     """Median seconds of one decode forward for every (B rows, k tokens per row, context[, own]) in ``shapes``.
 
     ``own``: tokens every row already holds of its own (0 when not given), decoded into the rows in
-    chunks before the timing, as a run's generated tokens would be.
+    chunks before the timing, as a run's generated tokens would be. ``order_seed`` seeds the passes' orders
+    (a caller timing one pass at a time gives each its own).
 
     Each shape is timed in ``passes`` separate passes over all shapes, in a new random order each pass,
     and the median of the passes is kept: on a shared 2-core machine the speed drifts and stalls for
@@ -110,7 +112,7 @@ def measure_steps(
 
     times: dict[tuple[int, int, int, int], list[float]] = {shape: [] for shape in full}
     order = list(times)
-    rng = random.Random(0)
+    rng = random.Random(order_seed)
     for i in range(passes):
         rng.shuffle(order)
         for shape in order:
@@ -199,9 +201,8 @@ def profile(
             own = f" own={x.own}" if x.own else ""
             progress(f"forward B={x.branches} k={x.k} context={x.context}{own}: {x.seconds * 1e3:.1f} ms")
     prof.ngram_per_row_s = measure_ngram()
-    loop_branches = sorted({branches[0], branches[len(branches) // 2], branches[-1]})
     for gamma in (0, 3):
-        for b in loop_branches:
+        for b in _least_middle_most(branches):
             prof.loops.append(measure_loop(engine, b, gamma, contexts[0]))
             if progress:
                 progress(f"engine loop B={b} γ={gamma}: {prof.loops[-1].seconds * 1e3:.1f} ms beyond the forward")
@@ -216,5 +217,9 @@ def grid(branches: Sequence[int], ks: Sequence[int], contexts: Sequence[int]) ->
 def own_shapes(branches: Sequence[int], contexts: Sequence[int]) -> list[tuple[int, int, int, int]]:
     """The forwards over rows' own tokens a profile adds: one token a row at the shortest context, the least,
     a middle and the most rows, each row holding :data:`OWN_TOKENS` of its own."""
-    rows = sorted({branches[0], branches[len(branches) // 2], branches[-1]})
-    return [(b, 1, min(contexts), OWN_TOKENS) for b in rows]
+    return [(b, 1, min(contexts), OWN_TOKENS) for b in _least_middle_most(branches)]
+
+
+def _least_middle_most(branches: Sequence[int]) -> list[int]:
+    """The first, middle and last of the profile's row counts (fewer when they coincide)."""
+    return sorted({branches[0], branches[len(branches) // 2], branches[-1]})
