@@ -51,9 +51,11 @@ void scores_of(const float* q, const KV* k, int64_t n, int64_t hd, float scale, 
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     __m256 acc[8];
+    #pragma GCC unroll 16
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t c = 0; c < hd; c += 8) {
       const __m256 qv = _mm256_loadu_ps(q + c);
+      #pragma GCC unroll 16
       for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(qv, load8(k + (j + i) * hd + c), acc[i]);
     }
     _mm256_storeu_ps(scores + j, _mm256_mul_ps(hsum8(acc), sv));
@@ -88,19 +90,26 @@ template <int NQ, int KB, typename KV>
 inline void score_blocks(const float* const* q, const KV* kt, int64_t jb, int64_t P, int64_t hd, __m256 sv, float* sc,
                          int64_t ld) {
   __m256 acc[KB][NQ];
+  #pragma GCC unroll 16
   for (int k = 0; k < KB; ++k)
+    #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_setzero_ps();
   const KV* base = kt + jb * hd * 8;
   for (int64_t c = 0; c < hd; ++c) {
     __m256 qc[NQ];
+    #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) qc[i] = _mm256_set1_ps(q[i][c]);
+    #pragma GCC unroll 16
     for (int k = 0; k < KB; ++k) {
       const __m256 kv = load8(base + (k * hd + c) * 8);
+      #pragma GCC unroll 16
       for (int i = 0; i < NQ; ++i) acc[k][i] = _mm256_fmadd_ps(qc[i], kv, acc[k][i]);
     }
   }
+  #pragma GCC unroll 16
   for (int k = 0; k < KB; ++k) {
     const int64_t j = (jb + k) * 8;
+    #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       const __m256 v = _mm256_mul_ps(acc[k][i], sv);
       if (j + 8 <= P) {
@@ -134,17 +143,24 @@ template <int NQ, int W, typename KV>
 inline void mix_features(const float* p, int64_t ld, const KV* v, int64_t P, int64_t hd, int64_t c0,
                          float* const* out) {
   __m256 acc[NQ][W];
+  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+    #pragma GCC unroll 16
     for (int u = 0; u < W; ++u) acc[i][u] = _mm256_setzero_ps();
   for (int64_t j = 0; j < P; ++j) {
     __m256 vv[W];
+    #pragma GCC unroll 16
     for (int u = 0; u < W; ++u) vv[u] = load8(v + j * hd + c0 + 8 * u);
+    #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       const __m256 pij = _mm256_set1_ps(p[i * ld + j]);
+      #pragma GCC unroll 16
       for (int u = 0; u < W; ++u) acc[i][u] = _mm256_fmadd_ps(pij, vv[u], acc[i][u]);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+    #pragma GCC unroll 16
     for (int u = 0; u < W; ++u) _mm256_storeu_ps(out[i] + c0 + 8 * u, acc[i][u]);
 }
 
@@ -274,21 +290,28 @@ template <int NQ, int KB>
 inline void pair_score_blocks(const uint32_t* const* q, const uint16_t* kp, int64_t jb, int64_t P, int64_t hd,
                               __m512 sv, float* sc, int64_t ld) {
   __m512 acc[KB][NQ];
+  #pragma GCC unroll 16
   for (int k = 0; k < KB; ++k)
+    #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) acc[k][i] = _mm512_setzero_ps();
   const int64_t h2 = hd / 2;
   const uint16_t* base = kp + jb * hd * kPairKeys;
   for (int64_t c = 0; c < h2; ++c) {
     __m512bh qc[NQ];
+    #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) qc[i] = as_bh(_mm512_set1_epi32(static_cast<int>(q[i][c])));
+    #pragma GCC unroll 16
     for (int k = 0; k < KB; ++k) {
       const __m512bh kv = as_bh(_mm512_loadu_si512(base + (k * h2 + c) * 2 * kPairKeys));
+      #pragma GCC unroll 16
       for (int i = 0; i < NQ; ++i) acc[k][i] = _mm512_dpbf16_ps(acc[k][i], qc[i], kv);
     }
   }
+  #pragma GCC unroll 16
   for (int k = 0; k < KB; ++k) {
     const int64_t j = (jb + k) * kPairKeys;
     const __mmask16 keep = j + kPairKeys <= P ? 0xFFFF : static_cast<__mmask16>((1u << (P - j)) - 1);
+    #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) _mm512_mask_storeu_ps(sc + i * ld + j, keep, _mm512_mul_ps(acc[k][i], sv));
   }
 }
@@ -309,17 +332,24 @@ template <int NQ, int W>
 inline void pair_mix_features(const uint32_t* const* p, const uint16_t* vp, int64_t P2, int64_t hd, int64_t c0,
                               float* const* out) {
   __m512 acc[NQ][W];
+  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+    #pragma GCC unroll 16
     for (int u = 0; u < W; ++u) acc[i][u] = _mm512_setzero_ps();
   for (int64_t j = 0; j < P2; ++j) {
     __m512bh vv[W];
+    #pragma GCC unroll 16
     for (int u = 0; u < W; ++u) vv[u] = as_bh(_mm512_loadu_si512(vp + (j * hd + c0 + 16 * u) * 2));
+    #pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       const __m512bh pij = as_bh(_mm512_set1_epi32(static_cast<int>(p[i][j])));
+      #pragma GCC unroll 16
       for (int u = 0; u < W; ++u) acc[i][u] = _mm512_dpbf16_ps(acc[i][u], pij, vv[u]);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+    #pragma GCC unroll 16
     for (int u = 0; u < W; ++u) _mm512_storeu_ps(out[i] + c0 + 16 * u, acc[i][u]);
 }
 
@@ -335,6 +365,7 @@ void pair_prefix_mix(const uint32_t* const* p, const uint16_t* vp, int64_t P, in
 // Sixteen vectors' sums in one vector: lane k = the sum of a[k]'s lanes (a transposing tree of adds).
 inline __m512 hsum16(const __m512 a[16]) {
   __m512 t[8], u[4];
+  #pragma GCC unroll 16
   for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of a = a[2i], b = a[2i + 1]
     t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
   for (int i = 0; i < 4; ++i)  // per 128-bit lane: the lane's part of the sums of a[4i .. 4i + 3]
@@ -357,9 +388,11 @@ inline void pair_own_scores(const uint16_t* qb, const float* q, const uint16_t* 
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
     __m512 acc[16];
+    #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
     for (int64_t c = 0; c < hd; c += 32) {
       const __m512bh qv = as_bh(_mm512_loadu_si512(qb + c));
+      #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], qv, as_bh(_mm512_loadu_si512(k + (j + i) * hd + c)));
     }
     _mm512_storeu_ps(scores + j, _mm512_mul_ps(hsum16(acc), sv));
@@ -397,6 +430,7 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
   const uint32_t* q[NQ];
   const uint32_t* p[NQ];
   float* out[NQ];
+  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
     uint16_t* qb = scratch + i * (ld + hd);
     to_bf16(qs[i].q, hd, qb);
@@ -408,6 +442,7 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
   const bool own_pairs = pair_own_fits(hd);
   const int64_t own_at = (P + 1) & ~int64_t{1};  // the own slots' bf16 weights, after the prompt's pairs
   float inv[NQ];
+  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
     float* row = sc + i * ld;
     uint16_t* pb = scratch + i * (ld + hd) + hd;
@@ -425,6 +460,7 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
     }
   }
   pair_prefix_mix<NQ>(p, vp, P, hd, out);
+  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
     if (!own_pairs) {
       own_values_and_normalize(qs[i], sc + i * ld, P, hd, inv[i]);
