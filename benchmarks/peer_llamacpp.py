@@ -14,9 +14,16 @@ B / step. Prefill: the first P tokens of the same prompt, timed from a cleared c
 token's logits. Repeats interleave the engines (latts, llama.cpp, latts, ...) so that this shared
 machine's drifts hit both sides of a ratio alike; each cell is the median over repeats.
 
+latts' own cost curve (a B-row step over a B=1 step) is measured apart, latts alone: each B-row
+measurement sits between two B=1 measurements, and a repeat's ratio is the B-row time over their mean;
+the curve is the median of ``--curve-repeats`` such ratios. The VM these run on drifts between a fast and
+a slow mode within a minute; a ratio of cells measured a minute apart (the decode table's) reads that
+drift, a bracketed one cancels it.
+
 Targets (ratios within this one run; context 512 unless said; exit 1 when one is missed or was not
 measured): decode B=1 latts tok/s >= 1.3x llama.cpp's; B=16 >= 3x; latts' own B=4 step <= 1.4x its
-B=1 step and its B=8 step <= 2x; prefill of 512 and 2048 tokens: latts >= 2x llama.cpp's tokens/s.
+B=1 step and its B=8 step <= 2x (the bracketed curve); prefill of 512 and 2048 tokens: latts >= 2x
+llama.cpp's tokens/s.
 Exit 2 when llama-cpp-python is not installed (``make test`` builds it: the Makefile's ``llamacpp``
 target). Every run is appended to ``--results`` (JSON Lines) with the machine it ran on.
 """
@@ -257,18 +264,36 @@ def measure_decode(lat: Latts, cpp: LlamaCpp, contexts: list[int], batches: list
     return rows
 
 
-def targets(decode: list[dict], prefill: list[dict]) -> list[dict]:
+def measure_cost_curve(lat: Latts, context: int, batches: list[int], args) -> list[dict]:
+    """latts' B-row step over its B=1 step at ``context``, each B-row measurement bracketed by B=1 ones:
+    per B the ratios of every repeat and their median."""
+    first = top_ids(lat.prepare(prompt_ids(context)), max(batches))
+    ratios: dict[int, list[float]] = {B: [] for B in batches}
+    for _ in range(args.curve_repeats):
+        for B in batches:
+            before = lat.decode_ms(first[:1], context, args.warmup, args.steps)
+            rows = lat.decode_ms(first[:B], context, args.warmup, args.steps)
+            after = lat.decode_ms(first[:1], context, args.warmup, args.steps)
+            ratios[B].append(rows / ((before + after) / 2))
+    curve = [{"ctx": context, "B": B, "ratios": r, "ratio": statistics.median(r)} for B, r in ratios.items()]
+    for c in curve:
+        print(f"  cost curve ctx={context} B={c['B']}: {c['ratio']:.2f}x a B=1 step "
+              f"({', '.join(f'{x:.2f}' for x in c['ratios'])})", flush=True)
+    return curve
+
+
+def targets(decode: list[dict], prefill: list[dict], curve: list[dict]) -> list[dict]:
     """Every target with its measured value (None when its rows were not measured) and whether it is met."""
     d = {(r["ctx"], r["B"]): r for r in decode}
     p = {r["tokens"]: r for r in prefill}
+    bracketed = {(r["ctx"], r["B"]): r["ratio"] for r in curve}
 
     def speedup(B: int) -> float | None:
         r = d.get((DECODE_CTX, B))
         return r and r["latts_tps"] / r["llamacpp_tps"]
 
     def own(B: int) -> float | None:
-        r, r1 = d.get((DECODE_CTX, B)), d.get((DECODE_CTX, 1))
-        return r and r1 and r["latts_ms"] / r1["latts_ms"]
+        return bracketed.get((DECODE_CTX, B))
 
     def pre(n: int) -> float | None:
         r = p.get(n)
@@ -276,8 +301,8 @@ def targets(decode: list[dict], prefill: list[dict]) -> list[dict]:
 
     specs = [(f"decode B=1 ctx {DECODE_CTX}: latts / llama.cpp tok/s", speedup(1), ">=", 1.3),
              (f"decode B=16 ctx {DECODE_CTX}: latts / llama.cpp tok/s", speedup(16), ">=", 3.0),
-             (f"latts step B=4 / B=1 (ctx {DECODE_CTX})", own(4), "<=", 1.4),
-             (f"latts step B=8 / B=1 (ctx {DECODE_CTX})", own(8), "<=", 2.0),
+             (f"latts step B=4 / B=1 (ctx {DECODE_CTX}, bracketed)", own(4), "<=", 1.4),
+             (f"latts step B=8 / B=1 (ctx {DECODE_CTX}, bracketed)", own(8), "<=", 2.0),
              ("prefill 512: latts / llama.cpp tok/s", pre(512), ">=", 2.0),
              ("prefill 2048: latts / llama.cpp tok/s", pre(2048), ">=", 2.0)]
     out = []
@@ -296,8 +321,8 @@ def print_machine(info: dict, lib, loaded: LoadedModel) -> None:
     print(f"llama.cpp: llama-cpp-python {lib.__version__}; {info['llamacpp_system'].strip()}")
 
 
-def print_tables(decode: list[dict], prefill: list[dict], checks: list[dict]) -> None:
-    """The decode, prefill and target tables, in markdown."""
+def print_tables(decode: list[dict], prefill: list[dict], curve: list[dict], checks: list[dict]) -> None:
+    """The decode, prefill, cost-curve and target tables, in markdown."""
     print("\n| B | ctx | llama.cpp ms/step | llama.cpp tok/s | latts ms/step | latts tok/s | latts / llama.cpp |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in decode:
@@ -309,6 +334,11 @@ def print_tables(decode: list[dict], prefill: list[dict], checks: list[dict]) ->
         for r in prefill:
             print(f"| {r['tokens']} | {r['llamacpp_s']:.2f} | {r['llamacpp_tps']:.0f} | {r['latts_s']:.2f} | "
                   f"{r['latts_tps']:.0f} | {r['latts_tps'] / r['llamacpp_tps']:.2f}x |")
+    if curve:
+        print("\n| latts alone: B | ctx | step / B=1 step, each repeat (bracketed) | median |")
+        print("| --- | --- | --- | --- |")
+        for r in curve:
+            print(f"| {r['B']} | {r['ctx']} | {', '.join(f'{x:.2f}' for x in r['ratios'])} | {r['ratio']:.2f} |")
     print("\n| target | need | got | status |")
     print("| --- | --- | --- | --- |")
     for c in checks:
@@ -333,6 +363,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=32, help="timed decode steps per measurement")
     ap.add_argument("--warmup", type=int, default=4, help="untimed decode steps before them")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--curve-repeats", type=int, default=7, help="bracketed repeats of latts' cost curve")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--results", type=Path, default=RESULTS, help="JSON Lines file every run is appended to")
@@ -368,14 +399,16 @@ def main() -> int:
         decode = measure_decode(lat, cpp, contexts, batches, args)
     finally:
         cpp.close()
-    checks = targets(decode, prefill)
-    print_tables(decode, prefill, checks)
+    curve_batches = [B for B in (4, 8) if B in batches]
+    curve = measure_cost_curve(lat, DECODE_CTX, curve_batches, args) if curve_batches and DECODE_CTX in contexts else []
+    checks = targets(decode, prefill, curve)
+    print_tables(decode, prefill, curve, checks)
     save(args.results, {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info,
                         "model": loaded.name, "latts_weights": loaded.weights,
                         "latts_native_step": getattr(loaded.model, "native", None) is not None,
                         "llama_cpp_python": lib.__version__,
                         "args": {k: str(v) for k, v in vars(args).items()}, "decode": decode, "prefill": prefill,
-                        "targets": checks})
+                        "cost_curve": curve, "targets": checks})
     missed = [c["target"] for c in checks if not c["met"]]
     print("\nall targets met" if not missed else f"\nFAILED: {len(missed)} target(s) missed or not measured")
     return 1 if missed else 0
