@@ -1,5 +1,8 @@
 // The native step's attention: one query head (or up to eight of one KV head at once) against the
 // shared prompt's keys and its row's own slots, in float32 or bfloat16 caches.
+//
+// Loops over compile-time tile sizes (queries, key blocks, feature vectors) carry `#pragma GCC unroll`:
+// without it GCC kept their accumulator arrays in memory, a load and a store per element per pass.
 #pragma once
 
 #include <immintrin.h>
@@ -430,7 +433,6 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
   const uint32_t* q[NQ];
   const uint32_t* p[NQ];
   float* out[NQ];
-  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
     uint16_t* qb = scratch + i * (ld + hd);
     to_bf16(qs[i].q, hd, qb);
@@ -442,7 +444,6 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
   const bool own_pairs = pair_own_fits(hd);
   const int64_t own_at = (P + 1) & ~int64_t{1};  // the own slots' bf16 weights, after the prompt's pairs
   float inv[NQ];
-  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
     float* row = sc + i * ld;
     uint16_t* pb = scratch + i * (ld + hd) + hd;
@@ -460,7 +461,6 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
     }
   }
   pair_prefix_mix<NQ>(p, vp, P, hd, out);
-  #pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i) {
     if (!own_pairs) {
       own_values_and_normalize(qs[i], sc + i * ld, P, hd, inv[i]);

@@ -122,7 +122,7 @@ template <Kind F, int RT>
 void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
   const int64_t nb = p.nb;
   __m256 acc[RT];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int r = 0; r < RT; ++r) acc[r] = _mm256_setzero_ps();
   const int64_t rows = a.rows;
   const int8_t* xq = a.q.data() + t0 * kBlock;  // this tile's rows of block b: xq + (b * rows + r) * 32
@@ -179,7 +179,7 @@ void tile(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t
     }
   }
   const __m256 bias = p.bias ? _mm256_loadu_ps(p.bias + g * 8) : _mm256_setzero_ps();
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int r = 0; r < RT; ++r) {
     float* out = y + (t0 + r) * ldy + g * 8;
     __m256 v = _mm256_add_ps(acc[r], bias);
@@ -201,7 +201,7 @@ template <Kind F, int RT>
 void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
   const int64_t nb = p.nb;
   __m512 acc[RT];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int r = 0; r < RT; ++r) acc[r] = _mm512_setzero_ps();
   const int64_t rows = a.rows;
   const int8_t* xq = a.q.data() + t0 * kBlock;  // this tile's rows of block b: xq + (b * rows + r) * 32
@@ -243,7 +243,7 @@ void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64
     }
   }
   const __m512 bias = p.bias ? _mm512_loadu_ps(p.bias + g * 16) : _mm512_setzero_ps();
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int r = 0; r < RT; ++r) {
     float* out = y + (t0 + r) * ldy + g * 16;
     __m512 v = _mm512_add_ps(acc[r], bias);
