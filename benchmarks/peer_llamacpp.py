@@ -18,7 +18,8 @@ latts' own cost curve (a B-row step over a B=1 step) is measured apart, latts al
 measurement sits between two B=1 measurements, and a repeat's ratio is the B-row time over their mean;
 the curve is the median of ``--curve-repeats`` such ratios. The VM these run on drifts between a fast and
 a slow mode within a minute; a ratio of cells measured a minute apart (the decode table's) reads that
-drift, a bracketed one cancels it.
+drift, a bracketed one compares runs seconds apart. The slow mode also moves the ratio itself (it slows
+the compute-bound B-row steps more than the bandwidth-bound B=1 step), which the printed spread shows.
 
 Targets (ratios within this one run; context 512 unless said; exit 1 when one is missed or was not
 measured): decode B=1 latts tok/s >= 1.3x llama.cpp's; B=16 >= 3x; latts' own B=4 step <= 1.4x its

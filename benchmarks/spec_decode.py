@@ -15,6 +15,11 @@ Targets (exit 1 when one is missed): the best drafter reaches >= 1.3x at B=1 (gr
 >= 1.15x at B=8 (greedy); sampled (T=0.7) >= 1.25x at B=8 and >= 1.15x at B=16 (issue 23); latts at B=1 is
 at least as fast as HF assisted generation with the same drafter (best γ of each side).
 
+It also prints the ceiling this machine's forward costs (the engine's cost shape, measured at warm-up)
+put on speculation at each (B, γ): a round's tokens over a verify of B·(γ + 1) positions against a plain
+step, with every draft accepted (and at α = 0.6) and drafting taken as free; a sampled target above it
+is named so, since no drafter can reach it here.
+
 Speedups are ratios within one run: for each mode and B, every prompt runs plain decoding and
 every speculative configuration in turn before the next prompt (this machine's speed drifts for
 minutes), and each configuration's speedup is against the γ=0 run interleaved with it.
@@ -44,6 +49,7 @@ from latts.engine.drafters import GroupDrafter, NGramDrafter, make_drafter
 from latts.engine.engine import Engine
 from latts.engine.loading import DEFAULT_MODEL, cache_root, hf_folder, load
 from latts.engine.machine import cpu_name
+from latts.engine.spec_policy import CostShape
 from latts.request import GenerateRequest
 
 MODES = {"greedy": SamplingParams(temperature=0.0), "sampled": SamplingParams(temperature=0.7, seed=0)}
@@ -142,6 +148,18 @@ def run_group(engine: Engine, prompts: list[list[int]], B: int, configs: list[tu
             "mean_len": (accepted + rounds) / rounds if rounds else None,
         }
     return out
+
+
+CEILING_GAMMAS = (1, 2, 3, 4, 6)  # the γ of the ceiling table, whichever --gammas ran
+
+
+def ceiling(shape: CostShape, B: int, gamma: int, alpha: float = 1.0) -> float:
+    """The speedup over plain steps of B rows that γ drafts a row could give at most, by this machine's
+    measured forward costs: a round's expected tokens a row (each draft accepted with probability α,
+    one token more from the verify) over a verify of B·(γ + 1) positions, against a plain step of B rows.
+    Drafting and acceptance are taken as free, so real rounds only do worse."""
+    tokens = sum(alpha ** i for i in range(gamma + 1))
+    return tokens * shape.plain(B) / shape(B * (gamma + 1))
 
 
 def run_hf(hf, prompts: list[list[int]], tokens: int, **kwargs) -> float:
@@ -283,19 +301,26 @@ def main() -> int:
             best = max(cand, key=lambda r: r["speedup"])
             print(f"  {mode} B={B}: γ={best['gamma']} ({best['drafter']}) {best['speedup']:.2f}x")
 
+    shape = engine.cost_shape
+    if shape is not None:  # measured at warm-up (context 64): what the machine allows at all
+        print()
+        print("| B | γ | verify / plain step | ceiling, every draft accepted | ceiling at α = 0.6 |")
+        print("| --- | --- | --- | --- | --- |")
+        for B in batches:
+            for gamma in CEILING_GAMMAS:
+                print(f"| {B} | {gamma} | {shape(B * (gamma + 1)) / shape.plain(B):.2f} | "
+                      f"{ceiling(shape, B, gamma):.2f}x | {ceiling(shape, B, gamma, 0.6):.2f}x |")
+
     failures = []
-    for B, need in ((1, 1.3), (8, 1.15)):
-        if "greedy" in modes and B in batches:
-            got = max(r["speedup"] for r in rows if r["mode"] == "greedy" and r["B"] == B)
-            print(f"target greedy B={B} >= {need}x: {got:.2f}x {'ok' if got >= need else 'MISSED'}")
+    # greedy B=1 and 8; sampled B=8 and 16 (issue 23: sampled branches, the paper's regime)
+    for mode, B, need in (("greedy", 1, 1.3), ("greedy", 8, 1.15), ("sampled", 8, 1.25), ("sampled", 16, 1.15)):
+        if mode in modes and B in batches:
+            got = max(r["speedup"] for r in rows if r["mode"] == mode and r["B"] == B)
+            top = max(ceiling(shape, B, g) for g in CEILING_GAMMAS) if shape is not None else None
+            above = f" (above this machine's ceiling of {top:.2f}x)" if top is not None and top < need else ""
+            print(f"target {mode} B={B} >= {need}x: {got:.2f}x {'ok' if got >= need else 'MISSED'}{above}")
             if got < need:
-                failures.append(f"greedy B={B} best speedup {got:.2f}x < {need}x")
-    for B, need in ((8, 1.25), (16, 1.15)):  # issue 23: sampled branches, the paper's regime
-        if "sampled" in modes and B in batches:
-            got = max(r["speedup"] for r in rows if r["mode"] == "sampled" and r["B"] == B)
-            print(f"target sampled B={B} >= {need}x: {got:.2f}x {'ok' if got >= need else 'MISSED'}")
-            if got < need:
-                failures.append(f"sampled B={B} best speedup {got:.2f}x < {need}x")
+                failures.append(f"{mode} B={B} best speedup {got:.2f}x < {need}x")
     for name, (machine, tps) in hf_rows.items():
         # end to end (prefill included) on both sides, same machine
         theirs = [v for k, v in tps.items() if k.startswith(("HF prompt lookup", "HF assistant model"))]
