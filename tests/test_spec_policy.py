@@ -181,7 +181,6 @@ def test_the_cost_policy_samples_like_plain_decoding(fast_model) -> None:
     assert abs(z_plain) < 4 and abs(z_spec) < 4
 
 
-
 class ValueDependentDrafter:
     """A drafter whose number of drafts depends on the value it drew: a first draft drawn 50/50 from two
     tokens, then two more drafts only after the second one (as the group drafter goes on only while its

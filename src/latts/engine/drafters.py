@@ -203,10 +203,15 @@ class GroupDrafter:
                 return n, followers
         return None
 
+    @staticmethod
+    def _most_drafts(match: int, gamma: int) -> int:
+        """The most drafts a row may offer after a first match of ``match`` tokens (0: none): half the
+        match, at least one, at most γ. Known from the history alone, before any draft is drawn."""
+        return min(gamma, max(1, match // 2)) if match else 0
+
     def _draft_row(self, hist: list[int], gamma: int, sampling: SamplingParams,
-                   generator: torch.Generator) -> tuple[list[int], list[dict[int, float]], int, int]:
-        """(drafts, their distributions when sampled, the first match's length, the most drafts the row
-        could have offered: known from its history alone, before any draft was drawn)."""
+                   generator: torch.Generator) -> tuple[list[int], list[dict[int, float]], int]:
+        """(drafts, their distributions when sampled, the first match's length)."""
         first = 0  # the length of the match the draft started from
         drafts: list[int] = []
         dists: list[dict[int, float]] = []
@@ -218,7 +223,7 @@ class GroupDrafter:
                 break
             n, followers = found
             if not drafts:
-                first, limit = n, min(gamma, max(1, n // 2))
+                first, limit = n, self._most_drafts(n, gamma)
             if sampling.greedy:
                 tok = max(followers.items(), key=lambda kv: (kv[1], -kv[0]))[0]
             else:
@@ -230,7 +235,7 @@ class GroupDrafter:
                 dists.append(dist)
             drafts.append(tok)
             context = context[1:] + [tok] if len(context) >= self.max_n else context + [tok]
-        return drafts, dists, first, limit if drafts else 0
+        return drafts, dists, first
 
     def propose(
         self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
@@ -242,15 +247,15 @@ class GroupDrafter:
                 self._add(hist, self._indexed[slot], end)
                 self._indexed[slot] = end
         found = [self._draft_row(hist, gamma, sampling, generator) for hist in histories]
-        self.match_lengths = [n for _, _, n, _ in found]
+        self.match_lengths = [n for _, _, n in found]
         # sampled drafts go on only while the drawn ones keep matching: how many a row offered depends
         # on the values drawn, the most it could offer does not (the engine's γ policy decides on this)
-        self.draft_limits = [limit for _, _, _, limit in found]
+        self.draft_limits = [self._most_drafts(n, gamma) for n in self.match_lengths]
         drafts = torch.zeros((len(histories), gamma), dtype=torch.long)
-        for row, (toks, _, _, _) in enumerate(found):
+        for row, (toks, _, _) in enumerate(found):
             drafts[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-        q = None if sampling.greedy else SparseDraftProbs([dists for _, dists, _, _ in found])
-        return drafts, torch.tensor([len(t) for t, _, _, _ in found], dtype=torch.long), q
+        q = None if sampling.greedy else SparseDraftProbs([dists for _, dists, _ in found])
+        return drafts, torch.tensor([len(t) for t, _, _ in found], dtype=torch.long), q
 
     def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
         """Nothing to learn: the counts follow the rows' histories."""
