@@ -233,3 +233,22 @@ def test_boxed_sums_vote_with_the_number_they_end_in(name: str) -> None:
     assert [(task.grade("11", rep), weight) for rep, weight in result.counts] == [(True, 3.0), (False, 2.0)]
     assert task.same("9 + 2 = 11", "11") and task.same("11", "4 + 7 = 11")
     assert not task.same("9 + 2 = 11", "12")
+
+
+@pytest.mark.parametrize(("name", "outputs", "winner"), [
+    # four of eight arith branches boxed a letter or a sentence: they abstain, and 12 wins 3 to 1
+    ("arith", ["\\boxed{12}", "\\boxed{A}", "So \\boxed{12 apples}.", "\\boxed{Ava has 23 cards, so Ava}",
+               "\\boxed{\\text{12}}", "\\boxed{7}", "\\boxed{23 + 5}", "\\boxed{B}"], "12"),
+    ("aime24", ["\\boxed{25}", "\\boxed{A}", "\\boxed{025}", "\\boxed{n}", "\\boxed{\\text{none}}"], "25"),
+])
+def test_answers_that_cannot_be_right_abstain(name: str, outputs: list[str], winner: str) -> None:
+    """A number task counts a box without a number as an abstention, not as a vote for its text."""
+    from latts.tasks.grading import as_integer
+    from latts.tts.voting import vote
+
+    task = get_task(name)
+    answers = [task.extract(o) for o in outputs]
+    result = vote(answers, task.same)
+    assert result.abstained == sum(a is None for a in answers) == (4 if name == "arith" else 3)
+    assert all(as_integer(rep) is not None for rep, _ in result.counts)  # only numbers vote
+    assert task.same(result.answer, winner) and result.counts[0][1] == (3.0 if name == "arith" else 2.0)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from latts.tasks.grading import as_integer, equation_value, math_equal
 from latts.tasks.base import MathTask
+
+
+_DIGIT = re.compile(r"\d")
 
 
 class AimeTask(MathTask):
@@ -13,6 +18,13 @@ class AimeTask(MathTask):
     def __init__(self, name: str, filename: str) -> None:
         self.name = name
         self.filename = filename
+
+    def extract(self, completion: str) -> str | None:
+        """The answer as :meth:`MathTask.extract` finds it, or None (an abstention) when it holds no digit: an AIME
+        answer is an integer from 0 to 999, so a box of letters or words (``\\boxed{A}``, ``\\boxed{n}``) cannot
+        be right and must not take a vote from the branches that answered."""
+        answer = super().extract(completion)
+        return answer if answer is not None and _DIGIT.search(answer) else None
 
     def grade(self, gold: str, pred: str | None) -> bool:
         """Integer equality when both sides are integers (leading zeros ignored), else math-verify."""

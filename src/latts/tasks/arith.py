@@ -138,6 +138,9 @@ def _pick_op(rng: random.Random, spec: Level, value: int) -> str:
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+# a box that answers with a number: the number, then at most a few words of unit ("31 cards", "\\$12", "40%")
+_BOXED_NUMBER = re.compile(r"(?:\\\$|\$)?\s*(-?\d[\d,]*(?:\.\d+)?)\s*(?:\\?%)?\s*(?:[A-Za-z]+\.?\s*){0,3}")
+_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*\**\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
 
 
@@ -170,7 +173,10 @@ class ArithTask:
         """The number in the last ``\\boxed{}``, else after the last "answer is", else the last number, else None.
 
         A box holding an equation that ends in a single number (``\\boxed{9 + 2 = 11}``: the model often
-        boxes the whole sum) gives that number. The last-number fallback matters for the small default
+        boxes the whole sum) gives that number; a box holding a number and a unit (``\\boxed{31 cards}``) the
+        number. A box that answers with anything else (``\\boxed{A}``, ``\\boxed{Ava has 23 cards, so Ava}``,
+        ``\\boxed{23 + 5}``) abstains: arith's answers are numbers, and such a text cannot be right, so it must
+        not take a vote from the branches that did answer. The last-number fallback matters for the small default
         model, which mostly answers bare sums as "7 + 5 is 12." without any answer phrase. Only the text after
         a reasoning model's thinking counts (:func:`~latts.tasks.grading.after_thinking`).
         """
@@ -180,8 +186,8 @@ class ArithTask:
             value = equation_value(boxed)
             if value is not None:
                 return value
-            numbers = _NUMBER.findall(boxed)
-            return numbers[0].replace(",", "") if len(numbers) == 1 else boxed
+            number = _BOXED_NUMBER.fullmatch(_TEXT.sub(r" \1 ", boxed).strip().strip("$").strip())
+            return number.group(1).replace(",", "") if number else None
         hits = _ANSWER_IS.findall(completion) or _NUMBER.findall(completion)
         return hits[-1].replace(",", "").rstrip(".") if hits else None
 
