@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 import subprocess
 import sys
@@ -46,32 +45,35 @@ import torch
 
 from latts.engine.kv_cache import KVCache
 from latts.engine.loading import DEFAULT_MODEL, LoadedModel, load, resolve
+from latts.engine.cpu_features import cpu_flags
+from latts.engine.llamacpp_hazards import hazards_here
 from latts.engine.machine import cpu_name
+from latts.errors import LattsError
 
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avxvnni")
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avxvnni", "amx_int8")
 RESULTS = Path(__file__).parent / "results" / "peer_llamacpp.jsonl"
 DECODE_CTX = 512  # the context of the decode targets
 
 
 def import_llama_cpp():
-    """llama_cpp, or None when llama-cpp-python is not installed (it is not a latts dependency)."""
+    """llama_cpp, or None when llama-cpp-python is not installed (it is not a latts dependency); its models load
+    without the paths that crash on this CPU, as latts' llama.cpp engine loads them (the peer is measured as
+    latts would run it; the table's machine line names what was avoided)."""
+    from latts.engine import llamacpp
+
     try:
-        import llama_cpp
-    except ImportError:
+        return llamacpp.import_llama_cpp()
+    except LattsError:
         return None
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback prints below ERROR
-    return llama_cpp
 
 
 def machine(threads: int) -> dict:
     """The CPU (name, family/model), the vector flags that matter to both engines, and the threads."""
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        flags = set()
+    flags = cpu_flags()
+    lib = import_llama_cpp()
+    avoided = [h.describe() for h in hazards_here(lib)] if lib is not None else []
     return {"cpu": cpu_name(), "flags": {f: f in flags for f in FLAGS}, "threads": threads,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "llama.cpp avoided": avoided}
 
 
 def git_commit() -> str:
@@ -319,7 +321,8 @@ def print_machine(info: dict, lib, loaded: LoadedModel) -> None:
     print(f"\nmachine: {info['cpu']}; {flags}; {info['threads']} threads")
     print(f"latts {info['latts_commit']}: {loaded.name}, weights {loaded.weights}, torch {info['torch']}, "
           f"load {loaded.load_s:.1f} s ({loaded.kernels_s:.1f} s of it latts' kernels)")
-    print(f"llama.cpp: llama-cpp-python {lib.__version__}; {info['llamacpp_system'].strip()}")
+    avoided = "".join(f"; {a}" for a in info["llama.cpp avoided"])
+    print(f"llama.cpp: llama-cpp-python {lib.__version__}; {info['llamacpp_system'].strip()}{avoided}")
 
 
 def print_tables(decode: list[dict], prefill: list[dict], curve: list[dict], checks: list[dict]) -> None:

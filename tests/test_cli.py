@@ -156,3 +156,20 @@ def test_generate_json_end_to_end() -> None:
 )
 def test_backend_and_serve_options_are_checked(argv: list[str], words: tuple[str, ...]) -> None:
     assert_one_line_error(run_latts(*argv), *words)
+
+
+def test_kernels_that_cannot_be_built_are_said_once_on_stderr(tmp_path) -> None:
+    """No compiler (a fresh cache, CXX pointing nowhere): the command still answers, on torch's ops, and says
+    once on stderr why and what it costs."""
+    env = _env()
+    env.update(XDG_CACHE_HOME=str(tmp_path), CXX=str(tmp_path / "no-such-compiler"))
+    env.pop("LATTS_NO_KERNELS", None)
+    proc = subprocess.run([sys.executable, "-m", "latts.cli", "generate", "What is 2+2?", "--max-tokens", "4",
+                           "--json"], capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["engine_build"] == "torch-ops" and "native" not in doc["weights"]
+    warnings = [line for line in proc.stderr.splitlines() if "kernels are not available" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "no-such-compiler" in warnings[0] and "slower" in warnings[0]
+    assert "Error building extension" not in proc.stderr  # the compiler's whole output is not dumped

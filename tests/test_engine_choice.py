@@ -176,3 +176,22 @@ def test_engine_is_for_the_embedded_backend() -> None:
         open_backend("openai", "m", remote=RemoteOptions("http://127.0.0.1:1/v1"), engine="torch")
     with pytest.raises(LattsError, match="unknown engine 'tpu'"):
         open_backend("embedded", DEFAULT_MODEL, engine="tpu")
+
+
+def test_llamacpp_hazards_are_avoided_only_where_all_three_hold() -> None:
+    """A hazard needs the CPU feature, a build with the path and a release without the fix; nothing else changes."""
+    from dataclasses import replace
+
+    from latts.engine.llamacpp_hazards import AMX_MATMUL, _release
+
+    amx, zen4 = frozenset({"avx512_vnni", "amx_int8", "amx_tile"}), frozenset({"avx512_vnni", "avx512_bf16"})
+    built = "CPU : AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 |"
+    no_amx_build = built.replace("AMX_INT8 = 1 | ", "")
+    assert AMX_MATMUL.affects("0.3.36", built, amx)
+    assert not AMX_MATMUL.affects("0.3.36", built, zen4)  # a Zen 4 never reaches it
+    assert not AMX_MATMUL.affects("0.3.36", no_amx_build, amx)  # built with -mno-amx-*: repacking kept
+    fixed = replace(AMX_MATMUL, fixed_in="0.3.37")
+    assert fixed.affects("0.3.36", built, amx) and not fixed.affects("0.3.37", built, amx)
+    assert not fixed.affects("0.4.0rc1", built, amx) and _release("0.3.36+cpu") == (0, 3, 36)
+    assert dict(AMX_MATMUL.params) == {"use_extra_bufts": False}
+    assert AMX_MATMUL.describe().startswith("avoided llama.cpp's AMX matmul (")

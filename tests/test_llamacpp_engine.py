@@ -13,7 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-llama_cpp = pytest.importorskip("llama_cpp")
+pytest.importorskip("llama_cpp")
+from latts.engine.llamacpp import import_llama_cpp  # noqa: E402
+
+llama_cpp = import_llama_cpp()  # the reference's Llama avoids the paths that crash on this CPU, as latts does
 
 import gguf_models  # noqa: E402
 from distributions import assert_speculation_samples_like_plain  # noqa: E402
@@ -153,6 +156,50 @@ def test_default_model_runs_on_llamacpp(default_engine, fp32_model) -> None:
     for b in got.branches:
         assert b.token_ids == want, near_tie_report(engine.loaded.source, ids, want, b.token_ids)
     assert "2" in got.branches[0].text or "4" in got.branches[0].text  # real text, detokenized
+
+
+# Run in a child process: where a llama.cpp path crashes (llama.cpp 0.3.36's AMX matmul on Intel CPUs with AMX
+# died at any batch of more than a few tokens) the test fails with the signal instead of killing the suite.
+LONG_PROMPT_CHILD = """
+import json, sys
+from latts.engine.engine import Engine
+from latts.engine.llamacpp import load_gguf
+from latts.engine.loading import DEFAULT_MODEL, bundled_path
+from latts.request import GenerateRequest
+from test_llamacpp_engine import reference
+
+loaded = load_gguf(bundled_path(DEFAULT_MODEL), DEFAULT_MODEL)
+engine = Engine(loaded)
+story = " ".join(f"On day {d} the baker sold {3 * d + 7} loaves and {d % 5 + 2} cakes to the village." for d in range(1, 19))
+ids = engine.encode(story + " How many loaves did the baker sell on day 12?")
+got = engine.generate(GenerateRequest(ids, branches=4, max_new_tokens=24, ignore_eos=True))
+want, _ = reference(loaded.source, ids, 24)
+print(json.dumps({"prompt_tokens": len(ids), "rows": [b.token_ids for b in got.branches], "want": want,
+                  "report": loaded.report}))
+"""
+
+
+def test_long_prompt_at_four_rows_runs_on_this_cpu(tmp_path) -> None:
+    """A 300+-token prompt at B = 4 on the llama.cpp engine: rows equal llama.cpp's single-sequence decode, and
+    the load report names the engine build and every path avoided on this CPU."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from latts.engine.llamacpp_hazards import hazards_here
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", LONG_PROMPT_CHILD], capture_output=True, text=True, timeout=600,
+                          env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"the child died (status {proc.returncode}):\n{proc.stderr[-2000:]}"
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert doc["prompt_tokens"] >= 300
+    assert all(row == doc["want"] for row in doc["rows"]), doc
+    assert "llamacpp engine llamacpp-" in doc["report"]
+    for hazard in hazards_here(llama_cpp):  # on an Intel CPU with AMX: the AMX matmul
+        assert hazard.describe() in doc["report"]
 
 
 def test_checkpoint_probes_answer_like_runs_with_that_budget(default_engine) -> None:

@@ -57,6 +57,18 @@ def test_branches_sample_differently_and_stream_timestamps(backend) -> None:
     assert gen.prompt_tokens > 5 and gen.prefill_s > 0
 
 
+def test_long_prompt_at_four_branches(backend) -> None:
+    """A 300+-token prompt, four branches: the server answers every one (llama.cpp 0.3.36's server died at such
+    prompts on Intel CPUs with AMX until latts' launcher avoided its AMX matmul)."""
+    story = " ".join(f"On day {d} the baker sold {3 * d + 7} loaves and {d % 5 + 2} cakes to the village."
+                     for d in range(1, 19))
+    gen = backend.generate(GenerateRequest(story + " How many loaves did the baker sell on day 12?", branches=4,
+                                           max_new_tokens=16, sampling=SamplingParams(temperature=0.7, seed=5)))
+    assert gen.prompt_tokens >= 300
+    assert len(gen.branches) == 4 and all(b.n_tokens >= 1 and b.text for b in gen.branches)
+    assert len({b.text for b in gen.branches}) >= 2  # four sampled answers, not one repeated
+
+
 def test_greedy_is_reproducible(backend) -> None:
     a = backend.generate(GenerateRequest("Count from 1 to 5.", max_new_tokens=16))
     b = backend.generate(GenerateRequest("Count from 1 to 5.", max_new_tokens=16))

@@ -145,9 +145,11 @@ def open_announced(backend: Backend | str, model: str, dtype: str, announce: boo
     up, announced on stderr (see :func:`latts.backends.open_backend`)."""
     from latts.backends import open_backend
     from latts.cli.console import announce as say
+    from latts.cli.console import warn_missing_kernels
 
     kind, remote = (backend, None) if isinstance(backend, str) else (backend.kind, backend.remote)
     opened = open_backend(kind, model, dtype, remote, engine=engine)
+    warn_missing_kernels(opened)
     if announce:
         say(opened)
     return opened

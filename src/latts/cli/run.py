@@ -57,6 +57,7 @@ def generate(
     if as_json:
         loaded = opened.loaded
         print_json({"model": loaded.name, "engine": loaded.engine, "engine_reason": loaded.engine_reason,
+                    "engine_build": loaded.measured_with().engine, "avoided": list(loaded.avoided),
                     "dtype": str(loaded.dtype).removeprefix("torch."), "weights": loaded.weights,
                     "load_s": round(loaded.load_s, 3), "kernels_s": round(loaded.kernels_s, 3),
                     "warmup_s": round(runner.warmup_s, 3), "prompt": prompt, **result.to_dict()})

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from latts.engine.choice import INSTALL_LLAMACPP
+from latts.engine.llamacpp_hazards import guard_default_params, hazards_here, safe_model_params
 from latts.engine.llamacpp_tokenizer import GGUFTokenizer
 from latts.engine.transformer import ModelShape
 from latts.errors import LattsError
@@ -54,13 +55,18 @@ _IDLE_CONTEXTS = 2  # idle contexts a model keeps for later caches (the rest are
 
 
 def import_llama_cpp():
-    """The ``llama_cpp`` module, or a LattsError saying how to install it."""
+    """The ``llama_cpp`` module, or a LattsError saying how to install it.
+
+    Its default model parameters avoid the paths that crash on this CPU (:mod:`latts.engine.llamacpp_hazards`),
+    so that every model loaded in this process, through latts or through llama-cpp-python's own classes, runs.
+    """
     try:
         import llama_cpp
     except ImportError:
         raise LattsError(f"the llama.cpp engine needs llama-cpp-python: {INSTALL_LLAMACPP} "
                          "(or `make llamacpp` in a latts checkout)") from None
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback prints below ERROR
+    guard_default_params(llama_cpp)
     return llama_cpp
 
 
@@ -131,7 +137,8 @@ class LlamaCppModel:
         self.lib = lib
         self.path = Path(path)
         lib.llama_backend_init()
-        params = lib.llama_model_default_params()
+        self.avoided = hazards_here(lib)  # the broken paths of this CPU's build, avoided (load reports say so)
+        params = safe_model_params(lib)
         params.n_gpu_layers = 0
         self.model = lib.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.model:
@@ -287,7 +294,8 @@ def load_gguf(path: Path, name: str) -> LoadedModel:
     tokenizer = GGUFTokenizer(model.lib, model.model)
     return LoadedModel(name=name, source=path, hf_path=path, model=model, tokenizer=tokenizer,
                        eos_token_ids=tokenizer.eos_token_ids, dtype=torch.float32,
-                       load_s=time.perf_counter() - t0, quant_format=_file_type(model), engine="llamacpp")
+                       load_s=time.perf_counter() - t0, quant_format=_file_type(model), engine="llamacpp",
+                       avoided=tuple(h.describe() for h in model.avoided))
 
 
 def _file_type(model: LlamaCppModel) -> str:

@@ -110,12 +110,16 @@ class LoadedModel:
     native: bool = False  # decode steps run in latts' native step (8-bit activations x the blocks)
     engine: str = "torch"  # which engine runs the model: torch (latts' own), llamacpp or hf
     engine_reason: str = ""  # why that engine (see latts.engine.choice), for load reports
+    avoided: tuple[str, ...] = ()  # hardware paths the engine steers around here, and why (load reports)
+    kernels_missing: str | None = None  # why latts' kernels do not run a model that wanted them (the CLI warns)
 
     @property
     def report(self) -> str:
-        """The load report's middle: engine, weights and why, e.g. ``torch engine, float32 (auto: ...)``."""
+        """The load report's middle: engine, its build, weights, why that engine and any hardware path avoided,
+        e.g. ``torch engine native-1a2b3c4d5e6f, bfloat16 prefill, native int8 x q4+q8 decode; auto: ...``."""
         why = f"; {self.engine_reason}" if self.engine_reason else ""
-        return f"{self.engine} engine, {self.weights}{why}"
+        avoided = "".join(f"; {a}" for a in self.avoided)
+        return f"{self.engine} engine {self.measured_with().engine}, {self.weights}{why}{avoided}"
 
     @property
     def weights(self) -> str:
@@ -254,6 +258,7 @@ def _load_torch(source: Path, name: str, dtype: str | torch.dtype, torch_dtype: 
         quant_format=quant_formats(transformer.projections()),
         kernels_s=kernels_s,
         native=transformer.native is not None,
+        kernels_missing=kernels.unavailable_reason() if fast else None,
     )
 
 

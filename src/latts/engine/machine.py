@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from latts.engine import kernels
+from latts.engine.cpu_features import cpu_flags
 from latts.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,7 @@ def default_dtype() -> torch.dtype:
     ≈ 50 ms in bf16 against ≈ 110 ms in fp32, and B=1 is a tie. Without native bf16 the
     conversion cost makes fp32 the faster choice.
     """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return torch.float32
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+    return torch.bfloat16 if cpu_flags() & {"avx512_bf16", "amx_bf16"} else torch.float32
 
 
 def cpu_name() -> str:

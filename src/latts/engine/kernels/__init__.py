@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import torch
 
+from latts.engine.cpu_features import cpu_flags_line
 from latts.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -62,19 +63,6 @@ def _cpu_has_avx2() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
-def _cpu_flags() -> str:
-    """This CPU's feature flags: a build with ``-march=native`` holds for them only."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 @functools.cache
 def build_id() -> str:
     """What the kernels' sources, compile flags, CPU features and torch version make of them, as a short hash.
@@ -88,7 +76,7 @@ def build_id() -> str:
     for path in (*_SOURCES, *_HEADERS):
         h.update(path.read_bytes())
     h.update(" ".join(_cflags()).encode())
-    h.update(_cpu_flags().encode())
+    h.update(cpu_flags_line().encode())
     h.update(torch.__version__.encode())
     return "native-" + h.hexdigest()[:12]
 
@@ -97,9 +85,22 @@ def _wanted() -> bool:
     return os.environ.get("LATTS_NO_KERNELS") != "1" and _cpu_has_avx2()
 
 
+def unavailable_reason() -> str | None:
+    """Why :func:`compiled` has no kernels here (None when they are built, or not yet asked for): what the
+    CLI tells the user, because torch's ops run the model several times slower."""
+    if os.environ.get("LATTS_NO_KERNELS") == "1":
+        return "turned off by LATTS_NO_KERNELS=1"
+    if not _cpu_has_avx2():
+        return "this CPU has no AVX2"
+    return _build_error[0]
+
+
+_build_error: list[str | None] = [None]  # why the last build failed (None: it did not)
+
+
 @functools.cache
 def compiled() -> ModuleType | None:
-    """The compiled kernels, or None where they cannot be built or run here."""
+    """The compiled kernels, or None where they cannot be built or run here (:func:`unavailable_reason`)."""
     if not _wanted():
         return None
     from torch.utils import cpp_extension
@@ -123,8 +124,20 @@ def compiled() -> ModuleType | None:
                 extra_ldflags=["-fopenmp"],
             )
     except Exception as exc:  # no compiler, no ninja, a failed build: torch's kernels still work
-        log.warning("latts' CPU kernels unavailable, using torch's (%s: %s)", type(exc).__name__, exc)
+        _build_error[0] = f"the build failed: {_build_failure(str(exc)) or type(exc).__name__}"
+        # the whole compiler output for whoever debugs it; the CLI says the reason once, in one line
+        log.info("latts' CPU kernels unavailable, using torch's (%s: %s)", type(exc).__name__, exc)
         return None
+
+
+def _build_failure(message: str) -> str:
+    """The line of a failed build that says why: the compiler's ``error:``, a missing program, else the first."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for marker in ("error:", "not found", "No such file"):
+        hits = [line for line in lines if marker in line]
+        if hits:
+            return hits[0][:300]
+    return lines[0][:300] if lines else ""
 
 
 @contextlib.contextmanager
