@@ -47,7 +47,8 @@ demo: setup
 # that measurement once made the server refuse an 8 s budget as needing 10.05 s (nice does not divide caches
 # or memory bandwidth).
 LATE_TESTS := tests/test_openai_backend.py tests/test_serve.py tests/test_llamacpp_engine.py tests/test_engine_choice_llamacpp.py \
-              tests/test_thinking_tags_remote.py tests/test_thinking_tags_llamacpp.py tests/test_playground.py
+              tests/test_thinking_tags_remote.py tests/test_thinking_tags_llamacpp.py tests/test_playground.py \
+              tests/test_saved_plans.py
 test: setup browser
 	@nice -n 19 $(MAKE) --no-print-directory llamacpp > $(VENV)/llamacpp.log 2>&1 & build=$$!; \
 	$(BIN)/python -m pytest -q --durations=12 $(addprefix --ignore=,$(LATE_TESTS)); rc=$$?; \

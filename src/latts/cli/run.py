@@ -91,7 +91,9 @@ def solve(
     deadline: Annotated[Optional[float], typer.Option("--deadline", help="seconds to answer in")] = None,
     branches: Annotated[Optional[int], typer.Option("--branches", "-B", help="voting branches")] = None,
     gamma: Annotated[Optional[int], typer.Option("--gamma", help="draft tokens per branch and step")] = None,
-    drafter: DrafterOpt = "ngram",
+    drafter: Annotated[Optional[str], typer.Option(
+        "--drafter", help="ngram, ngram:N, group, group:N (drafts from every branch), or model:PATH "
+                          "[default: the plan's: a saved latency-optimal plan's, else ngram]")] = None,
     max_think: Annotated[Optional[int], typer.Option("--max-think", help="thinking tokens before the answer is forced")] = None,
     min_think: Annotated[int, typer.Option("--min-think", help="stops before this many tokens are suppressed")] = 0,
     temperature: TemperatureOpt = 0.7,
@@ -124,7 +126,8 @@ def solve(
     the_task = get_task(task)
     opened = open_announced(backend, model, dtype, announce=not as_json, engine=engine)
     plan = _chosen_plan(deadline, plans, opened, task, overrides, base, announce=not as_json)
-    solver = Solver(opened.backend, the_task, drafter_for(drafter, opened.loaded, plan.gamma > 0, engine))
+    # the plan's drafter: the user's --drafter, else the saved plan's, else the default plan's
+    solver = Solver(opened.backend, the_task, drafter_for(plan.drafter, opened.loaded, plan.gamma > 0, engine))
     sol = watch(None if as_json else out, opened.backend.tokenizer, plan.branches,
                 lambda on_step: solver.solve(question, plan, deadline, on_step=on_step))
     if as_json:
