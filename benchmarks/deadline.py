@@ -14,7 +14,7 @@ import sys
 from dataclasses import replace
 
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, load
+from latts.engine.loading.loader import DEFAULT_MODEL, load
 from latts.config import Plan, default_plan
 from latts.tts.solver import Solver
 from latts.tasks import get_task

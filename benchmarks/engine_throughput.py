@@ -26,7 +26,7 @@ import torch
 
 from latts.config import SamplingParams
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, hf_folder, load, resolve
+from latts.engine.loading.loader import DEFAULT_MODEL, hf_folder, load, resolve
 from latts.request import GenerateRequest
 
 SAMPLING = SamplingParams(temperature=0.7, seed=0)

@@ -26,8 +26,8 @@ import torch
 
 from latts.config import SamplingParams
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, load
-from latts.engine.machine import cpu_name
+from latts.engine.loading.loader import DEFAULT_MODEL, load
+from latts.engine.loading.machine import cpu_name
 from latts.request import GenerateRequest
 
 PROMPT = "Explain step by step how to compute 17 * 23, then check the result another way."

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.drafters import NGramDrafter
+from latts.engine.spec.drafters import NGramDrafter
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, load
+from latts.engine.loading.loader import DEFAULT_MODEL, load
 from latts.latency.model import StepSample
 from latts.latency.profiler import (DEFAULT_BRANCHES, DEFAULT_CONTEXTS, DEFAULT_K, grid, measure_steps, own_shapes,
                                     profile)

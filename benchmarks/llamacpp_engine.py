@@ -6,7 +6,7 @@ drifts of this shared machine hit both sides of a ratio alike:
 
 - raw: llama-cpp-python's low-level batch API driven by hand (``benchmarks/peer_llamacpp.py``'s
   ``LlamaCpp``: fill a ``llama_batch``, ``llama_decode``, argmax of the logits view);
-- latts: ``Engine.generate`` on :class:`~latts.engine.llamacpp.LlamaCppModel` (greedy, ``ignore_eos``),
+- latts: ``Engine.generate`` on :class:`~latts.engine.models.llamacpp.model.LlamaCppModel` (greedy, ``ignore_eos``),
   decode tokens/s = B x steps / decode seconds (everything after the prefill: batch filling, the logits
   copy, sampling, the engine's bookkeeping).
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from peer_llamacpp import LlamaCpp, import_llama_cpp, prompt_ids, top_ids  # noqa: E402
 
 from latts.engine.engine import Engine  # noqa: E402
-from latts.engine.loading import DEFAULT_MODEL, resolve  # noqa: E402
+from latts.engine.loading.loader import DEFAULT_MODEL, resolve  # noqa: E402
 from latts.request import GenerateRequest  # noqa: E402
 
 TARGET = 0.9
@@ -54,7 +54,7 @@ def main() -> int:
     if lib is None:
         print("llama_cpp cannot be imported: pip install 'latts[llamacpp]' (or `make llamacpp`)")
         return 2
-    from latts.engine.llamacpp import load_gguf
+    from latts.engine.models.llamacpp.model import load_gguf
 
     gguf = resolve(args.model)
     torch.set_num_threads(args.threads)

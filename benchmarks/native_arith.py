@@ -16,7 +16,7 @@ import sys
 
 from latts.config import Plan
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, load
+from latts.engine.loading.loader import DEFAULT_MODEL, load
 from latts.tasks import get_task
 from latts.tts.solver import Solver
 

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from latts.engine.loading import DEFAULT_MODEL, LoadedModel, load, resolve
+from latts.engine.loading.loader import DEFAULT_MODEL, LoadedModel, load, resolve
 
 BOUNDS = {"top1": 0.96, "ppl_rel": 0.02, "mean_kl": 0.01}
 PREFIX = 64

@@ -4,7 +4,7 @@ Both engines run in this one process, one at a time: llama.cpp through llama-cpp
 batch API (``llama_batch_init`` / ``llama_decode``, a unified KV cache whose prompt cells are shared
 by every sequence through ``llama_memory_seq_cp``, llama.cpp's own defaults otherwise: f16 KV cache,
 n_ubatch 512, flash attention 'auto'), latts through its engine API (``Transformer.prefill`` once,
-then ``Transformer.decode`` on a :class:`~latts.engine.kv_cache.KVCache`, weights ``--dtype auto``).
+then ``Transformer.decode`` on a :class:`~latts.engine.models.kv_cache.KVCache`, weights ``--dtype auto``).
 
 Decode: a deterministic prompt of C tokens is prefilled once (per engine and context); then B
 sequences decode greedily in lock-step, row b starting from the b-th most likely token after the
@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latts.engine.kv_cache import KVCache
-from latts.engine.loading import DEFAULT_MODEL, LoadedModel, load, resolve
-from latts.engine.cpu_features import cpu_flags
-from latts.engine.llamacpp_hazards import hazards_here
-from latts.engine.machine import cpu_name
+from latts.engine.models.kv_cache import KVCache
+from latts.engine.loading.loader import DEFAULT_MODEL, LoadedModel, load, resolve
+from latts.engine.models.cpu_features import cpu_flags
+from latts.engine.models.llamacpp.hazards import hazards_here
+from latts.engine.loading.machine import cpu_name
 from latts.errors import LattsError
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avxvnni", "amx_int8")
@@ -59,7 +59,7 @@ def import_llama_cpp():
     """llama_cpp, or None when llama-cpp-python is not installed (it is not a latts dependency); its models load
     without the paths that crash on this CPU, as latts' llama.cpp engine loads them (the peer is measured as
     latts would run it; the table's machine line names what was avoided)."""
-    from latts.engine import llamacpp
+    from latts.engine.models.llamacpp import model as llamacpp
 
     try:
         return llamacpp.import_llama_cpp()

@@ -27,7 +27,7 @@ from scipy.stats import binomtest, ttest_rel
 
 from latts.config import Plan
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, load
+from latts.engine.loading.loader import DEFAULT_MODEL, load
 from latts.tasks import get_task
 from latts.tts.solver import Solver
 

@@ -1,6 +1,6 @@
 """Where a native decode step's time goes: milliseconds per phase for B rows over a shared prompt (issue 21).
 
-The native step (``engine/kernels/step.cpp``) runs the layer stack in phases separated by barriers;
+The native step (``engine/models/kernels/step.cpp``) runs the layer stack in phases separated by barriers;
 with its phase clock on, the first thread stamps the end of each phase, so a phase's time includes
 the wait for the slower thread. For each B a prompt of ``--context`` tokens is prefilled once, then
 B rows decode greedily in lock-step (``--warmup`` untimed steps, ``--steps`` timed); the table gives
@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from latts.engine.loading import DEFAULT_MODEL, load
-from latts.engine.native import PHASES
+from latts.engine.loading.loader import DEFAULT_MODEL, load
+from latts.engine.models.native import PHASES
 
 TARGETS = {4: 1.4, 8: 2.0}  # B: the most a B-row step may cost, in B=1 steps
 

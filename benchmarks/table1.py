@@ -34,11 +34,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from latts.config import Plan
-from latts.engine.drafters import NGramDrafter
+from latts.engine.spec.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.eval.harness import Config, accuracy_difference, accuracy_interval, evaluate, summarize
 from latts.latency.optimizer import best_plan
-from latts.engine.loading import DEFAULT_MODEL, load
+from latts.engine.loading.loader import DEFAULT_MODEL, load
 from latts.planning import WIDE_BRANCHES, Planner, check_plan_drafters, measure_drafters, prompt_length, run_as_optimizer
 from latts.latency.profiler import profile
 from latts.eval.report import write_report

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, load
+from latts.engine.loading.loader import DEFAULT_MODEL, load
 from latts.config import Plan
 from latts.tts.solver import Solver
 from latts.tasks import get_task

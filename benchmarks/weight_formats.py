@@ -1,6 +1,6 @@
 """Projection weight formats on this CPU: ms per pass over all layers' projections, per row count.
 
-The table behind :mod:`latts.engine.linear`'s choice of formats, on the real default model's
+The table behind :mod:`latts.engine.models.linear`'s choice of formats, on the real default model's
 weights (GGUF Q4_1 layers, Q8_0 embedding = tied lm_head). Formats: plain fp32 ``F.linear``; fp32
 pre-packed by oneDNN (the engine's dense path); torch's int4 kernel (bf16 activations); latts' q4
 kernel (fp32 activations); and for the lm_head alone, latts' q8 kernel against the dense fp32 one.
@@ -21,10 +21,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from latts.engine import kernels
-from latts.engine.linear import Projection, can_int4, exact_int4, int4_linear
-from latts.engine.transformer import Transformer
-from latts.engine.loading import DEFAULT_MODEL, hf_folder
+from latts.engine.models import kernels
+from latts.engine.models.linear import Projection, can_int4, exact_int4, int4_linear
+from latts.engine.models.transformer import Transformer
+from latts.engine.loading.loader import DEFAULT_MODEL, hf_folder
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latts.engine.engine import Engine
-from latts.engine.loading import DEFAULT_MODEL, LoadedModel, load
+from latts.engine.loading.loader import DEFAULT_MODEL, LoadedModel, load
 
 
 @pytest.fixture(scope="session")

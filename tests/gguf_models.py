@@ -82,7 +82,7 @@ def converter() -> Path:
 
 
 def _tokenizer_folder() -> Path:
-    from latts.engine.loading import DEFAULT_MODEL, hf_folder
+    from latts.engine.loading.loader import DEFAULT_MODEL, hf_folder
 
     return hf_folder(DEFAULT_MODEL)
 

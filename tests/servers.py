@@ -63,8 +63,8 @@ def latts_cmd(*args: str) -> list[str]:
 
 def llama_server_cmd(port: int) -> list[str]:
     """llama-cpp-python's OpenAI-compatible server on the default model, named as latts names it."""
-    from latts.engine.loading import DEFAULT_MODEL, bundled_path
+    from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path
 
-    return [sys.executable, "-m", "latts.engine.llamacpp_server", "--model", str(bundled_path(DEFAULT_MODEL)),
+    return [sys.executable, "-m", "latts.engine.models.llamacpp.server", "--model", str(bundled_path(DEFAULT_MODEL)),
             "--model_alias", DEFAULT_MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
             "--n_threads", "2", "--interrupt_requests", "False"]

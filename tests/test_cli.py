@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from latts.engine.loading import DEFAULT_MODEL
+from latts.engine.loading.loader import DEFAULT_MODEL
 
 
 def _env() -> dict[str, str]:

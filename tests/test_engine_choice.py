@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latts.engine import loading
-from latts.engine.choice import ModelFacts, choose, llamacpp_missing, model_facts
-from latts.engine.gguf_header import read_header
-from latts.engine.loading import DEFAULT_MODEL, bundled_path, load
+from latts.engine.loading import loader as loading
+from latts.engine.loading.choice import ModelFacts, choose, llamacpp_missing, model_facts
+from latts.engine.loading.gguf_header import read_header
+from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path, load
 from latts.errors import LattsError
 
 
@@ -182,7 +182,7 @@ def test_llamacpp_hazards_are_avoided_only_where_all_three_hold() -> None:
     """A hazard needs the CPU feature, a build with the path and a release without the fix; nothing else changes."""
     from dataclasses import replace
 
-    from latts.engine.llamacpp_hazards import AMX_MATMUL, _release
+    from latts.engine.models.llamacpp.hazards import AMX_MATMUL, _release
 
     amx, zen4 = frozenset({"avx512_vnni", "amx_int8", "amx_tile"}), frozenset({"avx512_vnni", "avx512_bf16"})
     built = "CPU : AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 |"

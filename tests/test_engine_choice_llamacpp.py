@@ -1,6 +1,6 @@
 """``--engine auto`` hands a GGUF the torch engine cannot run fast to llama.cpp (issue 22, point 2), and
 ``--engine torch`` refuses its architecture before converting anything. Needs the llama.cpp engine
-(``latts.engine.llamacpp``) and llama-cpp-python's build, so it runs with the LATE_TESTS."""
+(``latts.engine.models.llamacpp.model``) and llama-cpp-python's build, so it runs with the LATE_TESTS."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from latts.engine.choice import choose, llamacpp_missing, model_facts
-from latts.engine.loading import load
+from latts.engine.loading.choice import choose, llamacpp_missing, model_facts
+from latts.engine.loading.loader import load
 from latts.errors import LattsError
 
 pytestmark = pytest.mark.skipif(llamacpp_missing() is not None, reason=f"no llama.cpp engine: {llamacpp_missing()}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latts.engine import kernels
+from latts.engine.models import kernels
 
 ext = kernels.compiled()
 needs_kernels = pytest.mark.skipif(ext is None, reason="latts' CPU kernels cannot be built here")

@@ -4,7 +4,7 @@ Models: random-weight 2-layer starcoder2 / stablelm / olmo models converted by l
 quantized by llama.cpp (tests/gguf_models.py), and the bundled default model's Q4_1 GGUF. The reference
 is llama-cpp-python's high-level ``Llama`` decoding one sequence greedily. Both run llama.cpp's flash
 attention kernel (the engine's context keeps llama.cpp's default, ``auto``, which picks it here; the
-high-level API turns it off by default, so the reference asks for it: see engine/llamacpp.py).
+high-level API turns it off by default, so the reference asks for it: see engine/models/llamacpp/model.py).
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import pytest
 import torch
 
 pytest.importorskip("llama_cpp")
-from latts.engine.llamacpp import import_llama_cpp  # noqa: E402
+from latts.engine.models.llamacpp.model import import_llama_cpp  # noqa: E402
 
 llama_cpp = import_llama_cpp()  # the reference's Llama avoids the paths that crash on this CPU, as latts does
 
 import gguf_models  # noqa: E402
 from distributions import assert_speculation_samples_like_plain  # noqa: E402
 from latts.config import BudgetForcing, SamplingParams  # noqa: E402
-from latts.engine.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer  # noqa: E402
+from latts.engine.spec.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer  # noqa: E402
 from latts.engine.engine import Engine  # noqa: E402
-from latts.engine.llamacpp import load_gguf  # noqa: E402
-from latts.engine.loading import DEFAULT_MODEL, bundled_path  # noqa: E402
+from latts.engine.models.llamacpp.model import load_gguf  # noqa: E402
+from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path  # noqa: E402
 from latts.request import GenerateRequest  # noqa: E402
 
 FAMILIES = tuple(gguf_models.FAMILIES)
@@ -163,8 +163,8 @@ def test_default_model_runs_on_llamacpp(default_engine, fp32_model) -> None:
 LONG_PROMPT_CHILD = """
 import json, sys
 from latts.engine.engine import Engine
-from latts.engine.llamacpp import load_gguf
-from latts.engine.loading import DEFAULT_MODEL, bundled_path
+from latts.engine.models.llamacpp.model import load_gguf
+from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path
 from latts.request import GenerateRequest
 from test_llamacpp_engine import reference
 
@@ -188,7 +188,7 @@ def test_long_prompt_at_four_rows_runs_on_this_cpu(tmp_path) -> None:
     import sys
     from pathlib import Path
 
-    from latts.engine.llamacpp_hazards import hazards_here
+    from latts.engine.models.llamacpp.hazards import hazards_here
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", LONG_PROMPT_CHILD], capture_output=True, text=True, timeout=600,

@@ -1,4 +1,4 @@
-"""``latts.engine.loading``: locating, validating and loading models, with clear errors for unusable ones."""
+"""``latts.engine.loading.loader``: locating, validating and loading models, with clear errors for unusable ones."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from latts.engine import loading as models
+from latts.engine.loading import loader as models
 from latts.errors import LattsError
-from latts.engine.loading import DEFAULT_MODEL, bundled_path, load, parse_dtype, resolve
-from latts.engine.machine import default_dtype
+from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path, load, parse_dtype, resolve
+from latts.engine.loading.machine import default_dtype
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import time
 import pytest
 import torch
 
-from latts.engine import kernels
-from latts.engine.kv_cache import KVCache
-from latts.engine.native import PHASES
-from latts.engine.transformer import Transformer
+from latts.engine.models import kernels
+from latts.engine.models.kv_cache import KVCache
+from latts.engine.models.native import PHASES
+from latts.engine.models.transformer import Transformer
 from test_transformer_archs import tiny
 
 ext = kernels.compiled()
@@ -172,7 +172,7 @@ def test_the_phase_clock_accounts_for_the_step_and_is_off_by_default(fast_model)
 
 _ISA_SCRIPT = """
 import sys, torch
-from latts.engine import kernels
+from latts.engine.models import kernels
 from test_native_step import _projection_cases
 ext = kernels.compiled()
 assert ext is not None, "the AVX2 build failed"
@@ -227,7 +227,7 @@ def test_compacted_rows_continue_bit_for_bit(fast_model) -> None:
 
 @pytest.mark.parametrize("ragged", [False, True])
 def test_greedy_speculation_on_the_native_step_is_token_identical(fast_model, ragged: bool) -> None:
-    from latts.engine.drafters import NGramDrafter
+    from latts.engine.spec.drafters import NGramDrafter
     from latts.engine.engine import Engine
     from latts.request import GenerateRequest
     from test_speculative import PROMPT, _Ragged

@@ -13,7 +13,7 @@ import pytest
 from latts.backends.openai import OpenAIBackend
 from latts.config import BudgetForcing, SamplingParams
 from latts.errors import LattsError
-from latts.engine.loading import DEFAULT_MODEL
+from latts.engine.loading.loader import DEFAULT_MODEL
 from latts.config import Plan
 from latts.provenance import MeasuredWith
 from latts.request import GenerateRequest

@@ -7,8 +7,8 @@ import pytest
 from latts.errors import LattsError
 from latts.latency.model import LatencyModel
 from latts.config import Plan, default_plan
-from latts.planning import (Acceptance, DrafterAcceptance, Planner, choose_plan, load_frontier, plan_for_deadline,
-                            save_plans)
+from latts.planning import Acceptance, DrafterAcceptance, Planner
+from latts.latency.plans import choose_plan, load_frontier, plan_for_deadline, save_plans
 from latts.eval.surface import Estimate
 from latts.provenance import MeasuredWith
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from latts.config import Plan
-from latts.engine.loading import DEFAULT_MODEL
+from latts.engine.loading.loader import DEFAULT_MODEL
 from latts.latency.optimizer import Candidate
 from servers import free_port, latts_cmd, running
 from test_cli import run_latts

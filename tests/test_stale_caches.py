@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from latts.backends import Opened
-from latts.engine.linear import can_int4
-from latts.engine.machine import cpu_name, default_dtype
+from latts.engine.models.linear import can_int4
+from latts.engine.loading.machine import cpu_name, default_dtype
 from latts.latency.model import PrefillSample, StepSample
 from latts.latency.profile import Profile
 from latts.paths import cache_dir
-from latts.planning import Planner, _profile, plans_path, save_plans, saved_frontier
+from latts.planning import Planner, _profile
+from latts.latency.plans import plans_path, save_plans, saved_frontier
 from latts.progress import Reporter
 from latts.provenance import MeasuredWith, Stale, stale_reason
 from latts.request import GenerateRequest
@@ -136,9 +137,9 @@ def test_cli_refuses_a_stale_profile_before_any_run(tmp_path: Path) -> None:
 
 _NO_KERNELS = """
 import json
-from latts.engine import kernels
+from latts.engine.models import kernels
 from latts.engine.engine import Engine
-from latts.engine.loading import load
+from latts.engine.loading.loader import load
 from latts.request import GenerateRequest
 loaded = load()
 engine = Engine(loaded)

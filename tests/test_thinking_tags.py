@@ -10,9 +10,9 @@ import torch
 
 from latts.config import BudgetForcing, SamplingParams
 from latts.engine.budget import branch_text, thinking_tags
-from latts.engine.drafters import NGramDrafter
+from latts.engine.spec.drafters import NGramDrafter
 from latts.engine.engine import Engine
-from latts.engine.loading import load
+from latts.engine.loading.loader import load
 from latts.errors import LattsError
 from latts.request import GenerateRequest
 from latts.tasks.arith import TASK as ARITH
@@ -135,7 +135,7 @@ def test_after_thinking() -> None:
 
 
 def test_logit_bias_in_the_sampler() -> None:
-    from latts.engine.sampler import greedy_accept, probabilities, sample
+    from latts.engine.spec.sampler import greedy_accept, probabilities, sample
 
     logits = torch.tensor([[0.0, 1.0, 2.0, 0.5]])
     params = SamplingParams(temperature=1.0, logit_bias={0: 3.0, 2: -1.0})

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make test builds it)")
 
 from latts.engine.engine import Engine  # noqa: E402
-from latts.engine.loading import load  # noqa: E402
+from latts.engine.loading.loader import load  # noqa: E402
 from test_thinking_tags import (think_folder, test_an_early_think_end_is_suppressed_below_min_think,  # noqa: E402,F401
                                 test_logit_bias_steers_plain_generation_and_is_checked,
                                 test_max_think_closes_thinking_with_the_tag_and_the_answer_is_read_after_it,

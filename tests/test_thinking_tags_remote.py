@@ -14,7 +14,7 @@ import pytest
 from latts.backends.openai import OpenAIBackend
 from latts.config import BudgetForcing, SamplingParams
 from latts.engine.engine import Engine
-from latts.engine.loading import load
+from latts.engine.loading.loader import load
 from latts.request import GenerateRequest
 from latts.tasks.arith import TASK as ARITH
 from latts.tasks.grading import after_thinking
@@ -39,7 +39,7 @@ def think_folder(tmp_path_factory):
 def backend(think_folder, tmp_path_factory) -> OpenAIBackend:
     gguf = write_gguf(think_folder, think_folder.parent / "think.gguf")
     port = free_port()
-    cmd = [sys.executable, "-m", "latts.engine.llamacpp_server", "--model", str(gguf), "--model_alias", NAME, "--host",
+    cmd = [sys.executable, "-m", "latts.engine.models.llamacpp.server", "--model", str(gguf), "--model_alias", NAME, "--host",
            "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--interrupt_requests", "False"]
     with running(cmd, f"http://127.0.0.1:{port}/v1/models", think_folder.parent / "server.log"):
         yield OpenAIBackend(f"http://127.0.0.1:{port}/v1", NAME, tokenizer=str(think_folder), slots=1)

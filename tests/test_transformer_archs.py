@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latts.engine import kernels
-from latts.engine.kv_cache import KVCache
-from latts.engine.transformer import Transformer
+from latts.engine.models import kernels
+from latts.engine.models.kv_cache import KVCache
+from latts.engine.models.transformer import Transformer
 from latts.errors import LattsError
 
 COMMON = dict(

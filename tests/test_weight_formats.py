@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latts.engine import kernels
-from latts.engine.linear import TUNE_ROWS, Projection, can_int4, exact_int4, set_quant_rows, tune_quant_rows
+from latts.engine.models import kernels
+from latts.engine.models.linear import TUNE_ROWS, Projection, can_int4, exact_int4, set_quant_rows, tune_quant_rows
 
 pytestmark = pytest.mark.skipif(
     not can_int4() and kernels.compiled() is None, reason="needs latts' kernels or torch's CPU int4 kernel"
@@ -123,7 +123,7 @@ def test_lean_single_step_matches_the_general_step_in_fast_formats(fast_model) -
 def test_a_draft_model_runs_the_same_kind_of_weights_as_its_target(fast_model, fp32_model, draft_folder) -> None:
     """A fast target's draft gets this CPU's fast formats too (quantized copies of its exact 4-bit weights);
     the float32 reference target's draft stays plain ``F.linear``."""
-    from latts.engine.drafters import make_drafter
+    from latts.engine.spec.drafters import make_drafter
 
     fast_draft = make_drafter(f"model:{draft_folder}", fast_model).draft
     assert fast_draft.model.fast and fast_draft.quant_format == fast_model.quant_format

@@ -50,8 +50,8 @@ def wheel_venv(tmp_path_factory) -> Path:
     import zipfile
 
     names = zipfile.ZipFile(wheels[0]).namelist()
-    kernel_files = {n for n in names if "/engine/kernels/" in n}
-    source = {f"latts/engine/kernels/{p.name}" for p in (ROOT / "src/latts/engine/kernels").glob("*.[ch]*")
+    kernel_files = {n for n in names if "/engine/models/kernels/" in n}
+    source = {f"latts/engine/models/kernels/{p.name}" for p in (ROOT / "src/latts/engine/models/kernels").glob("*.[ch]*")
               if p.suffix in (".cpp", ".h")}
     assert source and source <= kernel_files, f"the wheel lacks {sorted(source - kernel_files)}"
 

@@ -30,7 +30,7 @@ def build_think_folder(folder: Path) -> Path:
     import transformers as tf
     from tokenizers import AddedToken
 
-    from latts.engine.loading import DEFAULT_MODEL, hf_folder
+    from latts.engine.loading.loader import DEFAULT_MODEL, hf_folder
 
     tok = tf.AutoTokenizer.from_pretrained(hf_folder(DEFAULT_MODEL))
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK, THINK_END)])
@@ -64,7 +64,7 @@ def write_gguf(folder: Path, path: Path) -> Path:
     import gguf
     import transformers as tf
 
-    from latts.engine.loading import DEFAULT_MODEL, bundled_path
+    from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path
 
     model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tok = tf.AutoTokenizer.from_pretrained(folder)

@@ -17,7 +17,6 @@ latts' own cache, and refused (:class:`~latts.provenance.Stale`) when the user n
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -27,19 +26,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from latts.backends import Opened, open_backend
-from latts.config import Plan, SamplingParams, check_deadline, default_plan
-from latts.engine.drafters import NGramDrafter, check_drafter_spec, is_model_free, ngram_drafter
-from latts.engine.sources import DEFAULT_MODEL
+from latts.config import SamplingParams, check_deadline
+from latts.engine.spec.drafters import NGramDrafter, check_drafter_spec, is_model_free, ngram_drafter
+from latts.engine.loading.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import Config, evaluate, read_records, run_one
 from latts.eval.surface_run import expected_thinking, run_wide, surface_from_records, wide_run
 from latts.latency.model import LatencyModel, expected_verify_width
 from latts.latency.optimizer import Candidate, best_plan, candidates, pareto_frontier
+from latts.latency.plans import plans_path, save_plans
 from latts.latency.profile import Profile
 from latts.latency.profiler import profile as run_profile
-from latts.paths import cache_dir
 from latts.progress import Reporter
-from latts.provenance import MeasuredWith, Stale, check_current, stale_reason
+from latts.provenance import MeasuredWith, Stale, stale_reason
 from latts.request import GenerateRequest
 from latts.tts.solver import Solver
 from latts.eval.surface import Estimate
@@ -205,88 +204,6 @@ class Planner:
                 "acceptance": {d: {"small": table(a.small), "wide": table(a.wide)} for d, a in self.drafters.items()},
                 "prompt_len": self.prompt_len, "answer_tokens": self.answer_tokens,
                 "frontier": [c.to_dict() for c in self.frontier()]}
-
-
-def plans_path(model: str, task: str) -> Path:
-    """Where the plans of ``model`` on ``task`` for this machine are kept (beside the model cache)."""
-    return cache_dir("plans") / f"{model}--{task}.json"
-
-
-def save_plans(planner: Planner, path: Path, model: str, task: str, measured_with: MeasuredWith) -> None:
-    """Write the frontier for ``model`` and ``task`` where :func:`plan_for_deadline` finds it, with what its
-    latencies were measured with (``measured_with``), so that another engine never follows them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"model": model, "task": task, "measured_with": measured_with.to_dict(),
-                                **planner.to_dict()}, indent=1))
-
-
-def load_frontier(path: Path, current: MeasuredWith) -> list[Candidate] | None:
-    """The saved frontier of ``latts optimize`` (None without a plans file), if measured with ``current``.
-
-    Plans of another engine build, weight format or machine predict latencies that do not hold here:
-    they raise :class:`~latts.provenance.Stale`, naming what differs.
-    """
-    try:
-        doc = json.loads(path.read_text())
-        frontier = [Candidate.from_dict(c) for c in doc["frontier"]]
-        recorded = MeasuredWith.from_dict(doc.get("measured_with"))
-        task = doc.get("task", "TASK")
-    except OSError:
-        return None
-    except (ValueError, KeyError, TypeError, AttributeError, LattsError) as e:
-        raise LattsError(f"{path} is not a latts plans file ({e})") from None
-    check_current(f"plans file {path}", recorded, current, f"re-run `latts optimize --task {task}`")
-    return frontier
-
-
-def plan_for_deadline(path: Path, deadline_s: float, current: MeasuredWith) -> Candidate | None:
-    """The best saved plan predicted to fit ``deadline_s`` (None without a plans file or a fitting plan); plans
-    measured with another engine than ``current`` raise :class:`~latts.provenance.Stale`."""
-    frontier = load_frontier(path, current)
-    return best_plan(frontier, deadline_s) if frontier is not None else None
-
-
-def saved_frontier(plans: str | os.PathLike[str] | None, model: str, task: str, current: MeasuredWith,
-                   note: Callable[[str], None] = log.warning) -> list[Candidate] | None:
-    """The frontier ``solve`` and ``serve`` plan with: of the file ``plans``, or of this machine's cache for
-    ``model`` and ``task`` (None without one).
-
-    A stale file the user named is refused (:class:`~latts.provenance.Stale`); a stale cache is left
-    unused, with a ``note`` saying why, and the default plan applies until ``latts optimize`` runs again.
-    """
-    if plans:
-        return load_frontier(Path(plans), current)
-    try:
-        return load_frontier(plans_path(model, task), current)
-    except Stale as e:
-        note(f"{e}; until then the default plan applies")
-        return None
-
-
-PLAN_SHAPE = frozenset({"branches", "gamma", "max_think"})  # what a saved latency-optimal plan is chosen by
-PLAN_CHOICES = ("branches", "gamma", "max_think", "drafter", "gamma_policy", "prune")  # what it then sets
-
-
-def choose_plan(deadline_s: float | None,
-                frontier: Sequence[Candidate] | Callable[[], Sequence[Candidate] | None] | None,
-                overrides: Mapping[str, Any] | None = None, base: Plan | None = None) -> tuple[Plan, Candidate | None]:
-    """The plan to run for ``deadline_s``, and the saved candidate it follows (None if it follows none).
-
-    With a deadline and none of B, γ, L among ``overrides``, the frontier's best plan predicted to fit the
-    deadline (Eq. 1) sets them, with its drafter, γ policy and pruning; otherwise they come from ``base`` (default: :func:`default_plan`). The
-    ``overrides`` (None values ignored) apply last. ``frontier``: the candidates of ``latts optimize``, or
-    a function reading them (e.g. :func:`saved_frontier`), called only when the saved plan is wanted (None,
-    or a function returning None: the default plan).
-    """
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    plan = base if base is not None else default_plan(deadline_s)
-    chosen = None
-    if deadline_s is not None and frontier is not None and not PLAN_SHAPE & overrides.keys():
-        cands = frontier() if callable(frontier) else frontier
-        chosen = best_plan(cands, deadline_s) if cands else None
-        if chosen is not None:
-            plan = replace(plan, **{k: getattr(chosen.plan, k) for k in PLAN_CHOICES})
-    return replace(plan, **overrides), chosen
 
 
 def validate(solver: Solver, problems: Sequence[Problem], recs: Sequence[Recommendation], seeds: Sequence[int],

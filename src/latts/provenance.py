@@ -26,7 +26,7 @@ class MeasuredWith:
 
     engine: str  # kernels.build_id(): 'native-<hash>' or 'torch-ops'; 'remote:<model>' on a server
     weights: str  # dtype and quantized format: 'bfloat16 q4+q8', 'float32'; 'remote' on a server
-    cpu: str  # latts.engine.machine.cpu_name(); 'remote' on a server
+    cpu: str  # latts.engine.loading.machine.cpu_name(); 'remote' on a server
     threads: int  # torch's intra-op threads (0 on a server)
     torch: str = ""  # torch's version ('' on a server): torch's ops change with it, latts' kernels or not
 

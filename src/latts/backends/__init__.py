@@ -31,7 +31,7 @@ class Opened:
 
     name: str
     backend: Any
-    loaded: Any = None  # latts.engine.loading.LoadedModel for the embedded engine
+    loaded: Any = None  # latts.engine.loading.loader.LoadedModel for the embedded engine
 
     @property
     def remote(self) -> bool:
@@ -48,8 +48,8 @@ def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptio
     """Load the embedded engine or connect to a server, then warm it up (never inside a deadline).
 
     ``engine`` (embedded only): which engine runs the model, ``auto``, ``torch``, ``llamacpp`` or ``hf`` (see
-    :mod:`latts.engine.choice`)."""
-    from latts.engine.choice import check_engine, choose_for
+    :mod:`latts.engine.loading.choice`)."""
+    from latts.engine.loading.choice import check_engine, choose_for
 
     if kind not in BACKENDS:
         raise LattsError(f"unknown backend '{kind}': use {' or '.join(BACKENDS)}")
@@ -70,7 +70,7 @@ def open_backend(kind: str, model: str, dtype: str = "auto", remote: RemoteOptio
         return Opened(model, backend)
     choose_for(model, engine)  # refuses, before torch is imported, a model the engine cannot run
     from latts.engine.engine import Engine
-    from latts.engine.loading import load
+    from latts.engine.loading.loader import load
 
     loaded = load(model, dtype, engine=engine)
     embedded = Engine(loaded)

@@ -90,7 +90,7 @@ class OpenAIBackend:
         if model not in served:
             raise LattsError(f"model '{model}' is not served by {self.base_url}; it serves: {', '.join(served) or 'nothing'}")
         if tokenizer is None or isinstance(tokenizer, str):
-            from latts.engine.loading import load_tokenizer
+            from latts.engine.loading.loader import load_tokenizer
 
             try:
                 tokenizer = load_tokenizer(tokenizer or model)

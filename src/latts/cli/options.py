@@ -161,7 +161,7 @@ def refuse_unrunnable(backend: Backend | str, model: str, engine: str, dtype: st
     command that loads a model does after its own cheap checks, so that the refusal takes well under a second.
     A server (``--backend openai``) runs its own model, so nothing is checked for it here."""
     from latts.config import check_dtype
-    from latts.engine.choice import check_engine, choose_for
+    from latts.engine.loading.choice import check_engine, choose_for
 
     if (backend if isinstance(backend, str) else backend.kind) != "embedded":
         return
@@ -175,6 +175,6 @@ def drafter_for(spec: str, loaded: Any, speculates: bool, engine: str = "auto") 
     nothing speculates or on a server, which drafts for itself."""
     if not speculates or loaded is None:
         return None
-    from latts.engine.drafters import make_drafter
+    from latts.engine.spec.drafters import make_drafter
 
     return make_drafter(spec, loaded, engine=engine)

@@ -71,7 +71,7 @@ def models() -> None:
     (``--engine auto``) and why."""
     from rich.table import Table
 
-    from latts.engine.loading import list_models
+    from latts.engine.loading.loader import list_models
 
     rows = list_models()
     if not out.is_terminal:  # piped: whole paths, one model per line, tab-separated
@@ -177,7 +177,7 @@ def _check_generate_args(prompt: str, branches: int, max_tokens: int, deadline: 
     if not 0 <= gamma <= MAX_GAMMA:
         raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
     refuse_unrunnable("embedded", model, engine, dtype)
-    from latts.engine.drafters import check_drafter_spec
+    from latts.engine.spec.drafters import check_drafter_spec
 
     check_drafter_spec(drafter)
 
@@ -188,7 +188,7 @@ def _base_plan(question: str, deadline: float | None, server_gamma: int, overrid
     from dataclasses import replace
 
     from latts.config import check_deadline, default_plan
-    from latts.planning import choose_plan
+    from latts.latency.plans import choose_plan
 
     if not question.strip():
         raise LattsError("empty question")
@@ -200,10 +200,10 @@ def _base_plan(question: str, deadline: float | None, server_gamma: int, overrid
 
 def _chosen_plan(deadline: float | None, plans: str | None, opened: Any, task: str, overrides: dict[str, Any],
                  base: Plan, announce: bool) -> Plan:
-    """:func:`latts.planning.choose_plan` with the plans of ``--plans`` (default: this machine's cache for
+    """:func:`latts.latency.plans.choose_plan` with the plans of ``--plans`` (default: this machine's cache for
     the model and ``task``), read only when wanted; a stale ``--plans`` is refused, a stale cache skipped
     with a note. A saved latency-optimal plan it follows is announced on stderr."""
-    from latts.planning import choose_plan, saved_frontier
+    from latts.latency.plans import choose_plan, saved_frontier
 
     def frontier() -> list[Candidate] | None:
         return saved_frontier(plans, opened.name, task, opened.measured_with(), note)

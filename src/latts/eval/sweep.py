@@ -16,8 +16,8 @@ from typing import Any
 
 from latts.backends import RemoteOptions, open_backend
 from latts.config import check_deadline
-from latts.engine.drafters import check_drafter_spec, make_drafter
-from latts.engine.sources import DEFAULT_MODEL
+from latts.engine.spec.drafters import check_drafter_spec, make_drafter
+from latts.engine.loading.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import check_concurrency, evaluate, grid
 from latts.eval.surface import Estimate

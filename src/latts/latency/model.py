@@ -16,7 +16,7 @@ shared prompt), each row already holding ``o`` tokens of its own (what it genera
 - ``w_row · B``: per-row bookkeeping (sampling, cache writes).
 
 The engine switches weight format at ``switch_rows`` (exact quantized weights up to that many rows per
-forward, pre-packed dense above: see :mod:`latts.engine.linear`). The two formats read different
+forward, pre-packed dense above: see :mod:`latts.engine.models.linear`). The two formats read different
 bytes and spend different compute per token, so forwards of ``n <= switch_rows`` tokens get their own
 memory term and slope (``small_overhead``, ``small_w_token``): two rooflines, one per weight format.
 

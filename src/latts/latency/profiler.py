@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.drafters import NGramDrafter
+from latts.engine.spec.drafters import NGramDrafter
 from latts.engine.engine import Engine
-from latts.engine.kv_cache import KVCache
+from latts.engine.models.kv_cache import KVCache
 from latts.errors import LattsError
-from latts.engine.machine import cpu_name
+from latts.engine.loading.machine import cpu_name
 from latts.latency.model import LoopSample, PrefillSample, StepSample
 from latts.latency.profile import Profile
 from latts.request import GenerateRequest

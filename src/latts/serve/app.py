@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from latts.config import MAX_GAMMA, Plan
 from latts.errors import LattsError
 from latts.latency.optimizer import Candidate
-from latts.planning import choose_plan
+from latts.latency.plans import choose_plan
 from latts.serve.access import AccessLimits
 from latts.serve.scheduler import Gone, Scheduler, Unservable
 from latts.serve.stream import Live, chunk, sse
@@ -142,7 +142,7 @@ class MinService:
 def create_app(solver: Solver, config: ServeConfig, min_service: MinService,
                frontier: list[Candidate] | None = None) -> FastAPI:
     """The FastAPI application serving ``solver`` (its backend, task prompt and answer format); ``frontier``:
-    the latency-optimal plans of ``latts optimize`` (:func:`latts.planning.saved_frontier`), None for the
+    the latency-optimal plans of ``latts optimize`` (:func:`latts.latency.plans.saved_frontier`), None for the
     default plan."""
     app = FastAPI(title="latts", description="latency-aware test-time scaling, OpenAI-compatible")
     capacity = 4 if solver.backend.concurrent else 1

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from latts.backends import RemoteOptions, open_backend
 from latts.config import MAX_BRANCHES, check_deadline, default_plan
-from latts.engine.sources import DEFAULT_MODEL
+from latts.engine.loading.sources import DEFAULT_MODEL
 from latts.errors import LattsError
-from latts.planning import plans_path, saved_frontier
+from latts.latency.plans import plans_path, saved_frontier
 from latts.progress import Reporter
 from latts.tasks import get_task
 from latts.tts.solver import Solver

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from latts.config import check_dtype
-from latts.engine.machine import cpu_name, default_dtype, engine_build, tuned_quant_rows
-from latts.engine.sources import BUNDLED_MODELS, DEFAULT_MODEL, bundled_path, resolve  # noqa: F401 (re-exported)
+from latts.engine.loading.machine import cpu_name, default_dtype, engine_build, tuned_quant_rows
+from latts.engine.loading.sources import BUNDLED_MODELS, DEFAULT_MODEL, bundled_path, resolve  # noqa: F401 (re-exported)
 from latts.errors import LattsError
 from latts.paths import cache_dir
 from latts.provenance import MeasuredWith
@@ -59,7 +59,7 @@ def gguf_to_hf_folder(path: Path) -> Path:
     target = cache_root() / f"{path.stem}-{_file_key(path)}"
     if (target / "config.json").is_file():
         return target
-    from latts.engine.gguf_header import read_header
+    from latts.engine.loading.gguf_header import read_header
 
     arch = read_header(path).architecture  # a damaged file is named here, before the slow part
     log.warning("converting %s (%s) to dense weights in %s, once (20-70 s; later loads reuse it)", path, arch,
@@ -109,7 +109,7 @@ class LoadedModel:
     kernels_s: float = 0.0  # of load_s: building (once per machine, ~1 min) or loading latts' CPU kernels
     native: bool = False  # decode steps run in latts' native step (8-bit activations x the blocks)
     engine: str = "torch"  # which engine runs the model: torch (latts' own), llamacpp or hf
-    engine_reason: str = ""  # why that engine (see latts.engine.choice), for load reports
+    engine_reason: str = ""  # why that engine (see latts.engine.loading.choice), for load reports
     avoided: tuple[str, ...] = ()  # hardware paths the engine steers around here, and why (load reports)
     kernels_missing: str | None = None  # why latts' kernels do not run a model that wanted them (the CLI warns)
 
@@ -137,7 +137,7 @@ class LoadedModel:
         dtype = str(self.dtype).removeprefix("torch.")
         weights = f"{dtype} {self.quant_format}" if self.quant_format else dtype
         if self.engine == "llamacpp":
-            from latts.engine.llamacpp import llamacpp_build
+            from latts.engine.models.llamacpp.model import llamacpp_build
 
             return MeasuredWith(llamacpp_build(), self.quant_format, cpu_name(), torch.get_num_threads(),
                                 torch.__version__)
@@ -174,13 +174,13 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bo
     """Load ``model`` (bundled name, HF folder or GGUF file) in ``dtype`` on ``engine``.
 
     ``engine`` is ``auto``, ``torch`` (latts' own decoder), ``llamacpp`` or ``hf`` (transformers' own forward);
-    see :mod:`latts.engine.choice`. The choice is made from the GGUF header or config.json before anything is
+    see :mod:`latts.engine.loading.choice`. The choice is made from the GGUF header or config.json before anything is
     converted, so a model the chosen engine cannot run is refused in well under a second, naming the engine
     that can. ``fast`` (by default: unless ``dtype`` is an explicit float32) picks this CPU's fastest weight
     formats on the torch engine; float32 alone is the reference path, bit for bit what HF computes. A draft
     model is loaded with its target's choice, so both run the same kind of kernels.
     """
-    from latts.engine.choice import choose_for
+    from latts.engine.loading.choice import choose_for
 
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     t0 = time.perf_counter()
@@ -188,7 +188,7 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bo
     choice = choose_for(model, engine)
     name = model if model in BUNDLED_MODELS else source.name
     if choice.engine == "llamacpp":
-        from latts.engine.llamacpp import load_gguf
+        from latts.engine.models.llamacpp.model import load_gguf
 
         loaded = load_gguf(source, name)
     elif choice.engine == "hf":
@@ -217,7 +217,7 @@ def _hf_parts(source: Path) -> tuple[Path, object, object]:
 
 def _load_hf(source: Path, name: str, torch_dtype: torch.dtype, t0: float) -> LoadedModel:
     """The ``hf`` engine: transformers' model and cache behind latts' model interface (the slow path)."""
-    from latts.engine.hf_model import HFModel
+    from latts.engine.models.hf_model import HFModel
 
     folder, hf, tokenizer = _hf_parts(source)
     model = HFModel(hf, torch_dtype)
@@ -228,9 +228,9 @@ def _load_hf(source: Path, name: str, torch_dtype: torch.dtype, t0: float) -> Lo
 def _load_torch(source: Path, name: str, dtype: str | torch.dtype, torch_dtype: torch.dtype, fast: bool | None,
                 t0: float) -> LoadedModel:
     """latts' own torch engine (its kernels and native step where this CPU has them)."""
-    from latts.engine import kernels
-    from latts.engine.linear import quant_formats
-    from latts.engine.transformer import Transformer
+    from latts.engine.models import kernels
+    from latts.engine.models.linear import quant_formats
+    from latts.engine.models.transformer import Transformer
 
     # an explicit float32 is the reference path (plain F.linear, what HF computes); anything else
     # gets the fastest formats this CPU has
@@ -297,7 +297,7 @@ def list_models() -> list[dict[str, str]]:
 
 def _engine_of(path: Path) -> dict[str, str]:
     """``engine`` and ``why`` of the model at ``path`` under ``--engine auto`` (or why none runs it)."""
-    from latts.engine.choice import choose, model_facts
+    from latts.engine.loading.choice import choose, model_facts
 
     try:
         choice = choose(model_facts(path))

@@ -1,8 +1,8 @@
 """llama-cpp-python's OpenAI-compatible server, with the llama.cpp paths that crash on this CPU avoided.
 
-``python -m latts.engine.llamacpp_server --model file.gguf --port 8080 ...`` takes ``llama_cpp.server``'s own
+``python -m latts.engine.models.llamacpp.server --model file.gguf --port 8080 ...`` takes ``llama_cpp.server``'s own
 options. On an Intel CPU with AMX a natively built llama-cpp-python 0.3.36 server dies at its first prompt of
-more than a few tokens (see :mod:`latts.engine.llamacpp_hazards`); this one loads its models without that
+more than a few tokens (see :mod:`latts.engine.models.llamacpp.hazards`); this one loads its models without that
 path. Elsewhere it is ``python -m llama_cpp.server`` unchanged. (llama.cpp's own ``llama-server`` avoids the
 same path with ``--no-repack``.)
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-from latts.engine.llamacpp_hazards import guard_default_params
+from latts.engine.models.llamacpp.hazards import guard_default_params
 
 
 def main() -> None:

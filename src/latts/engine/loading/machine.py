@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from latts.engine import kernels
-from latts.engine.cpu_features import cpu_flags
+from latts.engine.models import kernels
+from latts.engine.models.cpu_features import cpu_flags
 from latts.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def engine_build(fast: bool) -> str:
 def tuned_quant_rows(transformer: "Transformer") -> int:  # noqa: F821 - imported lazily
     """Measure (once per CPU, torch, kernel build, weight format and layer shape; cached on disk) up to how many
     rows the quantized copies pay. A tuning of another kernel build is never reused: the build is in the key."""
-    from latts.engine.linear import quant_formats, set_quant_rows, tune_quant_rows
+    from latts.engine.models.linear import quant_formats, set_quant_rows, tune_quant_rows
 
     projections = transformer.projections()
     if not any(p.quant is not None for p in projections):

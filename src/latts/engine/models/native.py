@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from latts.engine import kernels
-from latts.engine.linear import Projection
+from latts.engine.models import kernels
+from latts.engine.models.linear import Projection
 
 _KINDS = {"q4": 0, "q8": 1}
 # the phases of a step, in the order step.cpp's PhaseClock counts them (per layer, then the model's end)
@@ -45,7 +45,7 @@ def rotary_tables(inv_freq: torch.Tensor, scaling: float, n_positions: int) -> t
 
 
 class NativeStep:
-    """Decode/verify steps of a :class:`~latts.engine.transformer.Transformer` through ``step.cpp``.
+    """Decode/verify steps of a :class:`~latts.engine.models.transformer.Transformer` through ``step.cpp``.
 
     Same contract as ``Transformer.decode``: logits ``[B, k, V]`` for tokens ``[B, k]`` at positions
     ``start[b] + i``, ragged rows (``lengths``) with zero logits at the padding.

@@ -23,10 +23,10 @@ from typing import Protocol
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.kv_cache import KVCache
-from latts.engine.sampler import DraftProbs, SparseDraftProbs, draw, probabilities
+from latts.engine.models.kv_cache import KVCache
+from latts.engine.spec.sampler import DraftProbs, SparseDraftProbs, draw, probabilities
 from latts.errors import LattsError
-from latts.engine.loading import LoadedModel
+from latts.engine.loading.loader import LoadedModel
 
 
 class Drafter(Protocol):
@@ -378,11 +378,11 @@ def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None
                  engine: str = "auto") -> Drafter:
     """Build a drafter from its CLI spelling: ``ngram`` (``ngram:N``: only matches of at least N tokens),
     ``group`` (``group:N``; :class:`GroupDrafter`) or ``model:PATH`` (same-tokenizer model, loaded on
-    ``engine``: see :mod:`latts.engine.choice`)."""
+    ``engine``: see :mod:`latts.engine.loading.choice`)."""
     if is_model_free(spec):
         return ngram_drafter(spec)
     check_drafter_spec(spec)
-    from latts.engine.loading import load
+    from latts.engine.loading.loader import load
 
     # the draft runs the same kind of weights as the target (a fast target's draft in plain
     # float32 would read ~4x the bytes per token it needs to)

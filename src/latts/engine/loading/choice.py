@@ -3,12 +3,12 @@ second, before any weight is converted or loaded.
 
 Three engines run a model here:
 
-- ``torch``: latts' own decoder (:mod:`latts.engine.transformer`): the fast one, for the architectures it
+- ``torch``: latts' own decoder (:mod:`latts.engine.models.transformer`): the fast one, for the architectures it
   has (``TORCH_ARCHITECTURES``); on a GGUF its native step multiplies Q4_0/Q4_1/Q8_0 blocks as they
   are (F32/F16/BF16 run dense); other block types (K-quants, IQ) are de-quantized to dense weights first.
-- ``llamacpp``: llama.cpp in process (:mod:`latts.engine.llamacpp`, needs llama-cpp-python): every GGUF
+- ``llamacpp``: llama.cpp in process (:mod:`latts.engine.models.llamacpp.model`, needs llama-cpp-python): every GGUF
   architecture and quantization, as the file has them.
-- ``hf``: transformers' own model and cache (:mod:`latts.engine.hf_model`): any architecture transformers
+- ``hf``: transformers' own model and cache (:mod:`latts.engine.models.hf_model`): any architecture transformers
   knows, the slow path.
 
 ``auto`` picks the torch engine where it has the architecture and fast kernels for the file's blocks,
@@ -26,7 +26,7 @@ from pathlib import Path
 from latts.errors import LattsError
 
 ENGINES = ("auto", "torch", "llamacpp", "hf")
-# the architectures latts' torch engine (latts.engine.transformer) runs; kept here, free of torch, so that a
+# the architectures latts' torch engine (latts.engine.models.transformer) runs; kept here, free of torch, so that a
 # refusal needs no heavy import
 TORCH_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 # GGUF tensor types the torch engine runs without de-quantizing to dense weights it then multiplies slowly
@@ -74,7 +74,7 @@ def model_facts(source: Path) -> ModelFacts:
         except (OSError, ValueError) as exc:
             raise LattsError(f"cannot read {source / 'config.json'} ({type(exc).__name__}: {exc})") from None
         return ModelFacts(source, False, str(config.get("model_type", "?")))
-    from latts.engine.gguf_header import read_header
+    from latts.engine.loading.gguf_header import read_header
 
     header = read_header(source)
     return ModelFacts(source, True, header.architecture, frozenset(header.weight_types()))
@@ -87,8 +87,8 @@ def torch_architectures() -> tuple[str, ...]:
 
 def llamacpp_missing() -> str | None:
     """None when the llama.cpp engine can run here, else what is missing (and how to get it)."""
-    if importlib.util.find_spec("latts.engine.llamacpp") is None:
-        return "this latts has no llama.cpp engine (latts.engine.llamacpp)"
+    if importlib.util.find_spec("latts.engine.models.llamacpp.model") is None:
+        return "this latts has no llama.cpp engine (latts.engine.models.llamacpp.model)"
     if importlib.util.find_spec("llama_cpp") is None:
         return f"llama-cpp-python is not installed ({INSTALL_LLAMACPP})"
     return None
@@ -130,7 +130,7 @@ def choose(facts: ModelFacts, requested: str = "auto") -> Choice:
 def choose_for(model: str, requested: str = "auto") -> Choice:
     """:func:`choose` for a model as a command names it (bundled name, GGUF file or HF folder): what every
     command runs before it imports an engine, so a model the engine cannot run is refused at once."""
-    from latts.engine.sources import resolve
+    from latts.engine.loading.sources import resolve
 
     return choose(model_facts(resolve(model)), requested)
 

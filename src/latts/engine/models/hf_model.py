@@ -1,7 +1,7 @@
 """The ``hf`` engine: transformers' own model and cache behind the interface of latts' torch engine, for the
 architectures that engine does not have (gpt2, gpt_neox, phi, stablelm, opt, ...). Correct first, slow.
 
-:class:`HFModel` has :class:`~latts.engine.transformer.Transformer`'s interface (``new_cache``, ``prefill``,
+:class:`HFModel` has :class:`~latts.engine.models.transformer.Transformer`'s interface (``new_cache``, ``prefill``,
 ``decode`` with ragged rows, ``shape.vocab``, ``max_positions``), so latts' engine, sampler, drafters and
 budget forcing run on it unchanged. Its forward is the transformers model's own, on a ``DynamicCache`` that
 holds all rows batched (``[B, heads, S, head_dim]`` per layer):
@@ -15,7 +15,7 @@ holds all rows batched (``[B, heads, S, head_dim]`` per layer):
   cache is re-packed (each row's real slots moved to the front, in order).
 
 Why it is slow: HF's per-op overhead, a ``torch.cat`` of the whole cache per layer and step, and the prompt's
-K/V copied to and read by every row (latts' torch engine shares it, :mod:`latts.engine.kv_cache`).
+K/V copied to and read by every row (latts' torch engine shares it, :mod:`latts.engine.models.kv_cache`).
 ``benchmarks/hf_engine.py`` measures by how much.
 """
 
@@ -177,7 +177,7 @@ class HFCache:
 
 
 class HFModel:
-    """A transformers causal LM with the interface of latts' :class:`~latts.engine.transformer.Transformer`."""
+    """A transformers causal LM with the interface of latts' :class:`~latts.engine.models.transformer.Transformer`."""
 
     fast = False  # no latts kernels: measurements record the transformers build instead
     native = None

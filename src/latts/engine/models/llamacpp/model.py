@@ -9,7 +9,7 @@ quantization llama.cpp has.
 How the branch cache maps onto llama.cpp: every cache owns one llama.cpp context with a *unified* KV
 cache (``kv_unified``), one sequence id per row. The prompt is prefilled once as sequence 0 and
 ``llama_memory_seq_cp`` tags its cells with every other row's id (no K/V is copied), so B rows attend to
-one stored prompt, as latts' shared-prefix :class:`~latts.engine.kv_cache.KVCache` does. A decode step is
+one stored prompt, as latts' shared-prefix :class:`~latts.engine.models.kv_cache.KVCache` does. A decode step is
 one ``llama_decode`` of a batch holding every row's tokens at their positions; before it, each row's
 cells at or past its first new position are dropped (``llama_memory_seq_rm``), because the engine
 rewrites the positions of rejected drafts. ``move_row`` (batch compaction, checkpoint probes) is
@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from latts.engine.choice import INSTALL_LLAMACPP
-from latts.engine.llamacpp_hazards import guard_default_params, hazards_here, safe_model_params
-from latts.engine.llamacpp_tokenizer import GGUFTokenizer
-from latts.engine.transformer import ModelShape
+from latts.engine.loading.choice import INSTALL_LLAMACPP
+from latts.engine.models.llamacpp.hazards import guard_default_params, hazards_here, safe_model_params
+from latts.engine.models.llamacpp.tokenizer import GGUFTokenizer
+from latts.engine.models.transformer import ModelShape
 from latts.errors import LattsError
 
 if TYPE_CHECKING:
-    from latts.engine.loading import LoadedModel
+    from latts.engine.loading.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ _IDLE_CONTEXTS = 2  # idle contexts a model keeps for later caches (the rest are
 def import_llama_cpp():
     """The ``llama_cpp`` module, or a LattsError saying how to install it.
 
-    Its default model parameters avoid the paths that crash on this CPU (:mod:`latts.engine.llamacpp_hazards`),
+    Its default model parameters avoid the paths that crash on this CPU (:mod:`latts.engine.models.llamacpp.hazards`),
     so that every model loaded in this process, through latts or through llama-cpp-python's own classes, runs.
     """
     try:
@@ -284,7 +284,7 @@ def load_gguf(path: Path, name: str) -> LoadedModel:
 
     Any architecture and quantization llama.cpp runs; threads: torch's (``torch.get_num_threads()``).
     """
-    from latts.engine.loading import LoadedModel
+    from latts.engine.loading.loader import LoadedModel
 
     t0 = time.perf_counter()
     path = Path(path)

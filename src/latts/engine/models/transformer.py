@@ -4,7 +4,7 @@ Why not call the HF model's ``forward``: on a CPU, HF's per-op overhead, ``Dynam
 concatenation and ``repeat_kv`` make a decode step cost 4-5x the memory-bandwidth floor (the time to
 read every weight once), and that gap grows with the batch and the context.
 This module re-packs the HF model's weights (fused q/k/v and gate/up projections) and runs
-attention against a preallocated, in-place :class:`~latts.engine.kv_cache.KVCache` with grouped
+attention against a preallocated, in-place :class:`~latts.engine.models.kv_cache.KVCache` with grouped
 query heads folded into the query length, so K/V are never expanded.
 
 Supported: the Llama family (Llama, Mistral, SmolLM), Qwen2 (q/k/v bias) and Qwen3 (q/k norm).
@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latts.engine import kernels, native
-from latts.engine.choice import TORCH_ARCHITECTURES as SUPPORTED_ARCHITECTURES
-from latts.engine.kv_cache import KVCache
-from latts.engine.linear import Projection
+from latts.engine.models import kernels
+from latts.engine.models import native
+from latts.engine.loading.choice import TORCH_ARCHITECTURES as SUPPORTED_ARCHITECTURES
+from latts.engine.models.kv_cache import KVCache
+from latts.engine.models.linear import Projection
 from latts.errors import LattsError
 
 
@@ -85,7 +86,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> tor
 class Transformer(nn.Module):
     """The target (or draft) model as latts runs it: logits for new tokens given a KV cache.
 
-    ``fast`` picks the fastest weight formats of this CPU (see :mod:`latts.engine.linear`); without
+    ``fast`` picks the fastest weight formats of this CPU (see :mod:`latts.engine.models.linear`); without
     it every projection is a plain ``F.linear`` in ``dtype``, as HF computes it.
     """
 

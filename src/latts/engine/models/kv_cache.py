@@ -47,10 +47,10 @@ class KVCache:
         self.prompt_len = prompt_len
         self.max_suffix = max_suffix
         self._zeroed = 0  # suffix slots [0, _zeroed) hold finite values in every row
-        # the prompt's keys in transposed blocks of eight (see engine/native.py), made by the native
+        # the prompt's keys in transposed blocks of eight (see engine/models/native.py), made by the native
         # decode step on first use; a new prefix invalidates it
         self.prompt_keys_t: torch.Tensor | None = None
-        # the prompt's keys and values paired for bf16 dot products (see engine/native.py), likewise
+        # the prompt's keys and values paired for bf16 dot products (see engine/models/native.py), likewise
         self.prompt_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def reserve(self, n_slots: int) -> None:

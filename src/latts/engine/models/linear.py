@@ -13,7 +13,7 @@ CPUs and kernels, so :func:`tune_quant_rows` measures it at load (cached per CPU
 
 Weights that came from a GGUF's Q4_0/Q4_1 (or Q8_0) tensors are ``d * q + m`` (``d * q``) per block
 of 32, which the blocks represent without loss (checked bit for bit per tensor; anything else keeps
-the dense path only). They run through latts' own AVX2 kernels (:mod:`latts.engine.kernels`: fp32
+the dense path only). They run through latts' own AVX2 kernels (:mod:`latts.engine.models.kernels`: fp32
 activations, as exact as the dense fp32 matmul, and the 8-bit lm_head too) or, where those cannot be
 built, torch's int4 kernel (bf16 activations, 4-bit tensors only). The reference format
 (``fast=False``) is plain ``F.linear`` in the activation dtype, bit-for-bit what HF computes.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from latts.engine import kernels
+from latts.engine.models import kernels
 
 INT4_GROUP = 32
 DEFAULT_QUANT_MAX_ROWS = 4  # until measured: quantized wins below 4-8 rows on every CPU measured so far
@@ -91,7 +91,7 @@ class Projection:
 
     With ``fast``, a weight that is exactly block-quantized (a GGUF's Q4_0/Q4_1 or Q8_0 tensor) is
     also kept as its blocks and read through latts' kernels (fp32 activations,
-    :mod:`latts.engine.kernels`) or, where those cannot be built, torch's int4 kernel (bf16
+    :mod:`latts.engine.models.kernels`) or, where those cannot be built, torch's int4 kernel (bf16
     activations) for forwards of up to :attr:`quant_max_rows` rows.
 
     Args:

@@ -1,7 +1,7 @@
 """latts' own CPU kernels for what a small-batch decode step spends its time on.
 
 - **The native step** (``step.cpp``, ``Model.step``): a whole decode or verify step of the layer
-  stack in one call (see :mod:`latts.engine.native`). Its projections quantize the activations to
+  stack in one call (see :mod:`latts.engine.models.native`). Its projections quantize the activations to
   8-bit blocks of 32 and multiply them with the GGUF's Q4_0/Q4_1/Q8_0 weight blocks in integers
   (``simd_int8.h``: AVX-512 VNNI where the CPU has it, AVX2 elsewhere), as llama.cpp's CPU backend
   does; ``Int8Linear`` is that projection alone, for tests and measurements.
@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import torch
 
-from latts.engine.cpu_features import cpu_flags_line
+from latts.engine.models.cpu_features import cpu_flags_line
 from latts.paths import cache_dir
 
 log = logging.getLogger(__name__)

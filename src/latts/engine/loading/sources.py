@@ -1,6 +1,6 @@
 """Where a model's files are: the bundled default, a local Hugging Face folder or a local GGUF file.
 
-Torch-free on purpose: a command names the model and the engine choice (:mod:`latts.engine.choice`) refuses
+Torch-free on purpose: a command names the model and the engine choice (:mod:`latts.engine.loading.choice`) refuses
 one its engine cannot run from these paths alone, before anything heavy is imported or converted.
 """
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from latts.engine.cpu_features import cpu_flags
+from latts.engine.models.cpu_features import cpu_flags
 
 
 @dataclass(frozen=True)

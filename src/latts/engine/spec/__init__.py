@@ -1,0 +1,1 @@
+"""Speculation: the rejection sampler, the drafters and the cost γ policy."""
