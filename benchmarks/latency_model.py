@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.spec.drafters import NGramDrafter
+from latts.engine.speculation.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.loading.loader import DEFAULT_MODEL, load
 from latts.latency.model import StepSample

@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.spec.drafters import GroupDrafter, NGramDrafter, make_drafter
+from latts.engine.speculation.drafters import GroupDrafter, NGramDrafter, make_drafter
 from latts.engine.engine import Engine
 from latts.engine.loading.loader import DEFAULT_MODEL, cache_root, hf_folder, load
 from latts.engine.loading.machine import cpu_name
-from latts.engine.spec.gamma_policy import CostShape
+from latts.engine.speculation.gamma_policy import CostShape
 from latts.request import GenerateRequest
 
 MODES = {"greedy": SamplingParams(temperature=0.0), "sampled": SamplingParams(temperature=0.7, seed=0)}
@@ -183,7 +183,7 @@ def main() -> int:
     ap.add_argument("--drafters", default="ngram,group,model")
     ap.add_argument("--policies", default="fixed,cost",
                     help="γ policies: fixed (every draft offered is verified) and/or cost (drafts that pay, see "
-                         "latts.engine.spec.gamma_policy); a cost row is named drafter+cost")
+                         "latts.engine.speculation.gamma_policy); a cost row is named drafter+cost")
     ap.add_argument("--modes", default="greedy,sampled")
     ap.add_argument("--draft-layers", type=int, default=6)
     ap.add_argument("--dtype", default="auto")

@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from latts.config import Plan
-from latts.engine.spec.drafters import NGramDrafter
+from latts.engine.speculation.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.eval.harness import Config, accuracy_difference, accuracy_interval, evaluate, summarize
 from latts.latency.optimizer import best_plan

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from latts.config import BudgetForcing, SamplingParams
-from latts.engine.spec.drafters import NGramDrafter
+from latts.engine.speculation.drafters import NGramDrafter
 from latts.errors import LattsError
 from latts.request import GenerateRequest
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.spec.drafters import make_drafter
+from latts.engine.speculation.drafters import make_drafter
 from latts.engine.engine import Engine
 from latts.engine.loading.loader import DEFAULT_MODEL, LoadedModel, hf_folder, load
 from latts.errors import LattsError

@@ -21,7 +21,7 @@ llama_cpp = import_llama_cpp()  # the reference's Llama avoids the paths that cr
 import gguf_models  # noqa: E402
 from distributions import assert_speculation_samples_like_plain  # noqa: E402
 from latts.config import BudgetForcing, SamplingParams  # noqa: E402
-from latts.engine.spec.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer  # noqa: E402
+from latts.engine.speculation.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer  # noqa: E402
 from latts.engine.engine import Engine  # noqa: E402
 from latts.engine.models.llamacpp.model import load_gguf  # noqa: E402
 from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path  # noqa: E402

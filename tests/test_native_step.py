@@ -227,7 +227,7 @@ def test_compacted_rows_continue_bit_for_bit(fast_model) -> None:
 
 @pytest.mark.parametrize("ragged", [False, True])
 def test_greedy_speculation_on_the_native_step_is_token_identical(fast_model, ragged: bool) -> None:
-    from latts.engine.spec.drafters import NGramDrafter
+    from latts.engine.speculation.drafters import NGramDrafter
     from latts.engine.engine import Engine
     from latts.request import GenerateRequest
     from test_speculative import PROMPT, _Ragged

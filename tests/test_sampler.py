@@ -1,4 +1,4 @@
-"""``latts.engine.spec.sampler`` on synthetic logits (no model needed)."""
+"""``latts.engine.speculation.sampler`` on synthetic logits (no model needed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy.stats import chisquare
 
 from latts.config import SamplingParams
-from latts.engine.spec.sampler import draw, probabilities, sample
+from latts.engine.speculation.sampler import draw, probabilities, sample
 from latts.errors import LattsError
 
 

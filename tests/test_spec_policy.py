@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.spec.drafters import GroupDrafter, NGramDrafter
+from latts.engine.speculation.drafters import GroupDrafter, NGramDrafter
 from latts.engine.engine import Engine
-from latts.engine.spec.gamma_policy import AcceptanceStats, CostShape, choose_drafts, drafts_may_pay, match_bucket
+from latts.engine.speculation.gamma_policy import AcceptanceStats, CostShape, choose_drafts, drafts_may_pay, match_bucket
 from latts.errors import LattsError
 from latts.request import GenerateRequest
 
@@ -117,7 +117,7 @@ def test_the_cost_policy_samples_like_plain_decoding(fast_model) -> None:
     it catches gross bias in the policy's path (the sampler itself is checked by the fixed-policy tests).
     The cost shape is cheap up to 12 positions and steep beyond, so that rounds verify some rows' drafts and
     cut others'; a drafter that counts what it offered shows the cuts happened."""
-    from latts.engine.spec.gamma_policy import CostShape
+    from latts.engine.speculation.gamma_policy import CostShape
 
     class Counting(GroupDrafter):
         offered = 0
@@ -197,7 +197,7 @@ class ValueDependentDrafter:
         pass
 
     def propose(self, histories, gamma, sampling, generator):
-        from latts.engine.spec.sampler import SparseDraftProbs
+        from latts.engine.speculation.sampler import SparseDraftProbs
 
         n = len(histories)
         first = torch.where(torch.rand(n, generator=generator) < 0.5, self.a, self.b)
@@ -226,7 +226,7 @@ def test_the_cost_policy_decides_before_the_drafts_are_drawn(fast_model) -> None
     from scipy.stats import chi2_contingency
 
     from distributions import homogeneity_table
-    from latts.engine.spec.gamma_policy import CostShape
+    from latts.engine.speculation.gamma_policy import CostShape
 
     engine = Engine(fast_model)
     engine.warmup()

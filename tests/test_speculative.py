@@ -11,8 +11,8 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 from latts.config import SamplingParams
-from latts.engine.spec.drafters import GroupDrafter, NGramDrafter, make_drafter
-from latts.engine.spec.sampler import SparseDraftProbs, greedy_accept, rejection_sample
+from latts.engine.speculation.drafters import GroupDrafter, NGramDrafter, make_drafter
+from latts.engine.speculation.sampler import SparseDraftProbs, greedy_accept, rejection_sample
 from latts.errors import LattsError
 from latts.request import GenerateRequest
 

@@ -10,7 +10,7 @@ import torch
 
 from latts.config import BudgetForcing, SamplingParams
 from latts.engine.budget import branch_text, thinking_tags
-from latts.engine.spec.drafters import NGramDrafter
+from latts.engine.speculation.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.loading.loader import load
 from latts.errors import LattsError
@@ -135,7 +135,7 @@ def test_after_thinking() -> None:
 
 
 def test_logit_bias_in_the_sampler() -> None:
-    from latts.engine.spec.sampler import greedy_accept, probabilities, sample
+    from latts.engine.speculation.sampler import greedy_accept, probabilities, sample
 
     logits = torch.tensor([[0.0, 1.0, 2.0, 0.5]])
     params = SamplingParams(temperature=1.0, logit_bias={0: 3.0, 2: -1.0})

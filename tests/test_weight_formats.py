@@ -123,7 +123,7 @@ def test_lean_single_step_matches_the_general_step_in_fast_formats(fast_model) -
 def test_a_draft_model_runs_the_same_kind_of_weights_as_its_target(fast_model, fp32_model, draft_folder) -> None:
     """A fast target's draft gets this CPU's fast formats too (quantized copies of its exact 4-bit weights);
     the float32 reference target's draft stays plain ``F.linear``."""
-    from latts.engine.spec.drafters import make_drafter
+    from latts.engine.speculation.drafters import make_drafter
 
     fast_draft = make_drafter(f"model:{draft_folder}", fast_model).draft
     assert fast_draft.model.fast and fast_draft.quant_format == fast_model.quant_format

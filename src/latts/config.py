@@ -168,7 +168,7 @@ class Plan:
     early_stop: bool = True
     weighted: bool = False  # weight each vote by exp(mean token log-probability) of its branch
     prune: float = 0.0  # prune branches under this quantile of the group's confidence (Pruning.below); 0: never
-    gamma_policy: str = "cost"  # cost: only drafts that pay are verified (latts.engine.spec.gamma_policy); fixed: all
+    gamma_policy: str = "cost"  # cost: only drafts that pay are verified (latts.engine.speculation.gamma_policy); fixed: all
 
     def __post_init__(self) -> None:
         if self.branches < 1:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from latts.backends import Opened, open_backend
 from latts.config import SamplingParams, check_deadline
-from latts.engine.spec.drafters import NGramDrafter, check_drafter_spec, is_model_free, ngram_drafter
+from latts.engine.speculation.drafters import NGramDrafter, check_drafter_spec, is_model_free, ngram_drafter
 from latts.engine.loading.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import Config, evaluate, read_records, run_one

@@ -16,7 +16,7 @@ from latts.errors import LattsError
 from latts.types import Branch
 
 if TYPE_CHECKING:  # annotation only: the engine depends on this module, not the other way round
-    from latts.engine.spec.drafters import Drafter
+    from latts.engine.speculation.drafters import Drafter
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -57,7 +57,7 @@ class GenerateRequest:
             engine; see :class:`~latts.config.Pruning`).
         gamma_policy: ``cost`` (default): each round every row verifies as many of its up to ``gamma``
             drafts as pay for themselves on this machine's measured costs (none when a plain step is
-            faster; see :mod:`latts.engine.spec.gamma_policy`); ``fixed``: every draft the drafter offers
+            faster; see :mod:`latts.engine.speculation.gamma_policy`); ``fixed``: every draft the drafter offers
             (reproducible by seed whatever the timing; benchmarks of a fixed γ).
     """
 

@@ -84,7 +84,7 @@ def report(
 def _check_surface_options(drafter: str, backend: Backend, gammas: list[int], deadline: str | None,
                            min_think: int) -> None:
     """What ``--surface`` cannot go with (it measures accuracy only, on the embedded engine)."""
-    from latts.engine.spec.drafters import check_drafter_spec
+    from latts.engine.speculation.drafters import check_drafter_spec
 
     check_drafter_spec(drafter)
     if backend.kind != "embedded":

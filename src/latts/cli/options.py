@@ -175,6 +175,6 @@ def drafter_for(spec: str, loaded: Any, speculates: bool, engine: str = "auto") 
     nothing speculates or on a server, which drafts for itself."""
     if not speculates or loaded is None:
         return None
-    from latts.engine.spec.drafters import make_drafter
+    from latts.engine.speculation.drafters import make_drafter
 
     return make_drafter(spec, loaded, engine=engine)

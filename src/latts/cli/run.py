@@ -177,7 +177,7 @@ def _check_generate_args(prompt: str, branches: int, max_tokens: int, deadline: 
     if not 0 <= gamma <= MAX_GAMMA:
         raise LattsError(f"gamma must be between 0 and {MAX_GAMMA}, got {gamma}")
     refuse_unrunnable("embedded", model, engine, dtype)
-    from latts.engine.spec.drafters import check_drafter_spec
+    from latts.engine.speculation.drafters import check_drafter_spec
 
     check_drafter_spec(drafter)
 

@@ -27,10 +27,10 @@ import torch
 from latts.config import SamplingParams
 from latts.engine.budget import Appender, Forcing, Row, branch_text, thinking_tags
 from latts.engine.models.kv_cache import KVCache
-from latts.engine.spec.drafters import Drafter
+from latts.engine.speculation.drafters import Drafter
 from latts.engine.pruning import ConfidencePruner
-from latts.engine.spec.gamma_policy import AcceptanceStats, CostShape, choose_drafts, drafts_may_pay, match_bucket
-from latts.engine.spec.sampler import greedy_accept, rejection_sample, sample, target_probabilities
+from latts.engine.speculation.gamma_policy import AcceptanceStats, CostShape, choose_drafts, drafts_may_pay, match_bucket
+from latts.engine.speculation.sampler import greedy_accept, rejection_sample, sample, target_probabilities
 from latts.errors import LattsError
 from latts.engine.loading.loader import LoadedModel
 from latts.request import GenerateRequest, OnStep
@@ -272,7 +272,7 @@ class Engine:
 
     def _drafts_may_pay(self, b: _Batch) -> bool:
         """Under the ``cost`` γ policy, whether any drafts could pay for their verify this round (see
-        :func:`~latts.engine.spec.gamma_policy.drafts_may_pay`); always under ``fixed``."""
+        :func:`~latts.engine.speculation.gamma_policy.drafts_may_pay`); always under ``fixed``."""
         if b.request.gamma_policy != "cost" or self.cost_shape is None:
             return True
         return drafts_may_pay(len(b.live), b.request.gamma, self.acceptance[b.request.sampling.greedy],

@@ -16,7 +16,7 @@ from typing import Any
 
 from latts.backends import RemoteOptions, open_backend
 from latts.config import check_deadline
-from latts.engine.spec.drafters import check_drafter_spec, make_drafter
+from latts.engine.speculation.drafters import check_drafter_spec, make_drafter
 from latts.engine.loading.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import check_concurrency, evaluate, grid

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from latts.config import SamplingParams
-from latts.engine.spec.drafters import NGramDrafter
+from latts.engine.speculation.drafters import NGramDrafter
 from latts.engine.engine import Engine
 from latts.engine.models.kv_cache import KVCache
 from latts.errors import LattsError

@@ -13,7 +13,7 @@ import math
 import time
 
 from latts.config import BudgetForcing, Plan, Pruning, SamplingParams, check_deadline, default_plan
-from latts.engine.spec.drafters import Drafter
+from latts.engine.speculation.drafters import Drafter
 from latts.backends.base import Backend
 from latts.errors import LattsError
 from latts.request import GenerateRequest
@@ -43,7 +43,7 @@ class Solver:
             return None
         if self.drafter is not None:
             return self.drafter
-        from latts.engine.spec.drafters import is_model_free, ngram_drafter
+        from latts.engine.speculation.drafters import is_model_free, ngram_drafter
 
         if not is_model_free(plan.drafter):
             raise LattsError(f"drafter '{plan.drafter}' must be built by the caller (pass drafter=...)")

@@ -24,7 +24,7 @@ import torch
 
 from latts.config import SamplingParams
 from latts.engine.models.kv_cache import KVCache
-from latts.engine.spec.sampler import DraftProbs, SparseDraftProbs, draw, probabilities
+from latts.engine.speculation.sampler import DraftProbs, SparseDraftProbs, draw, probabilities
 from latts.errors import LattsError
 from latts.engine.loading.loader import LoadedModel
 
