@@ -1,4 +1,4 @@
-"""latts' llama.cpp engine against the raw llama.cpp batch API on the same GGUF (issue 22).
+"""latts' llama.cpp engine against the raw llama.cpp batch API on the same GGUF.
 
 What latts adds around llama.cpp must stay small: the same greedy lock-step decode of B rows over one
 shared C-token prompt, measured two ways in this one process, interleaved (raw, latts, raw, ...) so
@@ -54,7 +54,7 @@ def main() -> int:
     if lib is None:
         print("llama_cpp cannot be imported: pip install 'latts[llamacpp]' (or `make llamacpp`)")
         return 2
-    from latts.engine.models.llamacpp.model import load_gguf
+    from latts.engine.loading.loader import load_gguf
 
     gguf = resolve(args.model)
     torch.set_num_threads(args.threads)

@@ -23,7 +23,7 @@ from distributions import assert_speculation_samples_like_plain  # noqa: E402
 from latts.config import BudgetForcing, SamplingParams  # noqa: E402
 from latts.engine.speculation.drafters import DraftModelDrafter, NGramDrafter, check_same_tokenizer  # noqa: E402
 from latts.engine.engine import Engine  # noqa: E402
-from latts.engine.models.llamacpp.model import load_gguf  # noqa: E402
+from latts.engine.loading.loader import load_gguf  # noqa: E402
 from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path  # noqa: E402
 from latts.request import GenerateRequest  # noqa: E402
 
@@ -163,7 +163,7 @@ def test_default_model_runs_on_llamacpp(default_engine, fp32_model) -> None:
 LONG_PROMPT_CHILD = """
 import json, sys
 from latts.engine.engine import Engine
-from latts.engine.models.llamacpp.model import load_gguf
+from latts.engine.loading.loader import load_gguf
 from latts.engine.loading.loader import DEFAULT_MODEL, bundled_path
 from latts.request import GenerateRequest
 from test_llamacpp_engine import reference

@@ -83,7 +83,7 @@ def test_unknown_policy_is_named() -> None:
 def test_the_cost_policy_stays_greedy_identical(fast_model, branches, drafter) -> None:
     engine = Engine(fast_model)
     engine.warmup()
-    assert engine.cost_shape is not None and engine.cost_shape(64) > engine.cost_shape(1)
+    assert engine.speculator.cost_shape is not None and engine.speculator.cost_shape(64) > engine.speculator.cost_shape(1)
     plain = engine.generate(GenerateRequest("Explain step by step how to compute 17 * 23.", branches=branches,
                                             max_new_tokens=80, ignore_eos=True))
     spec = engine.generate(GenerateRequest("Explain step by step how to compute 17 * 23.", branches=branches,
@@ -128,7 +128,7 @@ def test_the_cost_policy_samples_like_plain_decoding(fast_model) -> None:
             return drafts, n, q
 
     engine = Engine(fast_model)
-    engine.cost_shape = CostShape({1: 5 * MS, 12: 5.5 * MS, 16: 12 * MS, 64: 72 * MS})
+    engine.speculator.cost_shape = CostShape({1: 5 * MS, 12: 5.5 * MS, 16: 12 * MS, 64: 72 * MS})
     ids = engine.encode("Repeat this sentence three times: The quick brown fox jumps over the lazy dog near the "
                         "river bank.")
     verifies = verified = 0
@@ -230,7 +230,7 @@ def test_the_cost_policy_decides_before_the_drafts_are_drawn(fast_model) -> None
 
     engine = Engine(fast_model)
     engine.warmup()
-    step = engine.cost_shape.plain(1)
+    step = engine.speculator.cost_shape.plain(1)
     shape = CostShape({1: step, 2: 1.6 * step, 4: 1.7 * step}, {1: step})  # 1 draft: 1.5 / 1.6 < 1; 3: 1.875 / 1.7
     ids = engine.encode("Name a colour.")
     sampling = lambda seed: SamplingParams(temperature=1.0, top_k=3, seed=seed)  # noqa: E731
@@ -244,9 +244,9 @@ def test_the_cost_policy_decides_before_the_drafts_are_drawn(fast_model) -> None
         c: Counter = Counter()
         for seed in range(300):
             # the policy's inputs held where this test puts them (each run has one verify round at most)
-            engine.cost_shape, engine.verify_slower = shape, 1.0
-            engine.spec_extra_s = {True: 0.0, False: 0.0}
-            engine.acceptance[False] = AcceptanceStats(prior=0.5, weight=1e9)
+            engine.speculator.cost_shape, engine.speculator.verify_slower = shape, 1.0
+            engine.speculator.spec_extra_s = {True: 0.0, False: 0.0}
+            engine.speculator.acceptance[False] = AcceptanceStats(prior=0.5, weight=1e9)
             got = engine.generate(GenerateRequest(ids, max_new_tokens=2, ignore_eos=True, sampling=sampling(seed),
                                                   gamma=gamma, drafter=ValueDependentDrafter(a, b, filler)
                                                   if gamma else None))

@@ -9,20 +9,51 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from latts.config import MAX_GAMMA, BudgetForcing, Pruning, SamplingParams, check_gamma_policy, check_generation_args
 from latts.errors import LattsError
 from latts.types import Branch
 
-if TYPE_CHECKING:  # annotation only: the engine depends on this module, not the other way round
-    from latts.engine.speculation.drafters import Drafter
+if TYPE_CHECKING:
+    import torch
 
 GREEDY = SamplingParams(temperature=0.0)
 
 # ``generate``'s callback: sees the branches after every step (live views, early stopping); returning
 # True ends the request (unfinished branches become ``cancelled``). Keep it cheap.
 OnStep = Callable[[list[Branch]], bool | None]
+
+
+class Drafter(Protocol):
+    """Proposes draft tokens for a batch of rows and learns how many were accepted.
+
+    The engine's cost γ policy also reads, where a drafter has them, ``match_lengths`` (per row, the
+    length of the match its drafts came from) and ``draft_limits`` (per row, the most drafts it could
+    have offered this round, from its history alone). A drafter whose number of drafts depends on the
+    values it drew must give ``draft_limits``; without it the number offered stands in.
+    """
+
+    name: str
+
+    def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
+        """Start a request: ``rows`` branches continuing ``prompt``."""
+
+    def propose(
+        self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Drafts ``[n, gamma]`` (padded), proposals per row ``[n]`` and draft distributions ``[n, gamma, V]``
+        (:class:`latts.engine.speculation.sampler.DraftProbs` or its sparse form).
+
+        ``histories[slot]`` is the row's prompt plus generated tokens. The distributions are ``None``
+        for a deterministic drafter (its proposal is one-hot).
+        """
+
+    def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
+        """After verification: row ``slot`` had ``lengths_before[slot]`` tokens and kept ``accepted[slot]`` drafts."""
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Batch compaction: row ``src`` now lives in slot ``dst``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from latts.config import BudgetForcing, SamplingParams
 from latts.engine.budget import answer_end
@@ -24,8 +25,22 @@ from latts.errors import LattsError
 from latts.request import OnStep
 from latts.types import Branch
 
-if TYPE_CHECKING:
-    from latts.backends.openai import OpenAIBackend
+
+class Server(Protocol):
+    """What a streamed request needs of the backend that sends it (:class:`~latts.backends.openai.OpenAIBackend`):
+    where the server is, what it runs, and what its own measurements say."""
+
+    base_url: str
+    model: str
+    api_key: str
+    timeout_s: float
+    branch_mode: str
+    tokenizer: Any  # a Hugging Face tokenizer
+    eos_token_ids: Sequence[int]
+
+    def answer_time_s(self, branches: int, answer_tokens: int) -> float:
+        """Seconds a forced answer of ``answer_tokens`` tokens takes with ``branches`` streams at once."""
+        ...
 
 _EMA = 0.2  # weight of the newest measurement in the server's time-per-token / first-token estimates
 _POLL_S = 0.02  # how often the request's watcher runs on_step and checks the deadline
@@ -67,7 +82,7 @@ class _Segment:
 class Run:
     """One generate() call: a coroutine per branch, and a watcher for on_step and the deadline."""
 
-    def __init__(self, backend: OpenAIBackend, prompt: str, out: list[Branch], sampling: SamplingParams,
+    def __init__(self, backend: Server, prompt: str, out: list[Branch], sampling: SamplingParams,
                  stops: tuple[str, ...], deadline: float | None, budget: BudgetForcing | None, max_new_tokens: int,
                  on_step: OnStep | None, ignore_eos: bool, t0: float) -> None:
         self.be, self.prompt, self.out, self.sampling = backend, prompt, out, sampling

@@ -27,13 +27,12 @@ import torch
 from latts.config import SamplingParams
 from latts.engine.budget import Appender, Forcing, Row, branch_text, thinking_tags
 from latts.engine.models.kv_cache import KVCache
-from latts.engine.speculation.drafters import Drafter
 from latts.engine.pruning import ConfidencePruner
-from latts.engine.speculation.gamma_policy import AcceptanceStats, CostShape, choose_drafts, drafts_may_pay, match_bucket
-from latts.engine.speculation.sampler import greedy_accept, rejection_sample, sample, target_probabilities
+from latts.engine.speculation.sampler import sample
+from latts.engine.speculation.speculator import EMA, Speculator
 from latts.errors import LattsError
 from latts.engine.loading.loader import LoadedModel
-from latts.request import GenerateRequest, OnStep
+from latts.request import Drafter, GenerateRequest, OnStep
 from latts.types import Branch, Generation, SpecStats
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ log = logging.getLogger(__name__)
 # process took the CPU for a moment, as happens on a 2-core machine) must not force every answer at once, while a
 # lasting slowdown shows within a few steps
 _STEP_WINDOW = 5
-_EXTRA_EMA = 0.2  # weight of the newest round in the speculative rounds' extra seconds
 
 
 class Engine:
@@ -58,10 +56,7 @@ class Engine:
         self._tags = thinking_tags(self.tokenizer)  # special-token thinking tags, kept in branch texts
         self.warmup_s = 0.0
         self._step_hint: dict[int, float] = {}  # last measured step time per batch size
-        self.cost_shape: CostShape | None = None  # forward seconds by positions (the γ policy's; at warm-up)
-        self.acceptance = {True: AcceptanceStats(), False: AcceptanceStats()}  # by greedy: drafts' acceptance
-        self.spec_extra_s = {True: 0.0, False: 0.0}  # by greedy: a round's seconds beyond its forward
-        self.verify_slower = 1.0  # verify forwards' seconds over what the cost shape predicts (learned)
+        self.speculator = Speculator(self.model)  # speculative rounds, and the γ policy's measurements
 
     def warmup(self, branches: Sequence[int] = (1, 16)) -> float:
         """Run a few tiny requests so first-call costs never land inside a user's deadline; seconds spent."""
@@ -69,7 +64,7 @@ class Engine:
         for b in branches:
             self.generate(GenerateRequest([1, 2, 3, 4], branches=b, max_new_tokens=4,
                                           sampling=SamplingParams(temperature=1.0)))
-        self.cost_shape = CostShape.measure(self.model)
+        self.speculator.measure()
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
@@ -100,10 +95,7 @@ class Engine:
         cheap. Returning True ends the request: unfinished branches become ``cancelled``.
         """
         ids, forcing, max_new_tokens = self._admit(request)
-        if request.gamma and request.gamma_policy == "cost":
-            if self.cost_shape is None:
-                self.cost_shape = CostShape.measure(self.model)  # once per engine, before the request's clock
-            self.verify_slower = (1.0 + self.verify_slower) / 2  # half forgotten: verifies are tried again
+        self.speculator.start(request)  # before the request's clock
         t0 = time.monotonic()
         if request.deadline is not None and t0 >= request.deadline:
             out = [Branch(index=i, finish_reason="deadline") for i in range(request.branches)]
@@ -209,7 +201,7 @@ class Engine:
         else:
             last = torch.tensor([[rows[i].history[-1]] for i in live])  # [n, 1]: each row's one unfed token
             pending = None
-            if b.spec is None or not self._drafts_may_pay(b):
+            if b.spec is None or not self.speculator.may_pay(b.request, len(live), b.plain_s or b.step_s):
                 logits = self._plain_forward(b, last, start)  # [n, V]
                 new = [[tok] for tok in sample(logits, sampling, b.gen).tolist()]
                 logits = logits[:, None]  # [n, 1, V]
@@ -270,91 +262,26 @@ class Engine:
             b.live.append(probe.index)
             b.append.force_answer(probe.index, "checkpoint", at)
 
-    def _drafts_may_pay(self, b: _Batch) -> bool:
-        """Under the ``cost`` γ policy, whether any drafts could pay for their verify this round (see
-        :func:`~latts.engine.speculation.gamma_policy.drafts_may_pay`); always under ``fixed``."""
-        if b.request.gamma_policy != "cost" or self.cost_shape is None:
-            return True
-        return drafts_may_pay(len(b.live), b.request.gamma, self.acceptance[b.request.sampling.greedy],
-                              self.cost_shape, self._extra_in_shape(b), self.verify_slower)
-
-    def _scale(self, b: _Batch) -> float:
-        """How much slower than the cost shape's (measured at a short context) the batch's plain steps run now."""
-        assert self.cost_shape is not None
-        return max((b.plain_s or b.step_s) / self.cost_shape.plain(len(b.live)), 1e-3)
-
-    def _extra_in_shape(self, b: _Batch) -> float:
-        """A speculative round's extra seconds (drafting, acceptance) in the units of the cost shape."""
-        return self.spec_extra_s[b.request.sampling.greedy] / self._scale(b)
-
     def _plain_forward(self, b: _Batch, last: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """One token a row through the fastest path; logits ``[n, V]``; its time kept for the γ policy."""
         t = time.perf_counter()
         logits = self.model.decode(last, start, b.cache)[:, -1]
         took = time.perf_counter() - t
-        b.plain_s = took if not b.plain_s else b.plain_s + _EXTRA_EMA * (took - b.plain_s)
+        b.plain_s = took if not b.plain_s else b.plain_s + EMA * (took - b.plain_s)
         return logits
 
     def _speculate(self, b: _Batch, last: torch.Tensor,
                    start: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
-        """One round: draft up to γ tokens per row, verify every row's proposed positions (+1) in one forward,
-        accept per row.
-
-        Returns each row's new tokens and the verify logits ``[n, width + 1, V]`` they were chosen from.
-        """
-        gamma, sampling, drafter, spec = b.request.gamma, b.request.sampling, b.drafter, b.spec
+        """One speculative round (:meth:`Speculator.round`); each row's new tokens and the logits
+        ``[n, w, V]`` they were chosen from."""
         hists = [b.rows[i].history for i in b.live]
-        t0 = time.perf_counter()
-        drafts, n_proposed, q = drafter.propose(hists, gamma, sampling, b.gen)  # [n, γ], [n], [n, γ, V]?
-        buckets = [match_bucket(n) for n in getattr(drafter, "match_lengths", ())] or [0] * len(hists)
-        stats = self.acceptance[sampling.greedy]
-        if b.request.gamma_policy == "cost" and self.cost_shape is not None:
-            # decided on the most drafts each row could offer (a drafter's ``draft_limits``: known from the
-            # history alone), not on how many it drew: when a sampled draft's value decides whether more
-            # follow, verifying it only when more follow would verify it only for some of its values, and
-            # rejection sampling would no longer reproduce the target's distribution
-            offered = getattr(drafter, "draft_limits", None) or n_proposed.tolist()
-            keep = choose_drafts(offered, buckets, stats, self.cost_shape, self._extra_in_shape(b),
-                                 self.verify_slower)
-            if not any(keep):  # a plain step after all: no verify, no rejection sampler
-                drafter.observe([len(h) for h in hists], [0] * len(hists))
-                logits = self._plain_forward(b, last, start)  # [n, V]
-                return [[tok] for tok in sample(logits, sampling, b.gen).tolist()], logits[:, None]
-            n_proposed = torch.minimum(n_proposed, torch.tensor(keep, dtype=torch.long))
-        # verify only the proposed positions (ragged rows): padding would cost compute for nothing
-        width = int(n_proposed.max())
-        if width < gamma:
-            drafts = drafts[:, :width]
-            q = q[:, :width] if isinstance(q, torch.Tensor) else q  # sparse ones are read per position
-        t1 = time.perf_counter()
-        feed = torch.cat([last, drafts], 1)  # [n, width + 1]
-        # [n, width + 1, V]; a round the policy left without drafts is a plain step
-        logits = self.model.decode(feed, start, b.cache, n_proposed + 1 if width else None)
-        t_forward = time.perf_counter()
-        if sampling.greedy:
-            accepted, nxt = greedy_accept(drafts, n_proposed, logits, sampling)
-        else:
-            p = target_probabilities(logits, sampling)
-            accepted, nxt = rejection_sample(drafts, n_proposed, p, q, b.gen)
-        t2 = time.perf_counter()
-        acc = accepted.tolist()
-        drafter.observe([len(h) for h in hists], acc)
-        proposed = n_proposed.tolist()
-        stats.record(buckets, proposed, acc)
-        spec.record(proposed, acc, t1 - t0, t2 - t1)
-        # what a round costs beyond its forward (drafting, acceptance), held against the drafts' gain
-        extra = (t1 - t0) + (t2 - t_forward)
-        self.spec_extra_s[sampling.greedy] += _EXTRA_EMA * (extra - self.spec_extra_s[sampling.greedy])
-        if width and self.cost_shape is not None:  # how the verify compared with the shape's prediction
-            predicted = self._scale(b) * self.cost_shape(len(hists) + sum(proposed))
-            ratio = min(max((t_forward - t1) / predicted, 0.5), 3.0)  # one stalled verify must not decide
-            self.verify_slower += _EXTRA_EMA * (ratio - self.verify_slower)
-        for i, n, a in zip(b.live, proposed, acc):
+        done = self.speculator.round(b.request, b.drafter, hists, last, start, b.cache, b.gen, b.spec,
+                                     b.plain_s or b.step_s, lambda: self._plain_forward(b, last, start))
+        for i, n, a in zip(b.live, done.proposed, done.accepted):
             b.out[i].spec_rounds += 1
             b.out[i].spec_proposed += n
             b.out[i].spec_accepted += a
-        rows = drafts.tolist()
-        return [rows[r][: acc[r]] + [tok] for r, tok in enumerate(nxt.tolist())], logits
+        return done.new, done.logits
 
     def _compact(self, b: _Batch) -> None:
         """Drop finished branches, moving the last live row into each freed slot (drafter state too)."""

@@ -23,17 +23,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from latts.engine.models.catalog import INSTALL_LLAMACPP, TORCH_ARCHITECTURES, TORCH_BLOCK_TYPES, TORCH_FAST_TYPES
 from latts.errors import LattsError
 
 ENGINES = ("auto", "torch", "llamacpp", "hf")
-# the architectures latts' torch engine (latts.engine.models.transformer) runs; kept here, free of torch, so that a
-# refusal needs no heavy import
-TORCH_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
-# GGUF tensor types the torch engine runs without de-quantizing to dense weights it then multiplies slowly
-TORCH_FAST_TYPES = frozenset({"Q4_0", "Q4_1", "Q8_0", "F32", "F16", "BF16"})
-TORCH_BLOCK_TYPES = frozenset({"Q4_0", "Q4_1", "Q8_0"})
 _DENSE = frozenset({"F32", "F16", "BF16", "F64"})
-INSTALL_LLAMACPP = "pip install 'latts[llamacpp]'"
 
 
 def check_engine(name: str) -> str:

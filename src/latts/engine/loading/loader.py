@@ -188,8 +188,6 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bo
     choice = choose_for(model, engine)
     name = model if model in BUNDLED_MODELS else source.name
     if choice.engine == "llamacpp":
-        from latts.engine.models.llamacpp.model import load_gguf
-
         loaded = load_gguf(source, name)
     elif choice.engine == "hf":
         loaded = _load_hf(source, name, torch_dtype, t0)
@@ -200,6 +198,26 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bo
         log.warning("%s runs on the hf engine: transformers' own forward, the slow path (%s; benchmarks/hf_engine.py "
                     "measures how much slower)", name, choice.reason)
     return loaded
+
+
+def load_gguf(path: Path, name: str) -> LoadedModel:
+    """Load a GGUF file for the llama.cpp engine: the model, and its tokenizer and chat template from the file.
+
+    Any architecture and quantization llama.cpp runs; threads: torch's (``torch.get_num_threads()``).
+    """
+    from latts.engine.models.llamacpp.model import LlamaCppModel
+    from latts.engine.models.llamacpp.tokenizer import GGUFTokenizer
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    if not path.is_file():
+        raise LattsError(f"GGUF file {path} does not exist")
+    model = LlamaCppModel(path)
+    tokenizer = GGUFTokenizer(model.lib, model.model)
+    return LoadedModel(name=name, source=path, hf_path=path, model=model, tokenizer=tokenizer,
+                       eos_token_ids=tokenizer.eos_token_ids, dtype=torch.float32,
+                       load_s=time.perf_counter() - t0, quant_format=model.weight_format, engine="llamacpp",
+                       avoided=tuple(h.describe() for h in model.avoided))
 
 
 def _hf_parts(source: Path) -> tuple[Path, object, object]:

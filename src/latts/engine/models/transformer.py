@@ -20,7 +20,7 @@ from torch import nn
 
 from latts.engine.models import kernels
 from latts.engine.models import native
-from latts.engine.loading.choice import TORCH_ARCHITECTURES as SUPPORTED_ARCHITECTURES
+from latts.engine.models.catalog import TORCH_ARCHITECTURES as SUPPORTED_ARCHITECTURES
 from latts.engine.models.kv_cache import KVCache
 from latts.engine.models.linear import Projection
 from latts.errors import LattsError

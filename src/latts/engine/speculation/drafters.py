@@ -13,50 +13,21 @@ One small protocol (modelled on transformers' ``CandidateGenerator``: ``get_cand
   rows in one batch, with its own branch KV cache rolled back per row on rejection.
 
 Rows are addressed by their slot in the engine's batch; the engine reports compaction through
-:meth:`Drafter.move_row` so per-row state follows its branch.
+``move_row`` so per-row state follows its branch. The protocol itself, :class:`latts.request.Drafter`,
+lives beside the request that carries a drafter, free of torch. :func:`make_drafter` is the one place a
+drafter is built from its spelling.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 import torch
 
 from latts.config import SamplingParams
 from latts.engine.models.kv_cache import KVCache
-from latts.engine.speculation.sampler import DraftProbs, SparseDraftProbs, draw, probabilities
-from latts.errors import LattsError
+from latts.engine.speculation.sampler import SparseDraftProbs, draw, probabilities
 from latts.engine.loading.loader import LoadedModel
-
-
-class Drafter(Protocol):
-    """Proposes draft tokens for a batch of rows and learns how many were accepted.
-
-    The engine's cost γ policy also reads, where a drafter has them, ``match_lengths`` (per row, the
-    length of the match its drafts came from) and ``draft_limits`` (per row, the most drafts it could
-    have offered this round, from its history alone). A drafter whose number of drafts depends on the
-    values it drew must give ``draft_limits``; without it the number offered stands in.
-    """
-
-    name: str
-
-    def begin(self, prompt: list[int], rows: int, max_new_tokens: int) -> None:
-        """Start a request: ``rows`` branches continuing ``prompt``."""
-
-    def propose(
-        self, histories: list[list[int]], gamma: int, sampling: SamplingParams, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, DraftProbs | None]:
-        """Drafts ``[n, gamma]`` (padded), proposals per row ``[n]`` and draft distributions ``[n, gamma, V]``.
-
-        ``histories[slot]`` is the row's prompt plus generated tokens. The distributions are ``None``
-        for a deterministic drafter (its proposal is one-hot).
-        """
-
-    def observe(self, lengths_before: list[int], accepted: list[int]) -> None:
-        """After verification: row ``slot`` had ``lengths_before[slot]`` tokens and kept ``accepted[slot]`` drafts."""
-
-    def move_row(self, src: int, dst: int) -> None:
-        """Batch compaction: row ``src`` now lives in slot ``dst``."""
+from latts.errors import LattsError
+from latts.request import Drafter
 
 
 class NGramDrafter:
@@ -374,14 +345,16 @@ def ngram_drafter(spec: str) -> NGramDrafter | GroupDrafter:
     return cls(min_n=int(n))  # refuses N outside 1..max_n
 
 
-def make_drafter(spec: str, target: LoadedModel, dtype: str | torch.dtype | None = None,
+def make_drafter(spec: str, target: LoadedModel | None = None, dtype: str | torch.dtype | None = None,
                  engine: str = "auto") -> Drafter:
     """Build a drafter from its CLI spelling: ``ngram`` (``ngram:N``: only matches of at least N tokens),
     ``group`` (``group:N``; :class:`GroupDrafter`) or ``model:PATH`` (same-tokenizer model, loaded on
-    ``engine``: see :mod:`latts.engine.loading.choice`)."""
+    ``engine``: see :mod:`latts.engine.loading.choice`), which drafts for the embedded ``target`` model."""
     if is_model_free(spec):
         return ngram_drafter(spec)
     check_drafter_spec(spec)
+    if target is None:
+        raise LattsError(f"drafter '{spec}' drafts in the embedded engine; a server drafts for itself")
     from latts.engine.loading.loader import load
 
     # the draft runs the same kind of weights as the target (a fast target's draft in plain

@@ -32,22 +32,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from latts.engine.loading.choice import INSTALL_LLAMACPP
+from latts.engine.models.catalog import INSTALL_LLAMACPP
 from latts.engine.models.llamacpp.hazards import guard_default_params, hazards_here, safe_model_params
-from latts.engine.models.llamacpp.tokenizer import GGUFTokenizer
 from latts.engine.models.transformer import ModelShape
 from latts.errors import LattsError
-
-if TYPE_CHECKING:
-    from latts.engine.loading.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +261,12 @@ class LlamaCppModel:
         out.view(n * k, -1)[real] = logits
         return out
 
+    @property
+    def weight_format(self) -> str:
+        """The GGUF's weight format as llama.cpp names it (from the model description, e.g. ``gguf Q4_K - Medium``)."""
+        parts = self.description.split(" ", 2)
+        return f"gguf {parts[2]}" if len(parts) == 3 else "gguf"
+
     def close(self) -> None:
         """Free every context and the model now (otherwise done when the model is garbage-collected)."""
         self._finalizer()
@@ -277,28 +277,3 @@ def _free_model(lib, model, idle: list[_Context]) -> None:
         ctx.free()
     idle.clear()
     lib.llama_model_free(model)
-
-
-def load_gguf(path: Path, name: str) -> LoadedModel:
-    """Load a GGUF file for the llama.cpp engine: the model, and its tokenizer and chat template from the file.
-
-    Any architecture and quantization llama.cpp runs; threads: torch's (``torch.get_num_threads()``).
-    """
-    from latts.engine.loading.loader import LoadedModel
-
-    t0 = time.perf_counter()
-    path = Path(path)
-    if not path.is_file():
-        raise LattsError(f"GGUF file {path} does not exist")
-    model = LlamaCppModel(path)
-    tokenizer = GGUFTokenizer(model.lib, model.model)
-    return LoadedModel(name=name, source=path, hf_path=path, model=model, tokenizer=tokenizer,
-                       eos_token_ids=tokenizer.eos_token_ids, dtype=torch.float32,
-                       load_s=time.perf_counter() - t0, quant_format=_file_type(model), engine="llamacpp",
-                       avoided=tuple(h.describe() for h in model.avoided))
-
-
-def _file_type(model: LlamaCppModel) -> str:
-    """The GGUF's weight format as llama.cpp names it (from the model description, e.g. ``Q4_K - Medium``)."""
-    parts = model.description.split(" ", 2)
-    return f"gguf {parts[2]}" if len(parts) == 3 else "gguf"
