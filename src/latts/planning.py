@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from latts.backends import Opened, open_backend
 from latts.config import SamplingParams, check_deadline
-from latts.engine.speculation.drafters import NGramDrafter, check_drafter_spec, is_model_free, ngram_drafter
+from latts.engine.speculation.drafters import NGramDrafter, check_drafter_spec, is_model_free, make_drafter
 from latts.engine.loading.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import Config, evaluate, read_records, run_one
@@ -75,7 +75,7 @@ def measure_alpha(solver: Solver, problems: Sequence[Problem], gammas: Sequence[
         for p in problems:
             gen = solver.backend.generate(GenerateRequest(
                 solver.task.prompt(p), branches=branches, max_new_tokens=tokens,
-                sampling=SamplingParams(temperature, seed=seed), gamma=g, drafter=ngram_drafter(drafter),
+                sampling=SamplingParams(temperature, seed=seed), gamma=g, drafter=make_drafter(drafter),
                 ignore_eos=True, gamma_policy="fixed"))
             total.proposed += gen.spec.proposed
             total.accepted += gen.spec.accepted

@@ -168,13 +168,3 @@ def refuse_unrunnable(backend: Backend | str, model: str, engine: str, dtype: st
     check_dtype(dtype)
     check_engine(engine)
     choose_for(model, engine)
-
-
-def drafter_for(spec: str, loaded: Any, speculates: bool, engine: str = "auto") -> Any:
-    """The ``--drafter`` the embedded engine (``loaded``) drafts with (a draft model on ``engine``); None when
-    nothing speculates or on a server, which drafts for itself."""
-    if not speculates or loaded is None:
-        return None
-    from latts.engine.speculation.drafters import make_drafter
-
-    return make_drafter(spec, loaded, engine=engine)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from latts.cli.console import err, note, out, print_json
-from latts.cli.options import (Backend, DrafterOpt, DtypeOpt, EngineOpt, ModelOpt, PlansOpt, SeedOpt, TemperatureOpt,
-                               backend_options, drafter_for, one_line_errors, open_announced,
+from latts.cli.options import (Backend, DtypeOpt, EngineOpt, ModelOpt, PlansOpt, SeedOpt, TemperatureOpt,
+                               backend_options, one_line_errors, open_announced,
                                refuse_unrunnable)
 from latts.errors import LattsError
 
@@ -48,7 +48,11 @@ def generate(
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     _check_generate_args(prompt, branches, max_tokens, deadline, gamma, drafter, engine, model, dtype)
     opened = open_announced("embedded", model, dtype, announce=not as_json, engine=engine)
-    spec = {"gamma": gamma, "drafter": drafter_for(drafter, opened.loaded, True, engine)} if gamma > 0 else {}
+    spec = {}
+    if gamma > 0:
+        from latts.engine.speculation.drafters import make_drafter
+
+        spec = {"gamma": gamma, "drafter": make_drafter(drafter, opened.loaded, engine=engine)}
     runner = opened.backend
     t_deadline = time.monotonic() + deadline if deadline is not None else None
     request = GenerateRequest(prompt, branches, max_tokens, sampling, stop or (), t_deadline, **spec)
@@ -126,8 +130,8 @@ def solve(
     the_task = get_task(task)
     opened = open_announced(backend, model, dtype, announce=not as_json, engine=engine)
     plan = _chosen_plan(deadline, plans, opened, task, overrides, base, announce=not as_json)
-    # the plan's drafter: the user's --drafter, else the saved plan's, else the default plan's
-    solver = Solver(opened.backend, the_task, drafter_for(plan.drafter, opened.loaded, plan.gamma > 0, engine))
+    solver = Solver(opened.backend, the_task, draft_engine=engine)
+    solver.drafter_for(plan)  # the plan's drafter (--drafter, else a saved plan's), a draft model loaded now
     sol = watch(None if as_json else out, opened.backend.tokenizer, plan.branches,
                 lambda on_step: solver.solve(question, plan, deadline, on_step=on_step))
     if as_json:

@@ -16,7 +16,7 @@ from typing import Any
 
 from latts.backends import RemoteOptions, open_backend
 from latts.config import check_deadline
-from latts.engine.speculation.drafters import check_drafter_spec, make_drafter
+from latts.engine.speculation.drafters import check_drafter_spec
 from latts.engine.loading.sources import DEFAULT_MODEL
 from latts.errors import LattsError
 from latts.eval.harness import check_concurrency, evaluate, grid
@@ -56,11 +56,11 @@ def run_grid(task: str, out: PathLike, branches: Sequence[int] = (1, 4), gammas:
     problems = the_task.load(limit=limit, data=Path(data) if data else None)
     opened = open_backend(backend, model, dtype, remote, engine=engine)
     reporter.opened(opened)
-    speculates = opened.loaded is not None and any(c.plan.gamma for c in configs)  # a server drafts for itself
-    draft = make_drafter(drafter, opened.loaded, engine=engine) if speculates else None
+    solver = Solver(opened.backend, the_task, draft_engine=engine)
+    for config in configs:
+        solver.drafter_for(config.plan)  # a draft model loads now, not inside the first problem's latency
     with reporter.progress(task) as progress:
-        return evaluate(Solver(opened.backend, the_task, draft), problems, configs, list(seeds), Path(out),
-                        progress, concurrency=concurrency)
+        return evaluate(solver, problems, configs, list(seeds), Path(out), progress, concurrency=concurrency)
 
 
 @dataclass(frozen=True, slots=True)

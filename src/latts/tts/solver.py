@@ -13,10 +13,9 @@ import math
 import time
 
 from latts.config import BudgetForcing, Plan, Pruning, SamplingParams, check_deadline, default_plan
-from latts.engine.speculation.drafters import Drafter
 from latts.backends.base import Backend
 from latts.errors import LattsError
-from latts.request import GenerateRequest
+from latts.request import Drafter, GenerateRequest
 from latts.tasks import Problem, Task, get_task
 from latts.types import Branch, Solution
 from latts.tts.voting import Vote, decided, vote
@@ -32,24 +31,28 @@ class Solver:
     the embedded :class:`~latts.engine.engine.Engine` or a remote server
     (:class:`~latts.backends.openai.OpenAIBackend`); see :class:`~latts.backends.base.Backend`."""
 
-    def __init__(self, backend: Backend, task: Task | str = "math500", drafter: Drafter | None = None) -> None:
+    def __init__(self, backend: Backend, task: Task | str = "math500", drafter: Drafter | None = None,
+                 draft_engine: str = "auto") -> None:
         self.backend = backend
         self.task = get_task(task) if isinstance(task, str) else task
-        self.drafter = drafter
-        self._ngram: dict[str, Drafter] = {}  # per spelling (ngram, ngram:N, group, group:N)
+        self.drafter = drafter  # a caller's own drafter, for every plan that speculates
+        self.draft_engine = draft_engine  # what runs a plan's draft model (model:PATH): see latts.engine.loading.choice
+        self._drafters: dict[str, Drafter] = {}  # built from plans' spellings, once each
 
-    def _drafter_for(self, plan: Plan) -> Drafter | None:
-        if plan.gamma == 0:
+    def drafter_for(self, plan: Plan) -> Drafter | None:
+        """The drafter ``plan`` speculates with: None when γ = 0 or on a server (it drafts for itself), the
+        drafter given to the constructor if any, else the plan's own (``plan.drafter``), built once by
+        :func:`latts.engine.speculation.drafters.make_drafter`. A draft model loads at its first call: call this
+        before :meth:`solve` to keep the load out of a deadline."""
+        if plan.gamma == 0 or getattr(self.backend, "loaded", None) is None:
             return None
         if self.drafter is not None:
             return self.drafter
-        from latts.engine.speculation.drafters import is_model_free, ngram_drafter
+        if plan.drafter not in self._drafters:
+            from latts.engine.speculation.drafters import make_drafter
 
-        if not is_model_free(plan.drafter):
-            raise LattsError(f"drafter '{plan.drafter}' must be built by the caller (pass drafter=...)")
-        if plan.drafter not in self._ngram:
-            self._ngram[plan.drafter] = ngram_drafter(plan.drafter)
-        return self._ngram[plan.drafter]
+            self._drafters[plan.drafter] = make_drafter(plan.drafter, self.backend.loaded, engine=self.draft_engine)
+        return self._drafters[plan.drafter]
 
     def solve(
         self,
@@ -98,7 +101,7 @@ class Solver:
             return False
 
         request = GenerateRequest(self.task.prompt(problem), branches=plan.branches, sampling=sampling,
-                                  deadline=deadline, gamma=plan.gamma, drafter=self._drafter_for(plan),
+                                  deadline=deadline, gamma=plan.gamma, drafter=self.drafter_for(plan),
                                   budget=budget, logprobs=plan.weighted,
                                   pruning=Pruning(plan.prune) if plan.prune else None,
                                   gamma_policy=plan.gamma_policy)
