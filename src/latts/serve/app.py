@@ -21,20 +21,20 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from latts.config import MAX_GAMMA, Plan
+from latts.config import Plan
 from latts.errors import LattsError
 from latts.latency.optimizer import Candidate
 from latts.latency.plans import choose_plan
 from latts.serve.access import AccessLimits
+from latts.serve.schema import ChatRequest, ServeConfig, error_response
 from latts.serve.scheduler import Gone, Scheduler, Unservable
 from latts.serve.stream import Live, chunk, sse
 from latts.tasks import Problem
@@ -42,69 +42,8 @@ from latts.tts.solver import Solver
 from latts.types import Solution
 
 
-@dataclass(frozen=True, slots=True)
-class ServeConfig:
-    """Limits and defaults of one server."""
-
-    model_name: str
-    default_budget_s: float = 10.0  # when a request names no latency_budget (a plain OpenAI client)
-    max_budget_s: float = 120.0
-    max_branches: int = 64
-    max_think: int = 4096
-    plans_file: str | None = None  # where the frontier create_app was given comes from (None: no saved plans)
-    api_key: str | None = None  # bearer token every /v1 endpoint needs (None: open)
-    max_body_bytes: int = 1 << 20
-    report_dir: str | None = None  # a `latts report` folder whose accuracy_vs_latency.png the playground links
-
-
 STATIC = Path(__file__).parent / "static"
 FIGURE = "accuracy_vs_latency.png"
-
-
-class Message(BaseModel):
-    """One chat message; content as a string or as OpenAI text parts."""
-
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        """The message's text, text parts joined."""
-        if isinstance(self.content, list):
-            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
-        return self.content or ""
-
-
-class ChatRequest(BaseModel):
-    """The OpenAI chat-completions request, plus latts' budget and plan overrides; unknown fields are ignored."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    latency_budget: float | None = Field(default=None, gt=0)
-    branches: int | None = Field(default=None, ge=1)
-    gamma: int | None = Field(default=None, ge=0, le=MAX_GAMMA)
-    max_think: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
-    stream: bool | None = None
-    latts_branches: bool = False  # streamed: every branch's progress and the live tally (the playground)
-    gold: str | None = None  # the right answer, if known: the reply says whether the voted answer is it
-
-    @field_validator("stream", "latts_branches", mode="before")
-    @classmethod
-    def _strict_bool(cls, v: Any) -> Any:
-        if v is not None and not isinstance(v, bool):
-            raise ValueError("must be true or false")
-        return v
-
-
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
-                                                               "code": code if code is not None else status}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,121 +78,170 @@ class MinService:
         return cls(t1 - per, per)
 
 
+@dataclass(slots=True)
+class Served:
+    """What the handlers serve, kept in ``app.state.served``: the solver, the limits, the least service time,
+    the saved plans and the scheduler."""
+
+    solver: Solver
+    config: ServeConfig
+    min_service: MinService
+    frontier: list[Candidate] | None
+    scheduler: Scheduler
+    created: int
+
+
 def create_app(solver: Solver, config: ServeConfig, min_service: MinService,
                frontier: list[Candidate] | None = None) -> FastAPI:
     """The FastAPI application serving ``solver`` (its backend, task prompt and answer format); ``frontier``:
     the latency-optimal plans of ``latts optimize`` (:func:`latts.latency.plans.saved_frontier`), None for the
     default plan."""
     app = FastAPI(title="latts", description="latency-aware test-time scaling, OpenAI-compatible")
-    capacity = 4 if solver.backend.concurrent else 1
-    scheduler = Scheduler(capacity)
+    scheduler = Scheduler(4 if solver.backend.concurrent else 1)
     app.state.scheduler = scheduler
-    created = int(time.time())
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        if first.get("type") == "json_invalid":
-            return _error(400, "the request body is not valid JSON")
-        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        return _error(400, f"{where}: {message}" if where else message, param=where or None)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404 else
-                      "invalid_request_error")
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": config.model_name, "running": scheduler.running,
-                "waiting": scheduler.waiting, "served": scheduler.served, "refused": scheduler.refused,
-                "min_service_s": round(min_service(1), 3), "min_service_per_branch_s": round(min_service.per_branch_s, 4)}
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": created,
-                                            "owned_by": "latts"}]}
-
-    @app.get("/", include_in_schema=False)
-    async def playground() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    @app.get("/static/{name}", include_in_schema=False)
-    async def static(name: str) -> Any:
-        path = STATIC / name
-        if "/" in name or name.startswith(".") or not path.is_file():
-            return _error(404, f"no static file '{name}'", kind="not_found_error")
-        return FileResponse(path)
-
-    @app.get("/playground/info")
-    async def info() -> dict[str, Any]:
-        figure = Path(config.report_dir) / FIGURE if config.report_dir else None
-        return {"model": config.model_name, "task": solver.task.name, "needs_key": config.api_key is not None,
-                "default_budget_s": config.default_budget_s, "max_budget_s": config.max_budget_s,
-                "max_branches": config.max_branches, "max_think": config.max_think,
-                "optimized_plans": frontier is not None,
-                "report_figure": "/report/" + FIGURE if figure is not None and figure.is_file() else None}
-
-    @app.get("/report/" + FIGURE, include_in_schema=False)
-    async def report_figure() -> Any:
-        figure = Path(config.report_dir) / FIGURE if config.report_dir else None
-        if figure is None or not figure.is_file():
-            return _error(404, "no report figure: start latts serve with --report <latts report folder>",
-                          kind="not_found_error")
-        return FileResponse(figure, media_type="image/png")
-
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request) -> Any:
-        arrival = time.monotonic()
-        question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
-        budget = body.latency_budget if body.latency_budget is not None else config.default_budget_s
-        problem = _check(body, question, budget, config, solver)
-        if isinstance(problem, JSONResponse):
-            return problem
-        try:
-            plan = _plan(body, budget, frontier)
-        except LattsError as exc:
-            return _error(400, str(exc))
-        need = min_service(plan.branches)
-        if body.stream:
-            return await _stream(request, body, scheduler, solver, config, plan, question, budget, arrival, need)
-        try:
-            solution = await run_in_threadpool(
-                scheduler.run, arrival, budget, need,
-                lambda end: solver.solve(question, plan, deadline_s=_solve_time(end, budget)))
-        except Unservable as exc:
-            return _error(503, str(exc), kind="deadline_unservable")
-        except LattsError as exc:
-            return _error(400, str(exc))
-        return _completion(solution, solver, config, budget, time.monotonic() - arrival, body.gold)
-
+    app.state.served = Served(solver, config, min_service, frontier, scheduler, int(time.time()))
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.include_router(routes)
     app.add_middleware(AccessLimits, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     return app
+
+
+routes = APIRouter()
+
+
+def _served(request: Request) -> Served:
+    return request.app.state.served
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    """A request the schema refuses: a 400 naming the field and the problem."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    if first.get("type") == "json_invalid":
+        return error_response(400, "the request body is not valid JSON")
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    return error_response(400, f"{where}: {message}" if where else message, param=where or None)
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (an unknown path, a wrong method) in the OpenAI error shape."""
+    status = getattr(exc, "status_code", 500)
+    return error_response(status, str(getattr(exc, "detail", exc)),
+                  kind="not_found_error" if status == 404 else "invalid_request_error")
+
+
+@routes.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness and load: the scheduler's counts and the least service time of one branch and of each more."""
+    s = _served(request)
+    return {"status": "ok", "model": s.config.model_name, "running": s.scheduler.running,
+            "waiting": s.scheduler.waiting, "served": s.scheduler.served, "refused": s.scheduler.refused,
+            "min_service_s": round(s.min_service(1), 3),
+            "min_service_per_branch_s": round(s.min_service.per_branch_s, 4)}
+
+
+@routes.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """The one model served, as OpenAI clients list models."""
+    s = _served(request)
+    return {"object": "list", "data": [{"id": s.config.model_name, "object": "model", "created": s.created,
+                                        "owned_by": "latts"}]}
+
+
+@routes.get("/", include_in_schema=False)
+async def playground() -> FileResponse:
+    """The playground page."""
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@routes.get("/static/{name}", include_in_schema=False)
+async def static(name: str) -> Any:
+    """The playground's scripts and styles (one flat folder, nothing outside it)."""
+    path = STATIC / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        return error_response(404, f"no static file '{name}'", kind="not_found_error")
+    return FileResponse(path)
+
+
+def _report_figure(config: ServeConfig) -> Path | None:
+    figure = Path(config.report_dir) / FIGURE if config.report_dir else None
+    return figure if figure is not None and figure.is_file() else None
+
+
+@routes.get("/playground/info")
+async def info(request: Request) -> dict[str, Any]:
+    """What the playground shows and offers: model, task, limits, whether plans and a report figure exist."""
+    s = _served(request)
+    c = s.config
+    return {"model": c.model_name, "task": s.solver.task.name, "needs_key": c.api_key is not None,
+            "default_budget_s": c.default_budget_s, "max_budget_s": c.max_budget_s,
+            "max_branches": c.max_branches, "max_think": c.max_think, "optimized_plans": s.frontier is not None,
+            "report_figure": "/report/" + FIGURE if _report_figure(c) is not None else None}
+
+
+@routes.get("/report/" + FIGURE, include_in_schema=False)
+async def report_figure(request: Request) -> Any:
+    """The accuracy-versus-latency figure of the ``--report`` folder, if one was given."""
+    figure = _report_figure(_served(request).config)
+    if figure is None:
+        return error_response(404, "no report figure: start latts serve with --report <latts report folder>",
+                      kind="not_found_error")
+    return FileResponse(figure, media_type="image/png")
+
+
+@routes.post("/v1/chat/completions")
+async def chat(body: ChatRequest, request: Request) -> Any:
+    """A voted answer within the request's latency budget (a 503 before the budget if it cannot be met)."""
+    arrival = time.monotonic()
+    s = _served(request)
+    solver, config, scheduler = s.solver, s.config, s.scheduler
+    question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "")
+    budget = body.latency_budget if body.latency_budget is not None else config.default_budget_s
+    problem = _check(body, question, budget, config, solver)
+    if isinstance(problem, JSONResponse):
+        return problem
+    try:
+        plan = _plan(body, budget, s.frontier)
+    except LattsError as exc:
+        return error_response(400, str(exc))
+    need = s.min_service(plan.branches)
+    if body.stream:
+        return await _stream(request, body, scheduler, solver, config, plan, question, budget, arrival, need)
+    try:
+        solution = await run_in_threadpool(
+            scheduler.run, arrival, budget, need,
+            lambda end: solver.solve(question, plan, deadline_s=_solve_time(end, budget)))
+    except Unservable as exc:
+        return error_response(503, str(exc), kind="deadline_unservable")
+    except LattsError as exc:
+        return error_response(400, str(exc))
+    return _completion(solution, solver, config, budget, time.monotonic() - arrival, body.gold)
 
 
 def _check(body: ChatRequest, question: str, budget: float, config: ServeConfig, solver: Solver) -> JSONResponse | None:
     """The 4xx for what the schema cannot see (model, question, server limits, context), or None."""
     if body.model is not None and body.model != config.model_name:
-        return _error(404, f"model '{body.model}' is not served here; this server serves '{config.model_name}'",
+        return error_response(404, f"model '{body.model}' is not served here; this server serves '{config.model_name}'",
                       kind="not_found_error", param="model")
     if not question.strip():
-        return _error(400, "messages must contain a user message with text (the question)", param="messages")
+        return error_response(400, "messages must contain a user message with text (the question)", param="messages")
     if budget > config.max_budget_s:
-        return _error(400, f"latency_budget must be <= {config.max_budget_s:g} s on this server, got {budget:g}",
+        return error_response(400, f"latency_budget must be <= {config.max_budget_s:g} s on this server, got {budget:g}",
                       param="latency_budget")
     if body.branches is not None and body.branches > config.max_branches:
-        return _error(400, f"branches must be <= {config.max_branches} on this server, got {body.branches}",
+        return error_response(400, f"branches must be <= {config.max_branches} on this server, got {body.branches}",
                       param="branches")
     if body.max_think is not None and body.max_think > config.max_think:
-        return _error(400, f"max_think must be <= {config.max_think} on this server, got {body.max_think}",
+        return error_response(400, f"max_think must be <= {config.max_think} on this server, got {body.max_think}",
                       param="max_think")
     context = getattr(getattr(solver.backend, "model", None), "max_positions", None)
     if context is not None and len(question) > context:  # a token is at least one character: count only then
         prompt = solver.task.prompt(Problem("question", question, "", {"raw": True}))
         n = solver.backend.count_prompt_tokens(prompt)
         if n >= context:
-            return _error(400, f"the prompt is {n} tokens, over this model's context of {context} tokens "
+            return error_response(400, f"the prompt is {n} tokens, over this model's context of {context} tokens "
                                "(room is needed for thinking and the answer too)", param="messages",
                           code="context_length_exceeded")
     return None
@@ -278,11 +266,11 @@ async def _stream(request: Request, body: ChatRequest, scheduler: Scheduler, sol
             gate.cancel()
             exc = job.exception()
             if isinstance(exc, Unservable):
-                return _error(503, str(exc), kind="deadline_unservable")
+                return error_response(503, str(exc), kind="deadline_unservable")
             if isinstance(exc, LattsError):
-                return _error(400, str(exc))
+                return error_response(400, str(exc))
             if isinstance(exc, Gone):
-                return _error(499, str(exc), kind="client_closed_request")
+                return error_response(499, str(exc), kind="client_closed_request")
             raise exc if exc is not None else RuntimeError("the solve ended before it started")
         if await request.is_disconnected():
             live.cancelled.set()

@@ -36,7 +36,8 @@ def serve(task: str = "math500", *, host: str = "127.0.0.1", port: int = 8000, d
     try:
         import uvicorn
 
-        from latts.serve.app import MinService, ServeConfig, create_app
+        from latts.serve.app import MinService, create_app
+        from latts.serve.schema import ServeConfig
     except ImportError:
         raise LattsError("latts serve needs fastapi and uvicorn: pip install 'latts[serve]'") from None
     reporter = reporter or Reporter()
