@@ -1,4 +1,4 @@
-"""The fast engine path's numerics against HF fp32, teacher-forced on real text (issue 21).
+"""The fast engine path's numerics against HF fp32, teacher-forced on real text.
 
 Text: MATH-500 problems and their solutions, shipped with latts, concatenated in file order
 ("Problem: ...\\nSolution: ...") and cut to the first ``--tokens`` tokens (deterministic).

@@ -1,4 +1,4 @@
-"""latts against llama.cpp on the same GGUF, the same threads and the same shared-prefix shape (issue 21).
+"""latts against llama.cpp on the same GGUF, the same threads and the same shared-prefix shape.
 
 Both engines run in this one process, one at a time: llama.cpp through llama-cpp-python's low-level
 batch API (``llama_batch_init`` / ``llama_decode``, a unified KV cache whose prompt cells are shared

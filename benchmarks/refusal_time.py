@@ -1,5 +1,5 @@
 """How long ``latts <command> --engine torch`` takes to refuse a GGUF of an architecture the torch engine does
-not run (issue 22: within a second, naming the engine that can), process start and imports included.
+not run (the requirement: within a second, naming the engine that can), process start and imports included.
 
 For each command, the median wall time of --repeats runs of ``python -m latts.cli`` on a header-only phi3 GGUF
 written here. Prints a table; exits 1 when a median reaches --target seconds (default 1.0) or when a run does

@@ -1,4 +1,4 @@
-"""Where a native decode step's time goes: milliseconds per phase for B rows over a shared prompt (issue 21).
+"""Where a native decode step's time goes: milliseconds per phase for B rows over a shared prompt.
 
 The native step (``engine/models/kernels/step.cpp``) runs the layer stack in phases separated by barriers;
 with its phase clock on, the first thread stamps the end of each phase, so a phase's time includes
@@ -6,7 +6,7 @@ the wait for the slower thread. For each B a prompt of ``--context`` tokens is p
 B rows decode greedily in lock-step (``--warmup`` untimed steps, ``--steps`` timed); the table gives
 ms per step in each phase, summed over the layers, and the whole step as Python sees it.
 
-The last lines are the cost curve's targets of issue 21 (a B=4 step <= 1.4x a B=1 step, B=8 <= 2x,
+The last lines are the cost curve's targets (a B=4 step <= 1.4x a B=1 step, B=8 <= 2x,
 at context 512), measured here without llama.cpp in the process; exit 1 when one is missed, 2 when
 the native step does not run here (no kernels, or weights not in blocks).
 """

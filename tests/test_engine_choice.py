@@ -1,6 +1,6 @@
 """Engine choice (``--engine auto|torch|llamacpp|hf``) and failing fast: which engine runs a model is decided
 from the GGUF header or config.json, and a model the chosen engine cannot run is refused before anything is
-converted, naming the engine that can (issue 22, points 2 and 3)."""
+converted, naming the engine that can."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``--engine auto`` hands a GGUF the torch engine cannot run fast to llama.cpp (issue 22, point 2), and
+"""``--engine auto`` hands a GGUF the torch engine cannot run fast to llama.cpp, and
 ``--engine torch`` refuses its architecture before converting anything. Needs the llama.cpp engine
 (``latts.engine.models.llamacpp.model``) and llama-cpp-python's build, so it runs with the LATE_TESTS."""
 

@@ -8,7 +8,8 @@ from latts.errors import LattsError
 from latts.latency.model import LatencyModel
 from latts.config import Plan, default_plan
 from latts.planning import Acceptance, DrafterAcceptance, Planner
-from latts.latency.plans import choose_plan, load_frontier, plan_for_deadline, save_plans
+from latts.latency.optimizer import best_plan
+from latts.latency.plans import choose_plan, load_frontier, save_plans
 from latts.eval.surface import Estimate
 from latts.provenance import MeasuredWith
 
@@ -130,14 +131,15 @@ def test_frontier_and_saved_plans_round_trip(tmp_path) -> None:
     assert [(c.accuracy, c.latency_s) for c in front] == [(0.45, pytest.approx(0.25)), (0.60, pytest.approx(1.0))]
     path = tmp_path / "plans" / "m--arith.json"
     save_plans(p, path, "m", "arith", HERE)
-    got = plan_for_deadline(path, 2.0, HERE)
+    saved = load_frontier(path, HERE)
+    got = best_plan(saved, 2.0)
     assert (got.plan.branches, got.plan.gamma, got.plan.max_think) == (4, 3, 400)
-    assert plan_for_deadline(path, 0.5, HERE).plan.max_think == 100
-    assert plan_for_deadline(path, 0.1, HERE) is None
-    assert plan_for_deadline(tmp_path / "none.json", 2.0, HERE) is None
+    assert best_plan(saved, 0.5).plan.max_think == 100
+    assert best_plan(saved, 0.1) is None
+    assert load_frontier(tmp_path / "none.json", HERE) is None
     path.write_text("{not json")
     with pytest.raises(LattsError, match="not a latts plans file"):
-        plan_for_deadline(path, 2.0, HERE)
+        load_frontier(path, HERE)
 
 
 def test_choose_plan_follows_the_frontier_unless_told_otherwise(tmp_path) -> None:
@@ -197,7 +199,7 @@ def test_cli_optimize_validates_and_solve_uses_the_saved_plan(tmp_path) -> None:
                             and c["prune"] == 0.0 for c in frontier)
     assert [c["latency_s"] for c in frontier] == sorted(c["latency_s"] for c in frontier)
     assert doc["measured_with"]["engine"].startswith("native-") or doc["measured_with"]["engine"] == "torch-ops"
-    best = plan_for_deadline(plans, 60, MeasuredWith.from_dict(doc["measured_with"]))
+    best = best_plan(load_frontier(plans, MeasuredWith.from_dict(doc["measured_with"])), 60)
     records = [json.loads(line) for line in runs.read_text().splitlines()]
     assert len(records) == 2 and all(r["source"] == "optimizer" for r in records)  # one plan x 2 problems
     assert {(r["config"]["B"], r["config"]["gamma"], r["config"]["drafter"], r["config"]["max_think"])

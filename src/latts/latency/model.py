@@ -10,8 +10,8 @@ shared prompt), each row already holding ``o`` tokens of its own (what it genera
 - ``w_attn · n · c``: attention over the shared prompt;
 - ``w_own · n · o``: attention over each row's own tokens. It costs more per token than the prompt's:
   the prompt's keys are read once for a block of queries and sit in a layout made for the dot products,
-  while each row's own keys and values are read for that row alone (fitted on two Zen 4 cores: about
-  6x the prompt's rate). A profile without forwards over own tokens (older ones, remote servers) leaves
+  while each row's own keys and values are read for that row alone (the fitted ratio is in
+  ``docs/measurement-history.md``). A profile without forwards over own tokens (older ones, remote servers) leaves
   ``w_own`` at 0, and own tokens then count as context;
 - ``w_row · B``: per-row bookkeeping (sampling, cache writes).
 

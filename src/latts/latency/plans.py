@@ -37,7 +37,7 @@ def plans_path(model: str, task: str) -> Path:
 
 
 def save_plans(planner: PlansDoc, path: Path, model: str, task: str, measured_with: MeasuredWith) -> None:
-    """Write the frontier for ``model`` and ``task`` where :func:`plan_for_deadline` finds it, with what its
+    """Write the frontier for ``model`` and ``task`` where :func:`saved_frontier` finds it, with what its
     latencies were measured with (``measured_with``), so that another engine never follows them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"model": model, "task": task, "measured_with": measured_with.to_dict(),
@@ -61,13 +61,6 @@ def load_frontier(path: Path, current: MeasuredWith) -> list[Candidate] | None:
         raise LattsError(f"{path} is not a latts plans file ({e})") from None
     check_current(f"plans file {path}", recorded, current, f"re-run `latts optimize --task {task}`")
     return frontier
-
-
-def plan_for_deadline(path: Path, deadline_s: float, current: MeasuredWith) -> Candidate | None:
-    """The best saved plan predicted to fit ``deadline_s`` (None without a plans file or a fitting plan); plans
-    measured with another engine than ``current`` raise :class:`~latts.provenance.Stale`."""
-    frontier = load_frontier(path, current)
-    return best_plan(frontier, deadline_s) if frontier is not None else None
 
 
 def saved_frontier(plans: str | os.PathLike[str] | None, model: str, task: str, current: MeasuredWith,

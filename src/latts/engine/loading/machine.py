@@ -19,12 +19,9 @@ log = logging.getLogger(__name__)
 
 
 def default_dtype() -> torch.dtype:
-    """bf16 where the CPU multiplies bf16 natively (2-3x the fp32 throughput at B >= 4 here), else fp32.
-
-    Measured on this project's 2-core Zen 4 machines (AVX-512 BF16): decode steps at B=16 take
-    ≈ 50 ms in bf16 against ≈ 110 ms in fp32, and B=1 is a tie. Without native bf16 the
-    conversion cost makes fp32 the faster choice.
-    """
+    """bf16 where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), else fp32: with native bf16 its wide
+    steps run about twice as fast; without, the conversions make fp32 the faster choice
+    (``docs/measurement-history.md``, "Source-comment figures")."""
     return torch.bfloat16 if cpu_flags() & {"avx512_bf16", "amx_bf16"} else torch.float32
 
 

@@ -258,14 +258,3 @@ class HFModel:
         if B > 1 and not bool(real.all()):
             logits = logits.masked_fill(~real[:, :, None], 0.0)
         return logits
-
-
-def load_hf_model(folder: str, dtype: torch.dtype) -> tuple[HFModel, torch.nn.Module]:
-    """transformers' model of ``folder`` (an HF folder) wrapped as an :class:`HFModel` in ``dtype``."""
-    from transformers import AutoModelForCausalLM
-
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    except Exception as exc:
-        raise LattsError(f"cannot load model from {folder} ({type(exc).__name__}: {exc})") from None
-    return HFModel(hf, dtype), hf

@@ -47,11 +47,6 @@ def can_pack(dtype: torch.dtype) -> bool:
     return dtype == torch.float32
 
 
-def can_pack_bf16() -> bool:
-    """Whether oneDNN can pre-pack bf16 weights here."""
-    return can_pack(torch.bfloat16)
-
-
 def can_int4() -> bool:
     """Whether this torch has the CPU int4 weight-only matmul."""
     return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(

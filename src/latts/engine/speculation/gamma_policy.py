@@ -2,7 +2,7 @@
 
 A verified draft costs a position in the verify forward and pays off only when it is accepted. While
 decoding is memory-bound (few rows) a forward of 1 or 8 positions costs about the same and every draft
-pays; once the batch's positions saturate the cores (on two Zen 4 cores from about 8 positions) each
+pays; once the batch's positions saturate the cores (on two cores from about 8 positions) each
 extra position costs as much as a plain row's token, and a draft accepted with probability 0.6 loses
 time. vLLM ties γ to the batch size by hand; here it follows from two measurements:
 
