@@ -116,17 +116,14 @@ def solve(
     With a deadline and none of -B, --gamma, --max-think, the plan ``latts optimize`` saved for this
     model and task (if any) is used: the latency-optimal (B, γ, L) predicted to fit the deadline.
     """
-    from latts.config import check_deadline
-
-    check_deadline(deadline)
+    overrides = {"branches": branches, "gamma": gamma, "max_think": max_think, "drafter": drafter,
+                 "min_think": min_think, "temperature": temperature, "seed": seed, "early_stop": early_stop}
+    base = _base_plan(question, deadline, backend.server_gamma, overrides)  # question, deadline and plan checked
     refuse_unrunnable(backend, model, engine, dtype)
     from latts.cli.live_view import print_solution, watch
     from latts.tasks import get_task
     from latts.tts.solver import Solver
 
-    overrides = {"branches": branches, "gamma": gamma, "max_think": max_think, "drafter": drafter,
-                 "min_think": min_think, "temperature": temperature, "seed": seed, "early_stop": early_stop}
-    base = _base_plan(question, deadline, backend.server_gamma, overrides)
     the_task = get_task(task)
     opened = open_announced(backend, model, dtype, announce=not as_json, engine=engine)
     plan = _chosen_plan(deadline, plans, opened, task, overrides, base, announce=not as_json)
