@@ -274,3 +274,16 @@ def test_the_profiler_times_ragged_verifies_on_llamacpp(default_engine) -> None:
     assert sorted((s.branches, s.k, s.context, s.own) for s in samples) == sorted((*x[:3], x[3] if len(x) > 3 else 0)
                                                                                   for x in shapes)
     assert all(0 < s.seconds < 5 for s in samples)
+
+
+def test_a_prefill_past_its_deadline_stops_and_the_request_is_cut(default_engine) -> None:
+    import time
+
+    from latts.errors import DeadlineReached
+
+    ids = default_engine.encode(PROMPT)
+    cache = default_engine.model.new_cache(2, len(ids), 8)
+    with pytest.raises(DeadlineReached):
+        default_engine.model.prefill(torch.tensor([ids]), cache, deadline=time.monotonic() - 0.01)
+    gen = default_engine.generate(GenerateRequest(ids, branches=2, deadline=time.monotonic() + 1e-4))
+    assert [b.finish_reason for b in gen.branches] == ["deadline"] * 2

@@ -158,6 +158,35 @@ class SpecStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class MachineLoad:
+    """What the machine's load did to a request: the cores other processes held (an estimate over the last
+    fraction of a second), the threads latts' forwards ran on (fewer than ``configured`` while others held
+    cores), and how much slower its plain forwards ran than the same rows' at warm-up (median; None before one;
+    about 1 on a quiet machine, somewhat more at long contexts)."""
+
+    others_cores: float
+    threads: int
+    configured: int
+    slowdown: float | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """True when other processes held a core's worth or more, or steps ran more than 1.5x warm-up's."""
+        return self.others_cores >= 0.5 or (self.slowdown is not None and self.slowdown > 1.5)
+
+    def describe(self) -> str:
+        """One line for users: why an answer may be thin."""
+        slower = f"; steps {self.slowdown:g}x slower than at warm-up" if self.slowdown is not None else ""
+        return (f"machine loaded: other processes held {self.others_cores:.1f} cores, latts ran on {self.threads} "
+                f"of {self.configured} threads{slower}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {"others_cores": self.others_cores, "threads": self.threads, "configured_threads": self.configured,
+                "slowdown": self.slowdown, "loaded": self.loaded}
+
+
 @dataclass(slots=True)
 class Generation:
     """All branches of one request plus where the time went."""
@@ -169,6 +198,7 @@ class Generation:
     steps: int
     spec: SpecStats | None = None
     probes: list[Branch] = field(default_factory=list)  # answers forced at checkpoints (surface runs)
+    load: MachineLoad | None = None  # what the machine's load did to the request (the embedded engine)
 
     @property
     def total_tokens(self) -> int:
@@ -193,6 +223,7 @@ class Generation:
             "speculation": self.spec.to_dict() if self.spec is not None else None,
             "branches": [b.to_dict() for b in self.branches],
             **({"probes": [b.to_dict() for b in self.probes]} if self.probes else {}),
+            **({"load": self.load.to_dict()} if self.load is not None else {}),
         }
 
 
@@ -216,6 +247,13 @@ class Solution:
     spec: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     prompt_tokens: int = 0
+    load: MachineLoad | None = None  # what the machine's load did to it (see MachineLoad)
+
+    @property
+    def cut_by_deadline(self) -> bool:
+        """True when the deadline ended a branch before it answered: the answer (or its absence) is what the
+        time allowed."""
+        return any(b.finish_reason == "deadline" and a is None for b, a in zip(self.branches, self.branch_answers))
 
     @property
     def finish_reasons(self) -> list[str | None]:
@@ -235,6 +273,8 @@ class Solution:
             "steps": self.steps,
             "deadline_s": self.deadline_s,
             "early_stopped": self.early_stopped,
+            "cut_by_deadline": self.cut_by_deadline,
+            "load": self.load.to_dict() if self.load is not None else None,
             "plan": self.plan.to_dict(),
             "spec": self.spec,
             "branches": [

@@ -105,4 +105,7 @@ def print_solution(console: Console, sol: "Solution") -> None:
         f"{sol.tokens} tokens{early}",
         highlight=False,
     )
-    console.print(f"[bold]answer:[/] {escape(sol.answer) if sol.answer is not None else '(none)'}")
+    if sol.load is not None and sol.load.loaded:
+        console.print(f"[yellow]{escape(sol.load.describe())}[/]", highlight=False)
+    cut = " (cut by the deadline)" if sol.cut_by_deadline and sol.answer is None else ""
+    console.print(f"[bold]answer:[/] {escape(sol.answer) if sol.answer is not None else '(none)'}{cut}")

@@ -30,10 +30,11 @@ from latts.engine.models.kv_cache import KVCache
 from latts.engine.pruning import ConfidencePruner
 from latts.engine.speculation.sampler import sample
 from latts.engine.speculation.speculator import EMA, Speculator
-from latts.errors import LattsError
+from latts.engine.models.threads import CoreShare, configured_threads
+from latts.errors import DeadlineReached, LattsError
 from latts.engine.loading.loader import LoadedModel
 from latts.request import Drafter, GenerateRequest, OnStep
-from latts.types import Branch, Generation, SpecStats
+from latts.types import Branch, Generation, MachineLoad, SpecStats
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ class Engine:
         self.eos = frozenset(loaded.eos_token_ids)
         self._tags = thinking_tags(self.tokenizer)  # special-token thinking tags, kept in branch texts
         self.warmup_s = 0.0
-        self._step_hint: dict[int, float] = {}  # last measured step time per batch size
+        self._step_hint: dict[tuple[int, int], float] = {}  # last measured step time per (batch size, threads)
+        self.cores = CoreShare()  # the cores other processes hold: a forward runs on the threads left
         self.speculator = Speculator(self.model)  # speculative rounds, and the γ policy's measurements
 
     def warmup(self, branches: Sequence[int] = (1, 16)) -> float:
@@ -96,22 +98,31 @@ class Engine:
         """
         ids, forcing, max_new_tokens = self._admit(request)
         self.speculator.start(request)  # before the request's clock
+        threads = self.cores.apply()
         t0 = time.monotonic()
         if request.deadline is not None and t0 >= request.deadline:
-            out = [Branch(index=i, finish_reason="deadline") for i in range(request.branches)]
-            return Generation(out, len(ids), 0.0, 0.0, 0, None)
-        batch = self._prefill(request, ids, forcing, max_new_tokens, t0)
+            return _cut_at_deadline(request, ids, 0.0, self._load(threads))
+        try:
+            batch = self._prefill(request, ids, forcing, max_new_tokens, t0)
+        except DeadlineReached:  # the prompt could not be read in time: no branch can answer
+            return _cut_at_deadline(request, ids, time.monotonic() - t0, self._load(threads))
         while batch.live and self._schedule(batch):
             self._postprocess(batch, self._step(batch))
             if on_step is not None and on_step(batch.out[: request.branches]):
                 batch.cancel()
                 break
-        self._step_hint[request.branches] = batch.step_s
+        self._step_hint[(request.branches, batch.threads)] = batch.step_s
         for b in batch.out:
             b.text = self._final_text(b, request.stop)
         B = request.branches
         return Generation(batch.out[:B], len(ids), batch.t_prefill - t0, time.monotonic() - batch.t_prefill,
-                          batch.steps, batch.spec, probes=batch.out[B:])
+                          batch.steps, batch.spec, probes=batch.out[B:], load=self._load(batch.threads, batch))
+
+    def _load(self, threads: int, b: _Batch | None = None) -> MachineLoad:
+        """What the machine's load did to this request: cores others held, threads used, and how much slower
+        its plain steps ran than the same batch's at warm-up (context growth included)."""
+        slowdown = round(statistics.median(b.slowdowns), 2) if b is not None and b.slowdowns else None
+        return MachineLoad(round(self.cores.others, 2), threads, configured_threads(), slowdown)
 
     def _admit(self, request: GenerateRequest) -> tuple[list[int], Forcing | None, int]:
         """What the request needs that only this model can check: prompt ids, forcing in its tokens, and
@@ -143,7 +154,7 @@ class Engine:
         rows_cap = B * (1 + len(request.checkpoints))
         cache = m.new_cache(rows_cap, P, max_new_tokens + slack)
         gen = torch.Generator().manual_seed(request.sampling.seed)
-        logits = m.prefill(torch.tensor([ids]), cache).expand(B, -1)  # [B, V]: one prompt for B branches
+        logits = m.prefill(torch.tensor([ids]), cache, deadline=request.deadline).expand(B, -1)  # [B, V]: one prompt, B branches
         first = sample(logits, request.sampling, gen).tolist()  # [B]
         if drafter is not None:
             drafter.begin(ids, B, max_new_tokens)
@@ -157,20 +168,36 @@ class Engine:
         # until a step has been timed: the step time last measured at the nearest batch size (it also joins the
         # first steps' median, so that one slow first step does not decide alone), else the prefill (which costs
         # at least a step)
-        near = min(self._step_hint, key=lambda n: abs(n - B), default=None)
-        step_s = self._step_hint[near] if near is not None else t_prefill - t0
+        threads = torch.get_num_threads()
+        near = min((n for n, t in self._step_hint if t == threads), key=lambda n: abs(n - B), default=None)
+        step_s = self._step_hint[(near, threads)] if near is not None else self._first_step_guess(B, threads,
+                                                                                                  t_prefill - t0)
         pruner = ConfidencePruner(request.pruning) if request.pruning is not None else None
         batch = _Batch(request, out, rows, list(range(B)), cache, append, gen, drafter, spec, t0, t_prefill,
-                       step_s, pruner)
+                       step_s, pruner, threads=threads)
         if near is not None:
             batch.recent.append(step_s)
         self._postprocess(batch, _Step([[t] for t in first], logits[:, None], t_prefill - t0))
         return batch
 
+    def _first_step_guess(self, B: int, threads: int, prefill_s: float) -> float:
+        """A step's seconds before any was timed at this thread count: warm-up's plain step of B rows, scaled
+        to the threads in use, else the prefill's time (which costs at least a step)."""
+        shape = self.speculator.cost_shape
+        if shape is None:
+            return prefill_s
+        return shape.plain(B) * configured_threads() / threads
+
     def _schedule(self, b: _Batch) -> bool:
         """Hold the deadline before a step: False (every live branch ended ``deadline``) when the step would
-        not fit before it; with forcing, make every live branch answer once the time left only covers that."""
+        not fit before it; with forcing, make every live branch answer once the time left only covers that.
+        The step runs on the threads the machine's load leaves (a change restarts the step clock's median)."""
         b.now = time.monotonic()
+        threads = self.cores.apply(b.now)
+        if threads != b.threads:
+            b.threads = threads
+            b.recent.clear()
+            b.recent.append(b.step_s)
         deadline, forcing = b.request.deadline, b.append.forcing
         if deadline is None:
             return True
@@ -268,6 +295,9 @@ class Engine:
         logits = self.model.decode(last, start, b.cache)[:, -1]
         took = time.perf_counter() - t
         b.plain_s = took if not b.plain_s else b.plain_s + EMA * (took - b.plain_s)
+        shape = self.speculator.cost_shape
+        if shape is not None:  # against the same rows' plain forward at warm-up: the machine's load shows
+            b.slowdowns.append(took / shape.plain(len(b.live)))
         return logits
 
     def _speculate(self, b: _Batch, last: torch.Tensor,
@@ -303,6 +333,12 @@ class Engine:
             if cut >= 0:
                 text = text[:cut]
         return text
+
+
+def _cut_at_deadline(request: GenerateRequest, ids: list[int], prefill_s: float, load: MachineLoad) -> Generation:
+    """The request's deadline came before any branch could start: every branch ends ``deadline``, empty."""
+    out = [Branch(index=i, finish_reason="deadline") for i in range(request.branches)]
+    return Generation(out, len(ids), prefill_s, 0.0, 0, None, load=load)
 
 
 def _add_logprobs(out: list[Branch], live: list[int], new: list[list[int]], kept: list[int],
@@ -348,6 +384,8 @@ class _Batch:
     pruner: ConfidencePruner | None = None  # with ``request.pruning``
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=_STEP_WINDOW))  # the last steps' seconds
     plain_s: float = 0.0  # seconds of a plain forward of the live rows now (EMA; 0 until one ran)
+    threads: int = 1  # threads the forwards run on now (fewer while other processes hold cores)
+    slowdowns: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # plain forwards / warm-up's
     steps: int = 0
     now: float = 0.0  # when the current step was scheduled
 

@@ -29,6 +29,7 @@ from latts.engine.loading.machine import cpu_name
 from latts.latency.model import LoopSample, PrefillSample, StepSample
 from latts.latency.profile import Profile
 from latts.request import GenerateRequest
+from latts.engine.models.threads import configured_threads
 
 DEFAULT_BRANCHES = (1, 2, 4, 8, 16, 32)
 DEFAULT_K = (1, 2, 4, 8)
@@ -39,7 +40,7 @@ OWN_TOKENS = 256  # tokens each row holds of its own in the forwards that measur
 
 def describe_machine() -> dict[str, Any]:
     """CPU model, cores, threads and library versions: what a profile is valid for."""
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": configured_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "system": platform.platform()}
 
 

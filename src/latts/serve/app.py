@@ -136,10 +136,12 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 async def health(request: Request) -> dict[str, Any]:
     """Liveness and load: the scheduler's counts and the least service time of one branch and of each more."""
     s = _served(request)
+    cores = getattr(s.solver.backend, "cores", None)  # the embedded engine's view of the machine's load
+    load = {"others_cores": round(cores.update(), 2), "threads": cores.threads()} if cores is not None else None
     return {"status": "ok", "model": s.config.model_name, "running": s.scheduler.running,
             "waiting": s.scheduler.waiting, "served": s.scheduler.served, "refused": s.scheduler.refused,
             "min_service_s": round(s.min_service(1), 3),
-            "min_service_per_branch_s": round(s.min_service.per_branch_s, 4)}
+            "min_service_per_branch_s": round(s.min_service.per_branch_s, 4), "load": load}
 
 
 @routes.get("/v1/models")
@@ -357,6 +359,8 @@ def _completion(sol: Solution, solver: Solver, config: ServeConfig, budget: floa
             "latency_s": round(latency_s, 4),
             "solve_s": round(sol.latency_s, 4),
             "early_stopped": sol.early_stopped,
+            "cut_by_deadline": sol.cut_by_deadline,
+            "load": sol.load.to_dict() if sol.load is not None else None,  # other processes' share of the CPU
             "finish_reasons": sol.finish_reasons,
             "forced": [b.forced for b in sol.branches],  # why an answer was forced (max_think, deadline) or None
             "branch_answers": sol.branch_answers,

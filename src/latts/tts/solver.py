@@ -125,6 +125,7 @@ class Solver:
             steps=gen.steps,
             spec=gen.spec.to_dict() if gen.spec is not None else None,
             prompt_tokens=gen.prompt_tokens,
+            load=gen.load,
         )
 
     def _vote(self, answers: list[str | None], weights: list[float] | None = None) -> Vote:

@@ -25,6 +25,7 @@ from latts.engine.loading.sources import BUNDLED_MODELS, DEFAULT_MODEL, bundled_
 from latts.errors import LattsError
 from latts.paths import cache_dir
 from latts.provenance import MeasuredWith
+from latts.engine.models.threads import configured_threads
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,14 @@ class LoadedModel:
         if self.engine == "llamacpp":
             from latts.engine.models.llamacpp.model import llamacpp_build
 
-            return MeasuredWith(llamacpp_build(), self.quant_format, cpu_name(), torch.get_num_threads(),
+            return MeasuredWith(llamacpp_build(), self.quant_format, cpu_name(), configured_threads(),
                                 torch.__version__)
         build = engine_build(self.model.fast)
         if self.engine == "hf":
             import transformers
 
             build = f"hf-transformers-{transformers.__version__}"
-        return MeasuredWith(build, weights, cpu_name(), torch.get_num_threads(),
+        return MeasuredWith(build, weights, cpu_name(), configured_threads(),
                             torch.__version__)
 
     def encode_chat(self, user_message: str, system: str | None = None) -> list[int]:
@@ -203,7 +204,7 @@ def load(model: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", fast: bo
 def load_gguf(path: Path, name: str) -> LoadedModel:
     """Load a GGUF file for the llama.cpp engine: the model, and its tokenizer and chat template from the file.
 
-    Any architecture and quantization llama.cpp runs; threads: torch's (``torch.get_num_threads()``).
+    Any architecture and quantization llama.cpp runs; threads: torch's count at each call (fewer while other processes hold cores).
     """
     from latts.engine.models.llamacpp.model import LlamaCppModel
     from latts.engine.models.llamacpp.tokenizer import GGUFTokenizer

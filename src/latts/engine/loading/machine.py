@@ -14,6 +14,7 @@ import torch
 from latts.engine.models import kernels
 from latts.engine.models.cpu_features import cpu_flags
 from latts.paths import cache_dir
+from latts.engine.models.threads import configured_threads
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def tuned_quant_rows(transformer: "Transformer") -> int:  # noqa: F821 - importe
     if not any(p.quant is not None for p in projections):
         return 0
     s = transformer.shape
-    key = "|".join([cpu_name(), torch.__version__, engine_build(transformer.fast), str(torch.get_num_threads()),
+    key = "|".join([cpu_name(), torch.__version__, engine_build(transformer.fast), str(configured_threads()),
                     str(transformer.dtype), quant_formats(projections),
                     f"{s.n_layers}x{s.hidden}x{s.n_heads}x{s.n_kv_heads}"])
     path = cache_dir("models") / "quant-rows.json"

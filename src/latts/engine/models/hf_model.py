@@ -21,13 +21,14 @@ K/V copied to and read by every row (latts' torch engine shares it, :mod:`latts.
 
 from __future__ import annotations
 
+import time
 import inspect
 import logging
 from dataclasses import dataclass
 
 import torch
 
-from latts.errors import LattsError
+from latts.errors import DeadlineReached, LattsError
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,14 @@ class HFModel:
         return self.hf(**kwargs).logits
 
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, cache: HFCache) -> torch.Tensor:
-        """Run the prompt ``tokens`` ``[1, P]`` once into ``cache``; the last position's logits ``[1, V]``."""
+    def prefill(self, tokens: torch.Tensor, cache: HFCache, deadline: float | None = None) -> torch.Tensor:
+        """Run the prompt ``tokens`` ``[1, P]`` once into ``cache``; the last position's logits ``[1, V]``.
+
+        transformers' forward runs the prompt in one call: a ``deadline`` (``time.monotonic()``) already passed
+        raises :class:`~latts.errors.DeadlineReached` before it starts, and one that passes inside it is seen by
+        the engine's first step."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineReached("the deadline passed before the prefill")
         _, P = tokens.shape
         positions = torch.arange(P)[None]
         extra = {"logits_to_keep": 1} if self._takes["logits_to_keep"] else {}  # as HF generate does

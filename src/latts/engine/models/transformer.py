@@ -12,6 +12,7 @@ Supported: the Llama family (Llama, Mistral, SmolLM), Qwen2 (q/k/v bias) and Qwe
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from latts.engine.models import native
 from latts.engine.models.catalog import TORCH_ARCHITECTURES as SUPPORTED_ARCHITECTURES
 from latts.engine.models.kv_cache import KVCache
 from latts.engine.models.linear import Projection
-from latts.errors import LattsError
+from latts.errors import DeadlineReached, LattsError
 
 
 @dataclass(frozen=True)
@@ -190,14 +191,20 @@ class Transformer(nn.Module):
         return self.lm_head(self._rms(x, self.norm))
 
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Run the prompt ``tokens`` ``[1, P]`` once, store its K/V as the shared prefix; last logits ``[1, V]``."""
+    def prefill(self, tokens: torch.Tensor, cache: KVCache, deadline: float | None = None) -> torch.Tensor:
+        """Run the prompt ``tokens`` ``[1, P]`` once, store its K/V as the shared prefix; last logits ``[1, V]``.
+
+        With a ``deadline`` (``time.monotonic()``), the clock is read before every layer and
+        :class:`~latts.errors.DeadlineReached` raised once it has passed: a prompt that cannot be read in time
+        gives no answer, and the request must end at its deadline rather than seconds later."""
         s = self.shape
         _, P = tokens.shape
         cos_t, sin_t = self.rope_tables(P)
         cos, sin = cos_t[:P, None, :], sin_t[:P, None, :]  # [P, 1, hd]
         x = self.embed[tokens]
         for i, layer in enumerate(self.layers):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineReached(f"the deadline passed in the prefill, at layer {i} of {len(self.layers)}")
             q, k, v = self._qkv(layer, x, cos, sin)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             cache.write_prefix(i, k, v)

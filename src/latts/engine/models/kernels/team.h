@@ -1,11 +1,17 @@
-// Both cores in one parallel region, meeting at a spin barrier between the phases of a step.
+// Both cores in one parallel region, meeting at a barrier between the phases of a step.
 #pragma once
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <x86intrin.h>
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdint>
 #include <utility>
 
@@ -18,8 +24,36 @@ inline std::pair<int64_t, int64_t> share(int64_t n, int64_t tid, int64_t team, i
   return {std::min(b, n), std::min(e, n)};
 }
 
-// Both cores in one parallel region, meeting at a barrier between phases.
+// How long a thread spins for its partner before it sleeps, in TSC cycles (about 1.5 ms). On a quiet machine
+// a partner is never that late, and sleeping sooner cost measurably (a wake-up is tens of microseconds: a B=1
+// step 5-20% slower with a 200 us limit, docs/measurement-history.md); a partner the scheduler took off its
+// core is gone for milliseconds, and the spinner then gives its core away instead of burning it. While other
+// processes hold cores the engine runs its forwards on one thread anyway (latts.engine.models.threads).
+constexpr uint64_t kSpinCycles = uint64_t{1} << 22;
 
+inline void futex_wait(std::atomic<int>* word, int expected) {
+  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+
+inline void futex_wake_all(std::atomic<int>* word) {
+  syscall(SYS_futex, reinterpret_cast<int*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
+// True once pred() holds, spinning at most kSpinCycles (false: it did not hold in time).
+template <typename Pred>
+inline bool spin_until(const Pred& pred) {
+  const uint64_t until = __rdtsc() + kSpinCycles;
+  do {
+    for (int i = 0; i < 16; ++i) {
+      if (pred()) return true;
+      _mm_pause();
+    }
+  } while (__rdtsc() < until);
+  return pred();
+}
+
+// The threads of a team meet here between phases: a bounded spin, then a futex sleep until the last one
+// arrives (it wakes the sleepers only when there are any, so a quiet machine makes no system call).
 class Barrier {
  public:
   explicit Barrier(int n) : n_(n) {}
@@ -28,16 +62,21 @@ class Barrier {
     const int gen = gen_.load(std::memory_order_acquire);
     if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
       count_.store(0, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_release);
-    } else {
-      while (gen_.load(std::memory_order_acquire) == gen) _mm_pause();
+      gen_.fetch_add(1, std::memory_order_seq_cst);
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&gen_);
+      return;
     }
+    if (spin_until([&] { return gen_.load(std::memory_order_acquire) != gen; })) return;
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    while (gen_.load(std::memory_order_seq_cst) == gen) futex_wait(&gen_, gen);
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
   }
 
  private:
   const int n_;
   std::atomic<int> count_{0};
   std::atomic<int> gen_{0};
+  std::atomic<int> sleepers_{0};
 };
 
 // Run body(tid, team, barrier) on every thread of one torch parallel region. The region may get
@@ -60,7 +99,8 @@ void run_team(const Body& body) {
       chunk.store(end - begin, std::memory_order_release);
     }
     int64_t c;
-    while ((c = chunk.load(std::memory_order_acquire)) == 0) _mm_pause();
+    while (!spin_until([&] { return chunk.load(std::memory_order_acquire) != 0; })) sched_yield();
+    c = chunk.load(std::memory_order_acquire);
     const int64_t team = (want + c - 1) / c;
     body(begin / c, team, *shared.load(std::memory_order_relaxed));
   });

@@ -31,6 +31,7 @@ llama-cpp-python is an optional dependency (``pip install latts[llamacpp]``), im
 from __future__ import annotations
 
 import ctypes
+import time
 import logging
 import weakref
 from pathlib import Path
@@ -41,7 +42,7 @@ import torch
 from latts.engine.models.catalog import INSTALL_LLAMACPP
 from latts.engine.models.llamacpp.hazards import guard_default_params, hazards_here, safe_model_params
 from latts.engine.models.transformer import ModelShape
-from latts.errors import LattsError
+from latts.errors import DeadlineReached, LattsError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class _Context:
         params.n_batch = n_ctx  # a step's tokens always fit one llama_decode (split into ubatches inside)
         params.n_seq_max = n_seq
         params.n_threads = params.n_threads_batch = threads
+        self.threads = threads
         params.kv_unified = True  # one cell pool: prompt cells shared by every sequence
         params.no_perf = True
         self.ctx = lib.llama_init_from_model(model, params)
@@ -137,7 +139,7 @@ class LlamaCppModel:
         self.model = lib.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.model:
             raise LattsError(f"llama.cpp cannot load {self.path} (not a GGUF it can run, or a damaged file)")
-        self.threads = threads or torch.get_num_threads()
+        self.threads = threads  # None: torch's count at each call
         self.vocab_p = lib.llama_model_get_vocab(self.model)
         n_embd, n_head = lib.llama_model_n_embd(self.model), lib.llama_model_n_head(self.model)
         self.shape = ModelShape(n_layers=lib.llama_model_n_layer(self.model), n_heads=n_head,
@@ -177,7 +179,7 @@ class LlamaCppModel:
         else:
             n_ctx = max(512, 1 << (need - 1).bit_length())
             n_seq = min(256, 1 << (rows - 1).bit_length())
-            ctx = _Context(self.lib, self.model, n_ctx, n_seq, self.threads)
+            ctx = _Context(self.lib, self.model, n_ctx, n_seq, self.threads or torch.get_num_threads())
         self._generation += 1
         ctx.owner = self._generation
         return ctx
@@ -192,7 +194,14 @@ class LlamaCppModel:
 
     # ------------------------------------------------------------------ forwards
     def _run(self, ctx: _Context, n_out: int) -> torch.Tensor:
-        """``llama_decode`` the filled batch; the logits of its ``n_out`` output tokens ``[n_out, V]`` (a copy)."""
+        """``llama_decode`` the filled batch; the logits of its ``n_out`` output tokens ``[n_out, V]`` (a copy).
+
+        Without threads of its own (``threads`` at construction), it runs on torch's count, which the engine
+        lowers while other processes hold cores (:mod:`latts.engine.models.threads`)."""
+        threads = self.threads or torch.get_num_threads()
+        if ctx.threads != threads:
+            self.lib.llama_set_n_threads(ctx.ctx, threads, threads)
+            ctx.threads = threads
         rc = self.lib.llama_decode(ctx.ctx, ctx.batch)
         if rc != 0:
             raise LattsError(f"llama.cpp could not decode a batch of {ctx.batch.n_tokens} tokens (llama_decode "
@@ -203,22 +212,31 @@ class LlamaCppModel:
         return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(n_out, self.shape.vocab)).copy())
 
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, cache: LlamaCppCache) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, cache: LlamaCppCache, deadline: float | None = None) -> torch.Tensor:
         """Run the prompt ``tokens`` ``[1, P]`` once as sequence 0 and share its cells with every row;
-        the last position's logits ``[1, V]``."""
+        the last position's logits ``[1, V]``.
+
+        The prompt goes in pieces of llama.cpp's own micro-batch (what one ``llama_decode`` splits it into
+        anyway, so the arithmetic is the same); with a ``deadline`` (``time.monotonic()``) the clock is read
+        before each and :class:`~latts.errors.DeadlineReached` raised once it has passed."""
         lib, ctx = self.lib, cache.ctx
         ids = tokens[0].tolist()
         lib.llama_memory_clear(ctx.mem, True)
         if len(ids) + 1 > ctx.n_ctx:
             raise LattsError(f"prompt of {len(ids)} tokens does not fit the cache of {ctx.n_ctx}")
         b = ctx.batch
-        n = len(ids)
-        b.n_tokens = n
-        for i, t in enumerate(ids):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, i, 1, False
-            b.seq_id[i][0] = 0
-        b.logits[n - 1] = True
-        logits = self._run(ctx, 1)
+        piece = max(1, int(lib.llama_n_ubatch(ctx.ctx)))
+        for first in range(0, len(ids), piece):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineReached(f"the deadline passed in the prefill, at token {first} of {len(ids)}")
+            chunk = ids[first:first + piece]
+            b.n_tokens = len(chunk)
+            for i, t in enumerate(chunk):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, first + i, 1, False
+                b.seq_id[i][0] = 0
+            last = first + len(chunk) == len(ids)
+            b.logits[len(chunk) - 1] = last
+            logits = self._run(ctx, 1 if last else 0)
         for s in range(1, cache.rows):
             lib.llama_memory_seq_cp(ctx.mem, 0, s, -1, -1)
         return logits
