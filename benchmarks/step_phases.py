@@ -6,6 +6,12 @@ the wait for the slower thread. For each B a prompt of ``--context`` tokens is p
 B rows decode greedily in lock-step (``--warmup`` untimed steps, ``--steps`` timed); the table gives
 ms per step in each phase, summed over the layers, and the whole step as Python sees it.
 
+Against this machine's ceilings (``benchmarks/limits.py``: measured here unless ``--limits`` names its JSON):
+each B's multiply-adds per second (the projections' and the lm_head's int8 work, T x the model's parameters
+in blocks) as a fraction of the two threads' VNNI and AMX peaks, and the bytes per second it reads (the
+weight blocks once, the shared prompt's K/V once per layer) as a fraction of the read bandwidth; "python" is
+the step as Python sees it less the phases.
+
 The last lines are the cost curve's targets (a B=4 step <= 1.4x a B=1 step, B=8 <= 2x,
 at context 512), measured here without llama.cpp in the process; exit 1 when one is missed, 2 when
 the native step does not run here (no kernels, or weights not in blocks).
@@ -14,8 +20,10 @@ the native step does not run here (no kernels, or weights not in blocks).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,6 +57,16 @@ def measure(model, native, context: int, B: int, warmup: int, steps: int) -> tup
     return total, {k: v / steps * 1e3 for k, v in native.phase_seconds().items()}
 
 
+def step_work(model, context: int) -> tuple[float, float]:
+    """(int8 multiply-adds per token, bytes a step reads once whatever its rows: weight blocks and the prompt's K/V)."""
+    macs = sum(p.in_features * p.out_features for p in model.projections())
+    weights = sum(t.numel() * t.element_size() for p in model.projections()
+                  for t in (p.blocks.qs, p.blocks.d, p.blocks.m) if t is not None)
+    s = model.shape
+    kv = 2 * s.n_layers * s.n_kv_heads * context * s.head_dim * model.dtype.itemsize
+    return float(macs), float(weights + kv)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -57,6 +75,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="rounds over all B; each cell is the median")
+    ap.add_argument("--limits", help="limits.py --json output (default: measure the limits now)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     loaded = load(args.model, "auto")
@@ -79,7 +98,9 @@ def main() -> int:
     for p in PHASES:
         print(f"| {p} | " + " | ".join(f"{rows[B][1][p]:.2f}" for B in batches) + " |")
     print("| (phases) | " + " | ".join(f"{sum(rows[B][1].values()):.2f}" for B in batches) + " |")
+    print("| python (step less phases) | " + " | ".join(f"{rows[B][0] - sum(rows[B][1].values()):.2f}" for B in batches) + " |")
     print("| step, as Python sees it | " + " | ".join(f"{rows[B][0]:.2f}" for B in batches) + " |")
+    print_fractions(model, args, batches, {B: rows[B][0] for B in batches})
     missed = 0
     if 1 in rows:
         print()
@@ -90,6 +111,29 @@ def main() -> int:
                 missed += not ok
                 print(f"step B={B} / B=1: {ratio:.2f} (target <= {most}) {'ok' if ok else 'MISSED'}")
     return 1 if missed else 0
+
+
+def print_fractions(model, args: argparse.Namespace, batches: list[int], step_ms: dict[int, float]) -> None:
+    """Each B's achieved multiply-adds and bytes per second against the machine's measured ceilings."""
+    if args.limits:
+        limits = json.loads(Path(args.limits).read_text())
+    else:
+        from limits import measure as measure_limits
+
+        limits = measure_limits()
+    top = limits["threads"][str(max(int(t) for t in limits["threads"]))]
+    macs, once = step_work(model, args.context)
+    print(f"\nceilings ({max(int(t) for t in limits['threads'])} threads): VNNI {top['vnni_gmacs']:.0f} GMAC/s, "
+          f"AMX {top['amx_gmacs']:.0f} GMAC/s, AVX2 {top['avx2_gmacs']:.0f} GMAC/s, read {top['read_gbs']:.1f} GB/s")
+    print("\n| B | step ms | GMAC/s | of VNNI peak | of AMX peak | of AVX2 peak | GB/s read | of bandwidth |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for B in batches:
+        sec = step_ms[B] / 1e3
+        rate = B * macs / sec / 1e9
+        amx = f"{rate / top['amx_gmacs']:.0%}" if top["amx_gmacs"] else "-"
+        vnni = f"{rate / top['vnni_gmacs']:.0%}" if top["vnni_gmacs"] else "-"
+        print(f"| {B} | {step_ms[B]:.2f} | {rate:.0f} | {vnni} | {amx} | {rate / top['avx2_gmacs']:.0%} | "
+              f"{once / sec / 1e9:.1f} | {once / sec / 1e9 / top['read_gbs']:.0%} |")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,28 @@ def test_int8_projection_is_its_quantization_exactly(hf_model, rows: int) -> Non
         assert float((y.double() - exact).norm() / exact.norm()) < 5e-2
 
 
+@pytest.mark.skipif(ext is None or not ext.amx(), reason="no AMX tiles on this CPU (or this build)")
+@pytest.mark.parametrize("rows", [16, 17, 31, 32, 40])
+def test_amx_tiles_compute_the_vnni_bits(hf_model, rows: int) -> None:
+    """Projections of 16 rows and more run on AMX tiles: the same bits as the VNNI tiles (exact int32 block sums,
+    the same fp32 scaling), so a token's logits never depend on which path its step took."""
+    layer = hf_model.model.layers[3]
+    gen = torch.Generator().manual_seed(rows)
+    cases = [(layer.mlp.down_proj.weight.detach(), "q4"), (layer.self_attn.q_proj.weight.detach(), "q4"),
+             (hf_model.model.embed_tokens.weight.detach()[:2048], "q8")]
+    for w, kind in cases:
+        x = torch.randn(rows, w.shape[1], generator=gen) * 2
+        packed = kernels.pack_q4(w) if kind == "q4" else (*kernels.pack_q8(w), torch.empty(0))
+        linear = ext.Int8Linear(0 if kind == "q4" else 1, *packed)
+        try:
+            ext.use_amx(False)
+            vnni = linear(x)
+        finally:
+            ext.use_amx(True)
+        amx = linear(x)
+        assert torch.equal(amx, vnni), float((amx - vnni).abs().max())
+
+
 def test_q4_0_blocks_are_found_and_exact() -> None:
     """GGUF's Q4_0 (``d * (q - 8)``, no offset) is the q4 kernel's ``d * q + m`` with ``m = -8d``."""
     gen = torch.Generator().manual_seed(0)
@@ -132,11 +154,12 @@ def test_a_tokens_logits_do_not_depend_on_its_step_mates(fast_model) -> None:
     s = m.shape
     ids = fast_model.encode_chat("What is 7 times 8?")
     P = len(ids)
-    cont = torch.tensor([[28, 29, 30, 31], [40, 41, 42, 43], [50, 51, 52, 53]])
-    cache = KVCache(s.n_layers, 3, s.n_kv_heads, P, 16, s.head_dim, m.dtype)
+    # 5 rows x 4 tokens: 20 tokens, so on a CPU with AMX the step's projections run on tiles
+    cont = torch.tensor([[28, 29, 30, 31], [40, 41, 42, 43], [50, 51, 52, 53], [60, 61, 62, 63], [70, 71, 72, 73]])
+    cache = KVCache(s.n_layers, 5, s.n_kv_heads, P, 16, s.head_dim, m.dtype)
     m.prefill(torch.tensor([ids]), cache)
-    together = m.decode(cont, torch.full((3,), P), cache)  # [3, 4, V]
-    for row in range(3):
+    together = m.decode(cont, torch.full((5,), P), cache)  # [5, 4, V]
+    for row in range(5):
         single = KVCache(s.n_layers, 1, s.n_kv_heads, P, 16, s.head_dim, m.dtype)
         m.prefill(torch.tensor([ids]), single)
         steps = [m.decode(cont[row : row + 1, i : i + 1], torch.tensor([P + i]), single)[0, 0] for i in range(4)]

@@ -142,7 +142,7 @@ def _prompt_keys_transposed(cache) -> torch.Tensor:
 
 
 def _prompt_pairs(cache) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cache's prompt keys ``[L, 1, G, ceil(P / 16), hd / 2, 16, 2]`` and values ``[L, 1, G, ceil(P / 2), hd, 2]``
+    """The cache's prompt keys ``[L, 1, G, ceil(P / 16), hd / 2, 16, 2]`` and values ``[L, 1, G, 16 ceil(P / 32), hd, 2]``
     paired for bf16 dot products, made once per cache.
 
     A bf16 dot product multiplies adjacent pairs and sums each pair into one float32 lane. For the
@@ -154,7 +154,7 @@ def _prompt_pairs(cache) -> tuple[torch.Tensor, torch.Tensor]:
         L, _, G, P, hd = k.shape
         k = torch.nn.functional.pad(k, (0, 0, 0, -P % 16))
         kp = k.reshape(L, 1, G, -1, 16, hd // 2, 2).transpose(4, 5).contiguous()
-        v = torch.nn.functional.pad(v, (0, 0, 0, P % 2))
+        v = torch.nn.functional.pad(v, (0, 0, 0, -P % 32))  # whole chunks of 32 keys for the AMX tiles
         vp = v.reshape(L, 1, G, -1, 2, hd).transpose(4, 5).contiguous()
         cache.prompt_pairs = (kp, vp)
     return cache.prompt_pairs

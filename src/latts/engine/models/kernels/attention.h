@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "amx.h"
 #include "simd.h"
 
 namespace latts {
@@ -425,6 +426,41 @@ inline void pair_own_values(const float* p, const uint32_t* pb, const uint16_t* 
   if (n & 1) mix_values(p + n - 1, v + (n - 1) * hd, 1, hd, out);
 }
 
+// Where a query's bf16 weights of its own slots start in its scratch row (after the prompt's pairs).
+inline int64_t own_weights_at(int64_t P) { return (P + 1) & ~int64_t{1}; }
+
+// One query whose prompt scores are in row: its own slots' scores, one softmax over both, and the weights in
+// bf16 pairs after its rounded query in qrow (hd values, then the weights); returns 1 / the softmax's sum.
+inline float pair_weights(const QueryKeys<uint16_t>& qk, int64_t P, int64_t hd, float scale, float* row, uint16_t* qrow) {
+  uint16_t* pb = qrow + hd;
+  float inv;
+  if (pair_own_fits(hd)) {
+    pair_own_scores(qrow, qk.q, qk.own_k, qk.n_own, hd, scale, row + P);
+    inv = 1.0f / exp_in_place(row, P + qk.n_own);
+    to_bf16(row + P, qk.n_own & ~int64_t{1}, pb + own_weights_at(P));
+  } else {
+    inv = own_scores_and_exp(qk, P, hd, scale, row);
+  }
+  to_bf16(row, P & ~int64_t{1}, pb);
+  if (P & 1) {  // the last pair: the last weight and a zero one (its value is padding)
+    store_kv(pb + P - 1, row + P - 1, 1);
+    pb[P] = 0;
+  }
+  return inv;
+}
+
+// Its own slots' values added to a query's output (the prompt's part already there), then normalised.
+inline void pair_own_and_normalize(const QueryKeys<uint16_t>& qk, int64_t P, int64_t hd, const float* row,
+                                   const uint16_t* qrow, float inv) {
+  if (!pair_own_fits(hd)) {
+    own_values_and_normalize(qk, row, P, hd, inv);
+    return;
+  }
+  const uint32_t* own_w = reinterpret_cast<const uint32_t*>(qrow + hd + own_weights_at(P));
+  pair_own_values(row + P, own_w, qk.own_v, qk.n_own, hd, qk.out);
+  normalize(qk.out, hd, inv);
+}
+
 // As attend_block, with the prompt's part in bf16 dot products (and its own slots, where hd % 32 == 0).
 // scratch: NQ x (ld + hd) bf16 values for the rounded queries and weights.
 template <int NQ>
@@ -441,35 +477,10 @@ void pair_attend_block(const QueryKeys<uint16_t>* qs, const uint16_t* kp, const 
     out[i] = qs[i].out;
   }
   pair_prefix_scores<NQ>(q, kp, P, hd, scale, sc, ld);
-  const bool own_pairs = pair_own_fits(hd);
-  const int64_t own_at = (P + 1) & ~int64_t{1};  // the own slots' bf16 weights, after the prompt's pairs
   float inv[NQ];
-  for (int i = 0; i < NQ; ++i) {
-    float* row = sc + i * ld;
-    uint16_t* pb = scratch + i * (ld + hd) + hd;
-    if (own_pairs) {
-      pair_own_scores(scratch + i * (ld + hd), qs[i].q, qs[i].own_k, qs[i].n_own, hd, scale, row + P);
-      inv[i] = 1.0f / exp_in_place(row, P + qs[i].n_own);
-      to_bf16(row + P, qs[i].n_own & ~int64_t{1}, pb + own_at);
-    } else {
-      inv[i] = own_scores_and_exp(qs[i], P, hd, scale, row);
-    }
-    to_bf16(row, P & ~int64_t{1}, pb);
-    if (P & 1) {  // the last pair: the last weight and a zero one (its value is padding)
-      store_kv(pb + P - 1, row + P - 1, 1);
-      pb[P] = 0;
-    }
-  }
+  for (int i = 0; i < NQ; ++i) inv[i] = pair_weights(qs[i], P, hd, scale, sc + i * ld, scratch + i * (ld + hd));
   pair_prefix_mix<NQ>(p, vp, P, hd, out);
-  for (int i = 0; i < NQ; ++i) {
-    if (!own_pairs) {
-      own_values_and_normalize(qs[i], sc + i * ld, P, hd, inv[i]);
-      continue;
-    }
-    const uint32_t* own_w = reinterpret_cast<const uint32_t*>(scratch + i * (ld + hd) + hd + own_at);
-    pair_own_values(sc + i * ld + P, own_w, qs[i].own_v, qs[i].n_own, hd, qs[i].out);
-    normalize(qs[i].out, hd, inv[i]);
-  }
+  for (int i = 0; i < NQ; ++i) pair_own_and_normalize(qs[i], P, hd, sc + i * ld, scratch + i * (ld + hd), inv[i]);
 }
 
 inline void pair_attend_queries(const QueryKeys<uint16_t>* qs, int n, const uint16_t* kp, const uint16_t* vp,
@@ -485,6 +496,98 @@ inline void pair_attend_queries(const QueryKeys<uint16_t>* qs, int n, const uint
     default: pair_attend_block<8>(qs, kp, vp, P, hd, scale, sc, ld, scratch); break;
   }
 }
+#if LATTS_AMX
+// Up to sixteen queries of one KV head against the prompt on AMX tiles: the scores of sixteen queries x
+// sixteen keys in one tile (two bf16 products of 32 features for hd = 64), the weighted values of sixteen
+// queries x sixteen features per tile over 32 keys at a time; float32 sums throughout. The queries and the
+// weights are rounded to bf16 as in pair_attend_block, their own slots and the softmax are its own, and the
+// kp/vp layouts are its, so this is the same arithmetic in another order of float32 sums. Needs
+// hd % 32 == 0, vp padded with zeros to a multiple of 32 keys, sc rows of ld >= P + 16 and scratch rows of
+// ld + hd for sixteen queries (rows past n are left as they are: each tile row is its own query).
+constexpr int kTileQueries = 16;
+
+inline bool amx_attention_fits(int64_t hd) { return hd % 32 == 0 && hd <= 128; }
+
+inline void configure_attention_tiles() {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
+  _tile_loadconfig(&c);
+}
+
+// Scores of the queries (bf16 rows of scratch, row_bytes apart) against the prompt's key blocks, unscaled:
+// tiles 0..CH-1 hold the queries' features in chunks of 32 for the whole pass, tile 6 a key block's chunk,
+// tile 7 the sixteen scores of each query.
+template <int CH>
+inline void amx_prompt_scores(const uint16_t* scratch, int64_t row_bytes, const uint16_t* kp, int64_t P, int64_t hd,
+                              float* sc, int64_t ld) {
+  _tile_loadd(0, scratch, row_bytes);
+  if constexpr (CH > 1) _tile_loadd(1, scratch + 32, row_bytes);
+  if constexpr (CH > 2) _tile_loadd(2, scratch + 64, row_bytes);
+  if constexpr (CH > 3) _tile_loadd(3, scratch + 96, row_bytes);
+  const int64_t blocks = (P + kPairKeys - 1) / kPairKeys;
+  constexpr int64_t chunk = 16 * 2 * kPairKeys;  // one chunk of 32 features of a block of keys, in bf16 values
+  for (int64_t jb = 0; jb < blocks; ++jb) {
+    const uint16_t* base = kp + jb * hd * kPairKeys;
+    _tile_zero(7);
+    _tile_loadd(6, base, 64);
+    _tile_dpbf16ps(7, 0, 6);
+    if constexpr (CH > 1) { _tile_loadd(6, base + chunk, 64); _tile_dpbf16ps(7, 1, 6); }
+    if constexpr (CH > 2) { _tile_loadd(6, base + 2 * chunk, 64); _tile_dpbf16ps(7, 2, 6); }
+    if constexpr (CH > 3) { _tile_loadd(6, base + 3 * chunk, 64); _tile_dpbf16ps(7, 3, 6); }
+    _tile_stored(7, sc + jb * kPairKeys, ld * 4);
+  }
+}
+
+inline void amx_attend_block(const QueryKeys<uint16_t>* qs, int n, const uint16_t* kp, const uint16_t* vp, int64_t P,
+                             int64_t hd, float scale, float* sc, int64_t ld, uint16_t* scratch, float* outbuf) {
+  configure_attention_tiles();
+  const int64_t row_bytes = (ld + hd) * 2;
+  for (int i = 0; i < n; ++i) to_bf16(qs[i].q, hd, scratch + i * (ld + hd));
+  switch (hd / 32) {
+    case 1: amx_prompt_scores<1>(scratch, row_bytes, kp, P, hd, sc, ld); break;
+    case 2: amx_prompt_scores<2>(scratch, row_bytes, kp, P, hd, sc, ld); break;
+    case 3: amx_prompt_scores<3>(scratch, row_bytes, kp, P, hd, sc, ld); break;
+    default: amx_prompt_scores<4>(scratch, row_bytes, kp, P, hd, sc, ld); break;
+  }
+  const __m512 sv = _mm512_set1_ps(scale);
+  const int64_t padded = (P + 31) / 32 * 32;
+  float inv[kTileQueries];
+  for (int i = 0; i < n; ++i) {
+    float* row = sc + i * ld;
+    int64_t j = 0;
+    for (; j + 16 <= P; j += 16) _mm512_storeu_ps(row + j, _mm512_mul_ps(_mm512_loadu_ps(row + j), sv));
+    if (j < P) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (P - j)) - 1);
+      _mm512_mask_storeu_ps(row + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + j), sv));
+    }
+    uint16_t* pb = scratch + i * (ld + hd) + hd;
+    std::memset(pb + P, 0, (padded - P) * sizeof(uint16_t));  // the last key chunk's padding weighs nothing
+    inv[i] = pair_weights(qs[i], P, hd, scale, row, scratch + i * (ld + hd));
+  }
+  // values: tile 4 the weights of 32 keys, tiles 0..3 sixteen features each (64 at a time)
+  for (int64_t f0 = 0; f0 < hd; f0 += 64) {
+    const int tiles = static_cast<int>(std::min<int64_t>(4, (hd - f0) / 16));
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int64_t kc = 0; kc < padded / 32; ++kc) {
+      _tile_loadd(4, scratch + hd + kc * 32, row_bytes);
+      const uint16_t* v = vp + (kc * 16 * hd + f0) * 2;
+      _tile_loadd(5, v, hd * 4);
+      _tile_dpbf16ps(0, 4, 5);
+      if (tiles > 1) { _tile_loadd(6, v + 32, hd * 4); _tile_dpbf16ps(1, 4, 6); }
+      if (tiles > 2) { _tile_loadd(7, v + 64, hd * 4); _tile_dpbf16ps(2, 4, 7); }
+      if (tiles > 3) { _tile_loadd(5, v + 96, hd * 4); _tile_dpbf16ps(3, 4, 5); }
+    }
+    _tile_stored(0, outbuf + f0, hd * 4);
+    if (tiles > 1) _tile_stored(1, outbuf + f0 + 16, hd * 4);
+    if (tiles > 2) _tile_stored(2, outbuf + f0 + 32, hd * 4);
+    if (tiles > 3) _tile_stored(3, outbuf + f0 + 48, hd * 4);
+  }
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(qs[i].out, outbuf + i * hd, hd * sizeof(float));
+    pair_own_and_normalize(qs[i], P, hd, sc + i * ld, scratch + i * (ld + hd), inv[i]);
+  }
+}
+#endif
 #else
 constexpr bool kPairAttention = false;
 #endif

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "amx.h"
 #include "simd.h"
 #include "simd_int8.h"
 #include "team.h"
@@ -197,6 +198,29 @@ inline __m512i dpbusd_bcast(__m512i s, __m512i w, const int8_t* x) {
   return s;
 }
 
+// acc + one row's int32 block dot products s (16 outputs) at the block's scales: the weights' dw times the
+// activations' xd, plus Q4's offsets mw times the quantized block's sum xs. The VNNI and the AMX tiles both
+// apply it, in this order, so they give the same bits.
+template <Kind F>
+inline __m512 add_scaled_block(__m512 acc, __m512i s, __m512 dw, __m512 mw, float xd, float xs) {
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd)), acc);
+  if constexpr (F == kQ4) acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs), acc);
+  return acc;
+}
+
+// RT rows of 16 outputs (group g) + bias into y, or added to what y holds.
+template <int RT>
+inline void store_rows16(const __m512* acc, const Proj& p, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
+  const __m512 bias = p.bias ? _mm512_loadu_ps(p.bias + g * 16) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int r = 0; r < RT; ++r) {
+    float* out = y + (t0 + r) * ldy + g * 16;
+    __m512 v = _mm512_add_ps(acc[r], bias);
+    if (add) v = _mm512_add_ps(v, _mm512_loadu_ps(out));
+    _mm512_storeu_ps(out, v);
+  }
+}
+
 template <Kind F, int RT>
 void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
   const int64_t nb = p.nb;
@@ -228,8 +252,7 @@ void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64
         const int8_t* xb = xq + r * kBlock;
         __m512i s = _mm512_setzero_si512();
         for (int c = 0; c < 8; ++c) s = dpbusd_bcast(s, w[c], xb + 4 * c);
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[r])), acc[r]);
-        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[r]), acc[r]);
+        acc[r] = add_scaled_block<F>(acc[r], s, dw, mw, xd[r], xs[r]);
       }
     } else {
       for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(wp + 64 * c);
@@ -238,34 +261,109 @@ void tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64
         const int8_t* xb = xq + r * kBlock;
         __m512i s = _mm512_set1_epi32(-128 * xsum[r]);  // the weights' +128, taken off
         for (int c = 0; c < 8; ++c) s = dpbusd_bcast(s, w[c], xb + 4 * c);
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[r])), acc[r]);
+        acc[r] = add_scaled_block<F>(acc[r], s, dw, dw, xd[r], 0.0f);
       }
     }
   }
-  const __m512 bias = p.bias ? _mm512_loadu_ps(p.bias + g * 16) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-  for (int r = 0; r < RT; ++r) {
-    float* out = y + (t0 + r) * ldy + g * 16;
-    __m512 v = _mm512_add_ps(acc[r], bias);
-    if (add) v = _mm512_add_ps(v, _mm512_loadu_ps(out));
-    _mm512_storeu_ps(out, v);
+  store_rows16<RT>(acc, p, t0, g, y, ldy, add);
+}
+
+// Rows [t_first, T) of output group g in tiles of 8, 4 and the rest.
+template <Kind F>
+void rows16(const Proj& p, const QAct& a, int64_t t_first, int64_t T, int64_t g, float* y, int64_t ldy, bool add) {
+  int64_t t = t_first;
+  for (; t + 8 <= T; t += 8) tile16<F, 8>(p, a, t, g, y, ldy, add);
+  if (T - t > 4) { tile16<F, 4>(p, a, t, g, y, ldy, add); t += 4; }
+  for (; t + 4 <= T; t += 4) tile16<F, 4>(p, a, t, g, y, ldy, add);
+  switch (T - t) {
+    case 1: tile16<F, 1>(p, a, t, g, y, ldy, add); break;
+    case 2: tile16<F, 2>(p, a, t, g, y, ldy, add); break;
+    case 3: tile16<F, 3>(p, a, t, g, y, ldy, add); break;
+    default: break;
   }
 }
 
 template <Kind F>
 void project_groups16(const Proj& p, const QAct& a, int64_t T, int64_t g0, int64_t g1, float* y, int64_t ldy,
                       bool add) {
-  for (int64_t g = g0; g < g1; ++g) {
-    int64_t t = 0;
-    for (; t + 8 <= T; t += 8) tile16<F, 8>(p, a, t, g, y, ldy, add);
-    if (T - t > 4) { tile16<F, 4>(p, a, t, g, y, ldy, add); t += 4; }
-    for (; t + 4 <= T; t += 4) tile16<F, 4>(p, a, t, g, y, ldy, add);
-    switch (T - t) {
-      case 1: tile16<F, 1>(p, a, t, g, y, ldy, add); break;
-      case 2: tile16<F, 2>(p, a, t, g, y, ldy, add); break;
-      case 3: tile16<F, 3>(p, a, t, g, y, ldy, add); break;
-      default: break;
+  for (int64_t g = g0; g < g1; ++g) rows16<F>(p, a, 0, T, g, y, ldy, add);
+}
+#endif
+
+#if LATTS_AMX && LATTS_ZMM
+// AMX: a tile multiply of 16 activation rows x one block of 32 inputs x 16 outputs (8192 multiply-adds in
+// one instruction), then the block's scales applied in fp32 as the VNNI tiles apply them, so the results
+// are the same bits. The weights feed the tile as repack() left them: a 16-output group's block is the B
+// tile's eight rows of 16 x 4 bytes (q8 directly; q4 after splitting the nibbles, as the VNNI path does).
+//
+// Every call loads its tile configuration first (see amx.h).
+inline void configure_tiles() {
+  TileConfig c;
+  c.rows[0] = 16; c.colsb[0] = kBlock;  // A: 16 activation rows x one block of int8
+  c.rows[1] = 8; c.colsb[1] = 64;       // B: the block's 32 inputs in fours x 16 outputs
+  c.rows[2] = 16; c.colsb[2] = 64;      // C: 16 rows x 16 int32
+  _tile_loadconfig(&c);
+}
+
+template <Kind F>
+void amx_tile16(const Proj& p, const QAct& a, int64_t t0, int64_t g, float* y, int64_t ldy, bool add) {
+  constexpr int RT = 16;
+  const int64_t nb = p.nb, rows = a.rows;
+  alignas(64) uint8_t wtile[8 * 64];
+  alignas(64) int32_t ctile[RT * 16];
+  __m512 acc[RT];
+#pragma GCC unroll 16
+  for (int r = 0; r < RT; ++r) acc[r] = _mm512_setzero_ps();
+  const int8_t* xq = a.q.data() + t0 * kBlock;
+  const float* xd = a.d.data() + t0;
+  const float* xs = a.s.data() + t0;
+  const int32_t* xsum = a.qsum.data() + t0;
+  const uint8_t* wp = p.qs.data() + g * nb * p.block_bytes();
+  const uint16_t* sp = p.scales.data() + g * nb * p.block_scales();
+  for (int64_t b = 0; b < nb; ++b, wp += p.block_bytes(), sp += p.block_scales(), xq += rows * kBlock, xd += rows,
+                                  xs += rows, xsum += rows) {
+    for (int64_t off = 0; off < p.block_bytes(); off += 64) _mm_prefetch(reinterpret_cast<const char*>(wp + kPrefetch + off), _MM_HINT_T0);
+    _tile_loadd(0, xq, kBlock);
+    if constexpr (F == kQ4) {
+      const __m512i mask = _mm512_set1_epi8(0x0F);
+      for (int c = 0; c < 4; ++c) {
+        const __m512i v = _mm512_loadu_si512(wp + 64 * c);
+        _mm512_store_si512(wtile + 64 * c, _mm512_and_si512(v, mask));
+        _mm512_store_si512(wtile + 64 * (c + 4), _mm512_and_si512(_mm512_srli_epi16(v, 4), mask));
+      }
+      _tile_loadd(1, wtile, 64);
+    } else {
+      _tile_loadd(1, wp, 64);  // the weights plus 128, unsigned (see repack)
     }
+    _tile_zero(2);
+    _tile_dpbsud(2, 0, 1);  // signed activations x unsigned weight bytes
+    _tile_stored(2, ctile, 64);
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp)));
+    if constexpr (F == kQ4) {
+      const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + 16)));
+#pragma GCC unroll 16
+      for (int r = 0; r < RT; ++r)
+        acc[r] = add_scaled_block<F>(acc[r], _mm512_load_si512(ctile + 16 * r), dw, mw, xd[r], xs[r]);
+    } else {
+#pragma GCC unroll 16
+      for (int r = 0; r < RT; ++r) {  // the weights' +128, taken off
+        const __m512i s = _mm512_add_epi32(_mm512_load_si512(ctile + 16 * r), _mm512_set1_epi32(-128 * xsum[r]));
+        acc[r] = add_scaled_block<F>(acc[r], s, dw, dw, xd[r], 0.0f);
+      }
+    }
+  }
+  store_rows16<RT>(acc, p, t0, g, y, ldy, add);
+}
+
+// Every 16 rows of T through the tiles, the rest through the VNNI tiles.
+template <Kind F>
+void amx_project_groups(const Proj& p, const QAct& a, int64_t T, int64_t g0, int64_t g1, float* y, int64_t ldy,
+                        bool add) {
+  configure_tiles();
+  const int64_t full = T / 16 * 16;
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t t = 0; t < full; t += 16) amx_tile16<F>(p, a, t, g, y, ldy, add);
+    rows16<F>(p, a, full, T, g, y, ldy, add);
   }
 }
 #endif
@@ -294,6 +392,13 @@ inline void project(const Proj& p, const QAct& a, int64_t T, int64_t tid, int64_
   const auto [g0, g1] = share(p.N / p.gw, tid, team);
   // the activations were quantized by both cores: fetch them at once, not a cross-core miss at a time
   for (int64_t off = 0; off < a.rows * a.K; off += 64) _mm_prefetch(reinterpret_cast<const char*>(a.q.data()) + off, _MM_HINT_T0);
+#if LATTS_AMX && LATTS_ZMM
+  if (p.gw == 16 && T >= 16 && amx_ready()) {
+    if (p.kind == kQ4) amx_project_groups<kQ4>(p, a, T, g0, g1, y, ldy, add);
+    else amx_project_groups<kQ8>(p, a, T, g0, g1, y, ldy, add);
+    return;
+  }
+#endif
 #if LATTS_ZMM
   if (p.gw == 16) {
     if (p.kind == kQ4) project_groups16<kQ4>(p, a, T, g0, g1, y, ldy, add);

@@ -186,9 +186,9 @@ class Model {
     TORCH_CHECK(!pairs || (kPairAttention && prefix_v.scalar_type() == torch::kBFloat16 && prefix_kp.dim() == 7 &&
                            prefix_kp.is_contiguous() && prefix_vp.is_contiguous() &&
                            prefix_kp.sizes() == torch::IntArrayRef({L_, 1, G_, (P + 15) / 16, hd_ / 2, 16, 2}) &&
-                           prefix_vp.sizes() == torch::IntArrayRef({L_, 1, G_, (P + 1) / 2, hd_, 2}) &&
+                           prefix_vp.sizes() == torch::IntArrayRef({L_, 1, G_, (P + 31) / 32 * 16, hd_, 2}) &&
                            prefix_kp.scalar_type() == torch::kBFloat16 && prefix_vp.scalar_type() == torch::kBFloat16),
-                "paired prompt keys [L, 1, G, ceil(P / 16), hd / 2, 16, 2] and values [L, 1, G, ceil(P / 2), hd, 2], "
+                "paired prompt keys [L, 1, G, ceil(P / 16), hd / 2, 16, 2] and values [L, 1, G, 16 ceil(P / 32), hd, 2], "
                 "bfloat16, on a build with AVX512-BF16");
     // the real tokens, flattened
     std::vector<int64_t> tok, row, pos;
@@ -237,15 +237,19 @@ class Model {
     int64_t T;
     std::vector<float> x, h, qkv, attn, gu;
     QAct act;
-    std::vector<std::vector<float>> scores;  // per thread: kMaxQueries rows of score_ld
-    std::vector<std::vector<uint16_t>> rounded;  // per thread: kMaxQueries bf16 queries and weights (pair attention)
+    std::vector<std::vector<float>> scores;  // per thread: kBlockRows rows of score_ld
+    std::vector<std::vector<uint16_t>> rounded;  // per thread: kBlockRows bf16 queries and weights (pair attention)
+    std::vector<std::vector<float>> tile_out;  // per thread: kBlockRows outputs of the AMX attention
     int64_t score_ld;
+    // rows of the per-thread buffers: the most queries one attention block has (AMX tiles take sixteen)
+    static constexpr int64_t kBlockRows = 16;
     Work(int64_t t, const Model& m, int64_t max_keys)
         : T(t), x(t * m.D_), h(t * std::max(m.D_, m.F_)), qkv(t * (m.H_ + 2 * m.G_) * m.hd_), attn(t * m.H_ * m.hd_),
-          gu(t * 2 * m.F_), score_ld((max_keys + 15) / 8 * 8) {
+          gu(t * 2 * m.F_), score_ld((max_keys + 16 + 7) / 8 * 8) {  // + 16: a tile of scores past the last key
       act.reserve(t, std::max({m.D_, m.F_, m.H_ * m.hd_}));
-      scores.resize(std::max(1, at::get_num_threads()), std::vector<float>(kMaxQueries * score_ld));
-      rounded.resize(scores.size(), std::vector<uint16_t>(kMaxQueries * (score_ld + m.hd_)));
+      scores.resize(std::max(1, at::get_num_threads()), std::vector<float>(kBlockRows * score_ld));
+      rounded.resize(scores.size(), std::vector<uint16_t>(kBlockRows * (score_ld + m.hd_)));
+      tile_out.resize(scores.size(), std::vector<float>(kBlockRows * m.hd_));
     }
   };
 
@@ -392,9 +396,17 @@ class Model {
     // reads its head's keys once); more: blocks of up to kMaxQueries, each key read once per block
     // more: the fewest blocks of at most kMaxQueries whose count over all KV heads the team shares
     // evenly (9 blocks on 2 threads would leave one idle a ninth of the time)
+    // queries per block: sixteen where they go through AMX tiles. Every step goes through them when one does
+    // (a query's float32 sums in a tile do not depend on the tile's other rows), so that a token's logits are
+    // the same bits whatever shares its step: what keeps greedy speculation identical to greedy decoding.
+    int64_t most = kMaxQueries;
+#if LATTS_AMX
+    const bool tiles = c.pairs && std::is_same_v<KV, uint16_t> && amx_attention_fits(hd_) && amx_ready();
+    if (tiles) most = kTileQueries;
+#endif
     int64_t n_blocks = per_group;
     if (w.T > 2) {
-      n_blocks = (per_group + kMaxQueries - 1) / kMaxQueries;
+      n_blocks = (per_group + most - 1) / most;
       while ((G_ * n_blocks) % team && n_blocks < per_group) ++n_blocks;
     }
     const int64_t size = (per_group + n_blocks - 1) / n_blocks;
@@ -407,7 +419,7 @@ class Model {
     const auto [i0, i1] = share(G_ * n_blocks, tid, team);
     for (int64_t task = i0; task < i1; ++task) {
       const int64_t g = task / n_blocks, q0 = (task % n_blocks) * size, q1 = std::min(per_group, q0 + size);
-      QueryKeys<KV> qs[kMaxQueries];
+      QueryKeys<KV> qs[Work::kBlockRows];
       for (int64_t qi = q0; qi < q1; ++qi) {
         const int64_t t = qi / group, h = g * group + qi % group;
         const int64_t o_off = l * c.ok.stride(0) + row[t] * c.ok.stride(1) + g * c.ok.stride(2);
@@ -419,6 +431,14 @@ class Model {
         if (c.pairs) {
           const uint16_t* kp = reinterpret_cast<const uint16_t*>(c.kp.data_ptr());
           const uint16_t* vp = reinterpret_cast<const uint16_t*>(c.vp.data_ptr());
+#if LATTS_AMX
+          if (tiles) {
+            amx_attend_block(qs, static_cast<int>(q1 - q0), kp + l * c.kp.stride(0) + g * c.kp.stride(2),
+                             vp + l * c.vp.stride(0) + g * c.vp.stride(2), c.P, hd_, ly.scale, sc, ld,
+                             w.rounded[tid].data(), w.tile_out[tid].data());
+            continue;
+          }
+#endif
           pair_attend_queries(qs, static_cast<int>(q1 - q0), kp + l * c.kp.stride(0) + g * c.kp.stride(2),
                               vp + l * c.vp.stride(0) + g * c.vp.stride(2), c.P, hd_, ly.scale, sc, ld,
                               w.rounded[tid].data());
@@ -478,6 +498,20 @@ void register_step(pybind11::module& module) {
       .def("time_phases", [](Model& m, bool on) { m.time_phases(on); },
            "stamp every phase of later steps (off by default: it costs a clock read per phase)")
       .def("phase_seconds", &Model::phase_seconds, "seconds per phase since the last call (PHASES order)");
+  module.def("amx", [] {
+#if LATTS_AMX
+    return amx_permitted();
+#else
+    return false;
+#endif
+  }, "whether projections of 16 rows and more run on AMX tiles here (the build and the kernel allow it)");
+  module.def("use_amx", [](bool on) {
+#if LATTS_AMX
+    amx_wanted().store(on);
+#else
+    (void)on;
+#endif
+  }, "turn the AMX tiles off (False) or back on: the VNNI path then runs every projection, for comparisons");
   pybind11::class_<Int8Linear>(module, "Int8Linear", "x @ W.T through 8-bit activation blocks (kind 0: q4, 1: q8)")
       .def(pybind11::init<int64_t, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&>())
       .def("__call__", &Int8Linear::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
